@@ -7,7 +7,7 @@ This module imports nothing but pydantic and the standard library, because the
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -23,7 +23,7 @@ DEFAULT_RETRIES = 2
 MAX_RETRIES = 5
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     """Where a test runs. Jobs of different targets never share a batch."""
 
     EMULATOR = "emulator"
@@ -31,7 +31,7 @@ class Target(str, Enum):
     BROWSERSTACK = "browserstack"
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     QUEUED = "queued"
     ASSIGNED = "assigned"
     RUNNING = "running"
@@ -84,11 +84,17 @@ class _Submission(BaseModel):
         description="Same key and org always return the same job or run, never a second one.",
     )
     timeout_s: int = Field(
-        default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S, strict=True,
+        default=DEFAULT_TIMEOUT_S,
+        ge=1,
+        le=MAX_TIMEOUT_S,
+        strict=True,
         description="Longest a single test may run.",
     )
     retries: int = Field(
-        default=DEFAULT_RETRIES, ge=0, le=MAX_RETRIES, strict=True,
+        default=DEFAULT_RETRIES,
+        ge=0,
+        le=MAX_RETRIES,
+        strict=True,
         description="Re-runs after an infrastructure error or a lost agent.",
     )
 

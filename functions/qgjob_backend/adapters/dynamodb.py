@@ -1,0 +1,816 @@
+"""DynamoDB implementation of the StateStore and TokenStore ports.
+
+Every state change is a conditional UpdateItem/PutItem or a TransactWriteItems; a
+failed condition is reported as None/False, never raised, because under at-least-once
+delivery "someone already did this" is the normal case.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from qgjob_backend.domain.models import (
+    Agent,
+    AgentStatus,
+    AppRef,
+    Batch,
+    BatchState,
+    Job,
+    Run,
+)
+from qgjob_backend.ports import JobOutcome, OrgMetrics, TokenRecord
+from qgjob_backend.schema import JobStatus, Target
+
+Item = dict[str, Any]
+
+BACKLOG_INDEX = "backlog-index"
+RUN_INDEX = "run-index"
+UNADMITTED_INDEX = "unadmitted-index"
+TARGET_INDEX = "target-index"
+LEASE_INDEX = "lease-index"
+ORG_INDEX = "org-index"
+UNADMITTED_SHARD = "pending"
+ACTIVE_LEASE_SHARD = "active"
+TRANSACTION_LIMIT = 100
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+_IN_PROGRESS = (JobStatus.ASSIGNED.value, JobStatus.RUNNING.value)
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, list):
+        return [_to_dynamo(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    return value
+
+
+def serialize(item: Item) -> dict[str, Any]:
+    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items() if v is not None}
+
+
+def deserialize(item: dict[str, Any]) -> Item:
+    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _values(**values: Any) -> dict[str, Any]:
+    return {f":{k}": _serializer.serialize(_to_dynamo(v)) for k, v in values.items()}
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+def backlog_sort_key(job: Job) -> str:
+    return f"{job.group_key}#{job.priority:02d}#{job.created_at:020.6f}#{job.position:05d}"
+
+
+# --------------------------------------------------------------- item mapping
+def job_to_item(job: Job) -> Item:
+    item: Item = {
+        "job_id": job.job_id,
+        "run_id": job.run_id,
+        "org_id": job.org_id,
+        "app_version_id": job.app_version_id,
+        "target": job.target.value,
+        "test_path": job.test_path,
+        "priority": job.priority,
+        "status": job.status.value,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "timeout_s": job.timeout_s,
+        "max_attempts": job.max_attempts,
+        "position": job.position,
+        "attempts": job.attempts,
+        "group_key": job.group_key,
+        "admitted": job.admitted,
+        "agent_id": job.agent_id,
+        "batch_id": job.batch_id,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_s": job.duration_s,
+        "message": job.message,
+        "output_excerpt": job.output_excerpt,
+        "output_key": job.output_key,
+    }
+    if job.status is JobStatus.QUEUED and not job.admitted:
+        item["unadmitted_shard"] = UNADMITTED_SHARD
+    return item
+
+
+def job_from_item(item: Item) -> Job:
+    return Job(
+        job_id=item["job_id"],
+        run_id=item["run_id"],
+        org_id=item["org_id"],
+        app_version_id=item["app_version_id"],
+        target=Target(item["target"]),
+        test_path=item["test_path"],
+        priority=int(item["priority"]),
+        status=JobStatus(item["status"]),
+        created_at=float(item["created_at"]),
+        updated_at=float(item["updated_at"]),
+        timeout_s=int(item["timeout_s"]),
+        max_attempts=int(item["max_attempts"]),
+        position=int(item.get("position", 0)),
+        attempts=int(item.get("attempts", 0)),
+        admitted=bool(item.get("admitted", False)),
+        agent_id=item.get("agent_id"),
+        batch_id=item.get("batch_id"),
+        started_at=item.get("started_at"),
+        finished_at=item.get("finished_at"),
+        duration_s=item.get("duration_s"),
+        message=item.get("message"),
+        output_excerpt=item.get("output_excerpt"),
+        output_key=item.get("output_key"),
+    )
+
+
+def run_to_item(run: Run) -> Item:
+    return {
+        "run_id": run.run_id,
+        "org_id": run.org_id,
+        "app_version_id": run.app_version_id,
+        "target": run.target.value,
+        "priority": run.priority,
+        "job_ids": run.job_ids,
+        "fingerprint": run.fingerprint,
+        "created_at": run.created_at,
+    }
+
+
+def run_from_item(item: Item) -> Run:
+    return Run(
+        run_id=item["run_id"],
+        org_id=item["org_id"],
+        app_version_id=item["app_version_id"],
+        target=Target(item["target"]),
+        priority=int(item["priority"]),
+        job_ids=list(item["job_ids"]),
+        fingerprint=item["fingerprint"],
+        created_at=float(item["created_at"]),
+    )
+
+
+def agent_from_item(item: Item) -> Agent:
+    installed = None
+    if item.get("installed_org") and item.get("installed_app"):
+        installed = AppRef(item["installed_org"], item["installed_app"])
+    return Agent(
+        agent_id=item["agent_id"],
+        target=Target(item["target"]),
+        device_id=item["device_id"],
+        status=AgentStatus(item["status"]),
+        last_seen=float(item["last_seen"]),
+        registered_at=float(item["registered_at"]),
+        installed=installed,
+        batch_id=item.get("batch_id"),
+    )
+
+
+def batch_to_item(batch: Batch) -> Item:
+    item: Item = {
+        "batch_id": batch.batch_id,
+        "agent_id": batch.agent_id,
+        "group_key": batch.group_key,
+        "org_id": batch.org_id,
+        "app_version_id": batch.app_version_id,
+        "target": batch.target.value,
+        "job_ids": batch.job_ids,
+        "state": batch.state.value,
+        "created_at": batch.created_at,
+        "lease_expires_at": batch.lease_expires_at,
+        "install_required": batch.install_required,
+        "installed_at": batch.installed_at,
+        "finished_at": batch.finished_at,
+    }
+    if batch.state is BatchState.ACTIVE:
+        item["lease_shard"] = ACTIVE_LEASE_SHARD
+    return item
+
+
+def batch_from_item(item: Item) -> Batch:
+    return Batch(
+        batch_id=item["batch_id"],
+        agent_id=item["agent_id"],
+        group_key=item["group_key"],
+        org_id=item["org_id"],
+        app_version_id=item["app_version_id"],
+        target=Target(item["target"]),
+        job_ids=list(item["job_ids"]),
+        state=BatchState(item["state"]),
+        created_at=float(item["created_at"]),
+        lease_expires_at=float(item["lease_expires_at"]),
+        install_required=bool(item["install_required"]),
+        installed_at=item.get("installed_at"),
+        finished_at=item.get("finished_at"),
+    )
+
+
+class DynamoStateStore:
+    """StateStore over five DynamoDB tables (see template.yaml)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        jobs_table: str,
+        runs_table: str,
+        agents_table: str,
+        batches_table: str,
+    ) -> None:
+        self._db = client
+        self._jobs = jobs_table
+        self._runs = runs_table
+        self._agents = agents_table
+        self._batches = batches_table
+
+    # ------------------------------------------------------------ helpers
+    def _get(self, table: str, key: Item) -> Item | None:
+        response = self._db.get_item(TableName=table, Key=serialize(key), ConsistentRead=True)
+        raw = response.get("Item")
+        return deserialize(raw) if raw else None
+
+    def _update(self, table: str, key: Item, **kwargs: Any) -> Item | None:
+        """A conditional update returning the new item, or None when the condition failed."""
+        try:
+            response = self._db.update_item(
+                TableName=table, Key=serialize(key), ReturnValues="ALL_NEW", **kwargs
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return None
+            raise
+        return deserialize(response["Attributes"])
+
+    def _put_new(self, table: str, key_name: str, item: Item) -> bool:
+        try:
+            self._db.put_item(
+                TableName=table,
+                Item=serialize(item),
+                ConditionExpression=f"attribute_not_exists({key_name})",
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def _query(self, **kwargs: Any) -> Iterator[Item]:
+        paginator = self._db.get_paginator("query")
+        for page in paginator.paginate(**kwargs):
+            for raw in page.get("Items", []):
+                yield deserialize(raw)
+
+    def _scan(self, **kwargs: Any) -> Iterator[Item]:
+        paginator = self._db.get_paginator("scan")
+        for page in paginator.paginate(**kwargs):
+            for raw in page.get("Items", []):
+                yield deserialize(raw)
+
+    # --------------------------------------------------------------- runs
+    def get_run(self, run_id: str) -> Run | None:
+        item = self._get(self._runs, {"run_id": run_id})
+        return run_from_item(item) if item else None
+
+    def create_run(self, run: Run) -> bool:
+        return self._put_new(self._runs, "run_id", run_to_item(run))
+
+    def create_jobs(self, jobs: Sequence[Job]) -> None:
+        for start in range(0, len(jobs), TRANSACTION_LIMIT):
+            chunk = jobs[start : start + TRANSACTION_LIMIT]
+            puts = [
+                {
+                    "Put": {
+                        "TableName": self._jobs,
+                        "Item": serialize(job_to_item(job)),
+                        "ConditionExpression": "attribute_not_exists(job_id)",
+                    }
+                }
+                for job in chunk
+            ]
+            try:
+                self._db.transact_write_items(TransactItems=puts)
+            except ClientError as error:
+                if not _is_condition_failure(error):
+                    raise
+                # A replay after a partial write: add only the jobs still missing.
+                for job in chunk:
+                    self._put_new(self._jobs, "job_id", job_to_item(job))
+
+    # --------------------------------------------------------------- jobs
+    def get_job(self, job_id: str) -> Job | None:
+        item = self._get(self._jobs, {"job_id": job_id})
+        return job_from_item(item) if item else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        unique = list(dict.fromkeys(job_ids))
+        for start in range(0, len(unique), 100):
+            keys = [serialize({"job_id": j}) for j in unique[start : start + 100]]
+            request: dict[str, Any] = {self._jobs: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                for raw in response.get("Responses", {}).get(self._jobs, []):
+                    job = job_from_item(deserialize(raw))
+                    found[job.job_id] = job
+                request = response.get("UnprocessedKeys") or {}
+        return [found[j] for j in unique if j in found]
+
+    def list_run_jobs(self, run_id: str) -> list[Job]:
+        items = self._query(
+            TableName=self._jobs,
+            IndexName=RUN_INDEX,
+            KeyConditionExpression="run_id = :run",
+            ExpressionAttributeValues=_values(run=run_id),
+        )
+        # The index is eventually consistent; the table read is not.
+        return self.get_jobs([item["job_id"] for item in items])
+
+    def admit_job(self, job: Job, now: float) -> Job | None:
+        item = self._update(
+            self._jobs,
+            {"job_id": job.job_id},
+            UpdateExpression=(
+                "SET admitted = :true, backlog_target = :target, backlog_key = :bk, "
+                "updated_at = :now REMOVE unadmitted_shard"
+            ),
+            ConditionExpression="attribute_exists(unadmitted_shard) AND #s = :queued",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(
+                true=True,
+                target=job.target.value,
+                bk=backlog_sort_key(job),
+                now=now,
+                queued=JobStatus.QUEUED.value,
+            ),
+        )
+        return job_from_item(item) if item else None
+
+    def backlog(self, target: Target) -> list[Job]:
+        items = self._query(
+            TableName=self._jobs,
+            IndexName=BACKLOG_INDEX,
+            KeyConditionExpression="backlog_target = :target",
+            ExpressionAttributeValues=_values(target=target.value),
+        )
+        return [job_from_item(item) for item in items]
+
+    def unadmitted_job_ids(self, created_before: float) -> list[str]:
+        items = self._query(
+            TableName=self._jobs,
+            IndexName=UNADMITTED_INDEX,
+            KeyConditionExpression="unadmitted_shard = :shard AND created_at < :cutoff",
+            ExpressionAttributeValues=_values(shard=UNADMITTED_SHARD, cutoff=created_before),
+        )
+        return [item["job_id"] for item in items]
+
+    def cancel_job(self, job_id: str, now: float) -> Job | None:
+        item = self._update(
+            self._jobs,
+            {"job_id": job_id},
+            UpdateExpression=(
+                "SET #s = :cancelled, finished_at = :now, updated_at = :now, "
+                "message = :msg REMOVE backlog_target, backlog_key, unadmitted_shard"
+            ),
+            ConditionExpression="#s = :queued",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(
+                cancelled=JobStatus.CANCELLED.value,
+                queued=JobStatus.QUEUED.value,
+                now=now,
+                msg="cancelled before it started",
+            ),
+        )
+        return job_from_item(item) if item else None
+
+    def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
+        item = self._update(
+            self._jobs,
+            {"job_id": job_id},
+            UpdateExpression="SET #s = :running, started_at = :now, updated_at = :now",
+            ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(
+                running=JobStatus.RUNNING.value,
+                assigned=JobStatus.ASSIGNED.value,
+                now=now,
+                b=batch_id,
+                a=agent_id,
+            ),
+        )
+        return job_from_item(item) if item else None
+
+    def finish_job(
+        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+    ) -> Job | None:
+        sets = ["#s = :final", "finished_at = :now", "updated_at = :now", "duration_s = :dur"]
+        values: dict[str, Any] = {
+            "final": outcome.status.value,
+            "now": now,
+            "dur": outcome.duration_s,
+            "b": batch_id,
+            "a": agent_id,
+            "assigned": JobStatus.ASSIGNED.value,
+            "running": JobStatus.RUNNING.value,
+        }
+        optional = {
+            "message": outcome.message,
+            "output_excerpt": outcome.output_excerpt,
+            "output_key": outcome.output_key,
+        }
+        for name, value in optional.items():
+            if value is not None:
+                sets.append(f"{name} = :{name}")
+                values[name] = value
+        item = self._update(
+            self._jobs,
+            {"job_id": job_id},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(**values),
+        )
+        return job_from_item(item) if item else None
+
+    def requeue_job(
+        self, job: Job, batch_id: str, now: float, *, count_attempt: bool, reason: str
+    ) -> Job | None:
+        attempts = job.attempts + (1 if count_attempt else 0)
+        common = _values(
+            b=batch_id,
+            assigned=JobStatus.ASSIGNED.value,
+            running=JobStatus.RUNNING.value,
+            now=now,
+            attempts=attempts,
+            reason=reason,
+        )
+        condition = "batch_id = :b AND #s IN (:assigned, :running)"
+        if attempts >= job.max_attempts:
+            item = self._update(
+                self._jobs,
+                {"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #s = :error, attempts = :attempts, finished_at = :now, "
+                    "updated_at = :now, message = :reason"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={**common, **_values(error=JobStatus.ERROR.value)},
+            )
+        else:
+            requeued = replace(job, status=JobStatus.QUEUED)
+            item = self._update(
+                self._jobs,
+                {"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #s = :queued, attempts = :attempts, updated_at = :now, message = :reason, "
+                    "backlog_target = :target, backlog_key = :bk "
+                    "REMOVE batch_id, agent_id, started_at"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    **common,
+                    **_values(
+                        queued=JobStatus.QUEUED.value,
+                        target=job.target.value,
+                        bk=backlog_sort_key(requeued),
+                    ),
+                },
+            )
+        return job_from_item(item) if item else None
+
+    # ------------------------------------------------------------- agents
+    def get_agent(self, agent_id: str) -> Agent | None:
+        item = self._get(self._agents, {"agent_id": agent_id})
+        return agent_from_item(item) if item else None
+
+    def register_agent(
+        self, agent_id: str, target: Target, device_id: str, installed: AppRef | None, now: float
+    ) -> Agent:
+        sets = [
+            "#t = :target",
+            "device_id = :device",
+            "last_seen = :now",
+            "registered_at = :now",
+            "#s = :idle",
+        ]
+        values: dict[str, Any] = {
+            "target": target.value,
+            "device": device_id,
+            "now": now,
+            "idle": AgentStatus.IDLE.value,
+        }
+        if installed is not None:
+            sets += ["installed_org = :iorg", "installed_app = :iapp"]
+            values.update(iorg=installed.org_id, iapp=installed.app_version_id)
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="attribute_not_exists(batch_id)",
+            ExpressionAttributeNames={"#t": "target", "#s": "status"},
+            ExpressionAttributeValues=_values(**values),
+        )
+        if item is None:
+            # It still holds a batch: it restarted mid-batch and will resume it.
+            item = self._update(
+                self._agents,
+                {"agent_id": agent_id},
+                UpdateExpression="SET last_seen = :now, #s = :busy",
+                ConditionExpression="attribute_exists(batch_id)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=_values(now=now, busy=AgentStatus.BUSY.value),
+            )
+        if item is None:
+            return self.register_agent(agent_id, target, device_id, installed, now)
+        return agent_from_item(item)
+
+    def touch_agent(self, agent_id: str, now: float) -> Agent | None:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET last_seen = :now",
+            ConditionExpression="attribute_exists(agent_id) AND #s <> :offline",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(now=now, offline=AgentStatus.OFFLINE.value),
+        )
+        return agent_from_item(item) if item else None
+
+    def list_agents(self, target: Target) -> list[Agent]:
+        items = self._query(
+            TableName=self._agents,
+            IndexName=TARGET_INDEX,
+            KeyConditionExpression="#t = :target",
+            ExpressionAttributeNames={"#t": "target"},
+            ExpressionAttributeValues=_values(target=target.value),
+        )
+        return [agent_from_item(item) for item in items]
+
+    def list_all_agents(self) -> list[Agent]:
+        return [agent_from_item(item) for item in self._scan(TableName=self._agents)]
+
+    def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
+        agent = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET installed_org = :org, installed_app = :app, last_seen = :now",
+            ConditionExpression="batch_id = :b",
+            ExpressionAttributeValues=_values(
+                org=app.org_id, app=app.app_version_id, now=now, b=batch_id
+            ),
+        )
+        if agent is None:
+            return False
+        self._update(
+            self._batches,
+            {"batch_id": batch_id},
+            UpdateExpression="SET installed_at = if_not_exists(installed_at, :now)",
+            ConditionExpression="agent_id = :a",
+            ExpressionAttributeValues=_values(now=now, a=agent_id),
+        )
+        return True
+
+    def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
+        status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET #s = :status, updated_at = :now REMOVE batch_id",
+            ConditionExpression="batch_id = :b",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(status=status.value, now=now, b=batch_id),
+        )
+        return item is not None
+
+    def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET #s = :offline, updated_at = :now",
+            ConditionExpression=(
+                "#s = :idle AND last_seen < :cutoff AND attribute_not_exists(batch_id)"
+            ),
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(
+                offline=AgentStatus.OFFLINE.value,
+                idle=AgentStatus.IDLE.value,
+                cutoff=silent_since,
+                now=now,
+            ),
+        )
+        return item is not None
+
+    def deregister_agent(self, agent_id: str, now: float) -> bool:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET #s = :offline, updated_at = :now",
+            ConditionExpression="attribute_exists(agent_id) AND attribute_not_exists(batch_id)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(offline=AgentStatus.OFFLINE.value, now=now),
+        )
+        return item is not None
+
+    # ------------------------------------------------------------ batches
+    def commit_batch(self, batch: Batch, now: float) -> bool:
+        if len(batch.job_ids) + 2 > TRANSACTION_LIMIT:
+            raise ValueError(f"a batch holds at most {TRANSACTION_LIMIT - 2} jobs")
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._agents,
+                    "Key": serialize({"agent_id": batch.agent_id}),
+                    "UpdateExpression": "SET #s = :busy, batch_id = :b, updated_at = :now",
+                    "ConditionExpression": "#s = :idle AND attribute_not_exists(batch_id)",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": _values(
+                        busy=AgentStatus.BUSY.value,
+                        idle=AgentStatus.IDLE.value,
+                        b=batch.batch_id,
+                        now=now,
+                    ),
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self._batches,
+                    "Item": serialize(batch_to_item(batch)),
+                    "ConditionExpression": "attribute_not_exists(batch_id)",
+                }
+            },
+        ]
+        for job_id in batch.job_ids:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self._jobs,
+                        "Key": serialize({"job_id": job_id}),
+                        "UpdateExpression": (
+                            "SET #s = :assigned, batch_id = :b, agent_id = :a, updated_at = :now "
+                            "REMOVE backlog_target, backlog_key"
+                        ),
+                        "ConditionExpression": "#s = :queued AND attribute_exists(backlog_target)",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": _values(
+                            assigned=JobStatus.ASSIGNED.value,
+                            queued=JobStatus.QUEUED.value,
+                            b=batch.batch_id,
+                            a=batch.agent_id,
+                            now=now,
+                        ),
+                    }
+                }
+            )
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        item = self._get(self._batches, {"batch_id": batch_id})
+        return batch_from_item(item) if item else None
+
+    def extend_lease(self, batch_id: str, agent_id: str, until: float) -> bool:
+        item = self._update(
+            self._batches,
+            {"batch_id": batch_id},
+            UpdateExpression="SET lease_expires_at = :until",
+            ConditionExpression="#st = :active AND agent_id = :a AND lease_expires_at < :until",
+            ExpressionAttributeNames={"#st": "state"},
+            ExpressionAttributeValues=_values(
+                until=until, active=BatchState.ACTIVE.value, a=agent_id
+            ),
+        )
+        if item is not None:
+            return True
+        # Not extended: fine if it is still ours and active (a longer lease already stands).
+        current = self.get_batch(batch_id)
+        return bool(current and current.state is BatchState.ACTIVE and current.agent_id == agent_id)
+
+    def lapsed_batches(self, now: float) -> list[Batch]:
+        items = self._query(
+            TableName=self._batches,
+            IndexName=LEASE_INDEX,
+            KeyConditionExpression="lease_shard = :shard AND lease_expires_at < :now",
+            ExpressionAttributeValues=_values(shard=ACTIVE_LEASE_SHARD, now=now),
+        )
+        return [batch_from_item(item) for item in items]
+
+    def expire_batch(self, batch_id: str, now: float) -> bool:
+        item = self._update(
+            self._batches,
+            {"batch_id": batch_id},
+            UpdateExpression="SET #st = :expired",
+            ConditionExpression="#st = :active AND lease_expires_at < :now",
+            ExpressionAttributeNames={"#st": "state"},
+            ExpressionAttributeValues=_values(
+                expired=BatchState.EXPIRED.value, active=BatchState.ACTIVE.value, now=now
+            ),
+        )
+        return item is not None
+
+    def close_batch(self, batch: Batch, now: float) -> bool:
+        final = BatchState.DONE if batch.state is BatchState.ACTIVE else BatchState.EXPIRED
+        item = self._update(
+            self._batches,
+            {"batch_id": batch.batch_id},
+            UpdateExpression="SET #st = :final, finished_at = :now REMOVE lease_shard",
+            ConditionExpression="#st = :current AND attribute_exists(lease_shard)",
+            ExpressionAttributeNames={"#st": "state"},
+            ExpressionAttributeValues=_values(
+                final=final.value, current=batch.state.value, now=now
+            ),
+        )
+        return item is not None
+
+    # ------------------------------------------------------------ metrics
+    def org_metrics(self, org_id: str) -> OrgMetrics:
+        statuses: Counter[str] = Counter()
+        for item in self._scan(
+            TableName=self._jobs,
+            FilterExpression="org_id = :org",
+            ProjectionExpression="#s",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(org=org_id),
+        ):
+            statuses[item["status"]] += 1
+        batches = list(
+            self._query(
+                TableName=self._batches,
+                IndexName=ORG_INDEX,
+                KeyConditionExpression="org_id = :org",
+                ExpressionAttributeValues=_values(org=org_id),
+            )
+        )
+        installs = sum(1 for b in batches if b.get("installed_at") is not None)
+        pairs = {(b["agent_id"], b["app_version_id"], b["target"]) for b in batches}
+        return OrgMetrics(dict(statuses), len(batches), installs, len(pairs))
+
+
+class DynamoTokenStore:
+    def __init__(self, client: Any, table: str) -> None:
+        self._db = client
+        self._table = table
+
+    def put(self, record: TokenRecord) -> bool:
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=serialize(
+                    {
+                        "token_hash": record.token_hash,
+                        "kind": record.kind,
+                        "org_id": record.org_id,
+                        "created_at": record.created_at,
+                        "label": record.label,
+                    }
+                ),
+                ConditionExpression="attribute_not_exists(token_hash)",
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def get(self, token_hash: str) -> TokenRecord | None:
+        response = self._db.get_item(
+            TableName=self._table, Key=serialize({"token_hash": token_hash})
+        )
+        raw = response.get("Item")
+        if not raw:
+            return None
+        item = deserialize(raw)
+        return TokenRecord(
+            token_hash=item["token_hash"],
+            kind=item["kind"],
+            org_id=item.get("org_id"),
+            created_at=float(item["created_at"]),
+            label=item.get("label"),
+        )

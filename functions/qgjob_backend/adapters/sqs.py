@@ -1,0 +1,37 @@
+"""SQS FIFO implementation of the JobQueue port."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from qgjob_backend.domain.models import Job
+
+SQS_BATCH_LIMIT = 10
+
+
+def job_message(job: Job) -> dict[str, str]:
+    """One message per job: the group is the job's group key, deduplicated by job id."""
+    return {
+        "Id": job.job_id,
+        "MessageBody": json.dumps(
+            {"job_id": job.job_id, "group_key": job.group_key, "run_id": job.run_id}
+        ),
+        "MessageGroupId": job.group_key,
+        "MessageDeduplicationId": job.job_id,
+    }
+
+
+class SqsJobQueue:
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self._sqs = client
+        self._url = queue_url
+
+    def send(self, jobs: Sequence[Job]) -> list[str]:
+        failed: list[str] = []
+        for start in range(0, len(jobs), SQS_BATCH_LIMIT):
+            entries = [job_message(job) for job in jobs[start : start + SQS_BATCH_LIMIT]]
+            response = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)
+            failed.extend(entry["Id"] for entry in response.get("Failed", []))
+        return failed

@@ -1,0 +1,74 @@
+"""Configuration read once from the environment (set by template.yaml or the local stack)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"environment variable {name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    jobs_table: str
+    runs_table: str
+    agents_table: str
+    batches_table: str
+    tokens_table: str
+    jobs_queue_url: str
+    artifacts_bucket: str
+    lease_seconds: float = 120.0
+    batch_max_jobs: int = 25
+    # A job written to DynamoDB but not admitted by the dispatcher after this long is re-sent.
+    resend_grace_seconds: float = 30.0
+    # An agent silent for this long is treated as gone even without a batch.
+    agent_offline_seconds: float = 360.0
+    # Queued jobs gain one priority level per this many seconds of waiting (no starvation).
+    aging_seconds: float = 120.0
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        # Three heartbeats per lease: one lost request never costs a lease.
+        return max(1.0, self.lease_seconds / 3)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        lease = _number(env, "LEASE_SECONDS", 120.0, 1.0)
+        return cls(
+            jobs_table=_required(env, "JOBS_TABLE"),
+            runs_table=_required(env, "RUNS_TABLE"),
+            agents_table=_required(env, "AGENTS_TABLE"),
+            batches_table=_required(env, "BATCHES_TABLE"),
+            tokens_table=_required(env, "TOKENS_TABLE"),
+            jobs_queue_url=_required(env, "JOBS_QUEUE_URL"),
+            artifacts_bucket=_required(env, "ARTIFACTS_BUCKET"),
+            lease_seconds=lease,
+            batch_max_jobs=int(_number(env, "BATCH_MAX_JOBS", 25, 1)),
+            resend_grace_seconds=_number(env, "RESEND_GRACE_SECONDS", 30.0, 0.0),
+            agent_offline_seconds=_number(env, "AGENT_OFFLINE_SECONDS", 3 * lease, 1.0),
+            aging_seconds=_number(env, "AGING_SECONDS", 120.0, 1.0),
+        )

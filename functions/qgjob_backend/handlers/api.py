@@ -1,0 +1,289 @@
+"""API Lambda: parses requests, authenticates, calls a service, maps errors. Nothing else."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
+
+from qgjob_backend import __version__
+from qgjob_backend.domain.models import Agent, AppRef
+from qgjob_backend.handlers.api_models import (
+    AgentView,
+    BatchRef,
+    BatchView,
+    HealthView,
+    JobView,
+    LeaseResponse,
+    MetricsView,
+    RegisterAgentRequest,
+    ReportRequest,
+    RequeueView,
+    ResultView,
+    RunView,
+    SubmitResponse,
+)
+from qgjob_backend.schema import FINAL_STATUSES, JobPayload, JobStatus, SuiteSubmission
+from qgjob_backend.services.auth import require_agent, require_org
+from qgjob_backend.services.errors import ServiceError
+from qgjob_backend.services.submission import SubmitResult, as_suite
+from qgjob_backend.wiring import LazyServices
+
+MAX_BODY_BYTES = 1024 * 1024
+
+logger = Logger()
+app = APIGatewayRestResolver(enable_validation=True)
+app.configure_openapi(
+    title="qgjob API",
+    version=__version__,
+    description="Submit AppWright test jobs, follow runs, and serve device agents.",
+)
+
+services = LazyServices()
+
+
+def _error(status: int, message: str, **extra: Any) -> Response[Any]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body={"message": message, **extra},
+    )
+
+
+def _org() -> str:
+    principal = services().tokens.authenticate(app.current_event.headers.get("Authorization"))
+    return require_org(principal)
+
+
+def _agent() -> None:
+    principal = services().tokens.authenticate(app.current_event.headers.get("Authorization"))
+    require_agent(principal)
+
+
+def _created(result: SubmitResult, single: bool) -> Response[SubmitResponse]:
+    body = SubmitResponse(
+        run_id=result.run.run_id,
+        job_ids=result.run.job_ids,
+        job_id=result.run.job_ids[0] if single else None,
+        replayed=not result.created,
+    )
+    return Response(
+        status_code=HTTPStatus.CREATED if result.created else HTTPStatus.OK,
+        content_type=content_types.APPLICATION_JSON,
+        body=body,
+    )
+
+
+# -------------------------------------------------------------- clients
+@app.get("/health", summary="Liveness check (no token needed)")
+def health() -> HealthView:
+    return HealthView(status="ok", version=__version__)
+
+
+@app.post("/jobs", summary="Submit one test job", responses={201: {"description": "Created"}})
+def submit_job(payload: JobPayload) -> Response[SubmitResponse]:
+    return _created(services().submissions.submit(_org(), as_suite(payload)), single=True)
+
+
+@app.post("/runs", summary="Submit a suite: many tests of one app version and target")
+def submit_run(suite: SuiteSubmission) -> Response[SubmitResponse]:
+    return _created(services().submissions.submit(_org(), suite), single=False)
+
+
+@app.get("/jobs/<job_id>", summary="Status of one job")
+def get_job(job_id: str) -> JobView:
+    return JobView.of(services().submissions.job(_org(), job_id))
+
+
+@app.get("/jobs/<job_id>/result", summary="Result of a job, or 202 while it is not finished")
+def get_result(job_id: str) -> Response[ResultView]:
+    job = services().submissions.job(_org(), job_id)
+    if job.status not in FINAL_STATUSES:
+        body = ResultView(
+            job_id=job.job_id,
+            status=job.status,
+            finished=False,
+            message=f"not finished yet: job is {job.status.value}",
+        )
+        return Response(202, content_types.APPLICATION_JSON, body)
+    body = ResultView(
+        job_id=job.job_id,
+        status=job.status,
+        finished=True,
+        passed=job.status is JobStatus.PASSED,
+        duration_s=job.duration_s,
+        message=job.message,
+        output=job.output_excerpt,
+        output_key=job.output_key,
+        agent_id=job.agent_id,
+        finished_at=job.finished_at,
+    )
+    return Response(200, content_types.APPLICATION_JSON, body)
+
+
+@app.post("/jobs/<job_id>/cancel", summary="Cancel a queued job")
+def cancel_job(job_id: str) -> JobView:
+    return JobView.of(services().submissions.cancel(_org(), job_id))
+
+
+@app.get("/runs/<run_id>", summary="A run's jobs, counted by state (CI polls this)")
+def get_run(run_id: str) -> RunView:
+    run, jobs = services().submissions.run(_org(), run_id)
+    return RunView.of(run, jobs)
+
+
+@app.get("/metrics", summary="Counters for the token's org: jobs by status, batches, installs")
+def metrics() -> MetricsView:
+    return MetricsView.of(services().submissions.metrics(_org()))
+
+
+# --------------------------------------------------------------- agents
+def _agent_view(agent: Agent, lease_expires_at: float | None = None) -> AgentView:
+    config = services().config
+    return AgentView.of(agent, config.lease_seconds, config.heartbeat_seconds, lease_expires_at)
+
+
+@app.post("/agents/register", summary="Register (or re-register) a device agent")
+def register_agent(request: RegisterAgentRequest) -> AgentView:
+    _agent()
+    installed = (
+        AppRef(request.installed.org_id, request.installed.app_version_id)
+        if request.installed
+        else None
+    )
+    agent = services().agents.register(request.target, request.device_id, installed)
+    return _agent_view(agent)
+
+
+@app.post("/agents/<agent_id>/heartbeat", summary="Keep the agent's lease")
+def heartbeat(agent_id: str) -> AgentView:
+    _agent()
+    beat = services().agents.heartbeat(agent_id)
+    return _agent_view(beat.agent, beat.lease_expires_at)
+
+
+@app.post("/agents/<agent_id>/lease", summary="The agent's batch: current one, or a new one")
+def lease(agent_id: str) -> LeaseResponse:
+    _agent()
+    leased = services().agents.lease(agent_id)
+    return LeaseResponse(batch=BatchView.of(leased.batch, leased.jobs) if leased else None)
+
+
+@app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")
+def installed(agent_id: str, batch_id: str) -> RequeueView:
+    _agent()
+    services().agents.record_install(agent_id, batch_id)
+    return RequeueView(requeued=0)
+
+
+@app.post("/agents/<agent_id>/jobs/<job_id>/start", summary="A test starts")
+def start_job(agent_id: str, job_id: str, request: BatchRef) -> JobView:
+    _agent()
+    return JobView.of(services().agents.start(agent_id, job_id, request.batch_id))
+
+
+@app.post("/agents/<agent_id>/jobs/<job_id>/result", summary="A test's result")
+def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView:
+    _agent()
+    if request.status not in (
+        JobStatus.PASSED,
+        JobStatus.FAILED,
+        JobStatus.ERROR,
+        JobStatus.TIMED_OUT,
+    ):
+        raise _BadFieldError("status: must be passed, failed, error or timed_out")
+    job = services().agents.report(
+        agent_id,
+        job_id,
+        request.batch_id,
+        request.status,
+        request.duration_s,
+        request.message,
+        request.output,
+    )
+    return JobView.of(job)
+
+
+@app.post("/agents/<agent_id>/batches/<batch_id>/complete", summary="Batch done; frees the agent")
+def complete_batch(agent_id: str, batch_id: str) -> RequeueView:
+    _agent()
+    return RequeueView(requeued=services().agents.complete(agent_id, batch_id))
+
+
+@app.post("/agents/<agent_id>/deregister", summary="Agent going away; its batch is released")
+def deregister(agent_id: str) -> RequeueView:
+    _agent()
+    return RequeueView(requeued=services().agents.deregister(agent_id))
+
+
+# --------------------------------------------------------------- errors
+class _BadFieldError(ServiceError):
+    status_code = 422
+
+
+@app.exception_handler(ServiceError)
+def on_service_error(error: ServiceError) -> Response[Any]:
+    return _error(error.status_code, error.message)
+
+
+@app.exception_handler(RequestValidationError)
+def on_invalid_request(error: RequestValidationError) -> Response[Any]:
+    problems = error.errors()
+    if any(p.get("type") == "json_invalid" for p in problems):
+        return _error(400, "body: not valid JSON; send a JSON object")
+    details = []
+    for problem in problems:
+        location = [str(part) for part in problem.get("loc", ()) if part not in ("body",)]
+        field = ".".join(location) or "body"
+        details.append({"field": field, "message": problem.get("msg", "invalid")})
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return _error(422, message, errors=details)
+
+
+@app.not_found
+def on_not_found(_: NotFoundError) -> Response[Any]:
+    event = app.current_event
+    return _error(404, f"no such endpoint: {event.http_method} {event.path}")
+
+
+@app.exception_handler([ClientError, BotoCoreError])
+def on_aws_error(error: Exception) -> Response[Any]:
+    logger.exception("AWS call failed")
+    return _error(503, "qgjob is temporarily unavailable; retry shortly")
+
+
+# --------------------------------------------------------------- entry
+def _body_size(event: dict[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        return len(base64.b64decode(body, validate=False))
+    return len(body.encode("utf-8"))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if _body_size(event) > MAX_BODY_BYTES:
+        return {
+            "statusCode": 413,
+            "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({"message": f"body: larger than {MAX_BODY_BYTES} bytes"}),
+            "isBase64Encoded": False,
+        }
+    return app.resolve(event, context)
+
+
+if __name__ == "__main__":
+    if "--openapi" in sys.argv:
+        print(app.get_openapi_json_schema())
+    else:
+        print("usage: python -m qgjob_backend.handlers.api --openapi", file=sys.stderr)

@@ -1,0 +1,53 @@
+"""Dispatcher Lambda: SQS (jobs.fifo) batches and scheduled planning."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from qgjob_backend.schema import Target
+from qgjob_backend.wiring import LazyServices
+
+logger = Logger()
+services = LazyServices()
+
+
+class _Admissions:
+    """Collects the targets that received jobs, so planning runs once per invocation."""
+
+    def __init__(self) -> None:
+        self.targets: set[Target] = set()
+
+    def __call__(self, record: SQSRecord) -> None:
+        try:
+            job_id = json.loads(record.body)["job_id"]
+        except (ValueError, KeyError, TypeError):
+            # A malformed message can never succeed; dropping it beats blocking its group.
+            logger.error("malformed message dropped", extra={"message_id": record.message_id})
+            return
+        job = services().dispatcher.admit(str(job_id))
+        if job is not None:
+            self.targets.add(job.target)
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "Records" in event:
+        admissions = _Admissions()
+        # Short-circuits the rest of a group after a failure, so FIFO order holds on retry.
+        processor = SqsFifoPartialProcessor()
+        response = process_partial_response(
+            event=event, record_handler=admissions, processor=processor, context=context
+        )
+        planned = services().dispatcher.plan(admissions.targets) if admissions.targets else []
+        logger.info(
+            "admitted", extra={"records": len(event["Records"]), "batches_assigned": len(planned)}
+        )
+        return dict(response)
+    planned = services().dispatcher.plan()
+    return {"batches_assigned": len(planned)}

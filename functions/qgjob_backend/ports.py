@@ -1,0 +1,151 @@
+"""Ports: what the services need from the outside world.
+
+Every state-changing method is one conditional write (or one transaction) in the
+DynamoDB adapter: it returns None/False when its precondition no longer holds, so a
+step run twice, late or concurrently changes nothing the second time. The in-memory
+fake used by unit tests honours the same preconditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from qgjob_backend.domain.models import Agent, AppRef, Batch, Job, Run
+from qgjob_backend.schema import JobStatus, Target
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    status: JobStatus
+    duration_s: float
+    message: str | None
+    output_excerpt: str | None
+    output_key: str | None
+
+
+@dataclass(frozen=True)
+class OrgMetrics:
+    jobs_by_status: dict[str, int]
+    batches: int
+    installs: int
+    agent_app_pairs: int
+
+
+class StateStore(Protocol):
+    # ----------------------------------------------------------------- runs
+    def get_run(self, run_id: str) -> Run | None: ...
+
+    def create_run(self, run: Run) -> bool:
+        """Writes the run if no run has that id; False when it already exists."""
+
+    def create_jobs(self, jobs: Sequence[Job]) -> None:
+        """Writes each job that does not exist yet; existing ones are left untouched."""
+
+    # ----------------------------------------------------------------- jobs
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]: ...
+
+    def list_run_jobs(self, run_id: str) -> list[Job]: ...
+
+    def admit_job(self, job: Job, now: float) -> Job | None:
+        """queued and not yet admitted -> in its group's backlog. None when not applicable."""
+
+    def backlog(self, target: Target) -> list[Job]:
+        """Admitted queued jobs of a target (every group)."""
+
+    def unadmitted_job_ids(self, created_before: float) -> list[str]:
+        """Jobs written but never admitted (their queue message may be lost)."""
+
+    def cancel_job(self, job_id: str, now: float) -> Job | None:
+        """queued -> cancelled."""
+
+    def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
+        """assigned|running in this batch on this agent -> running."""
+
+    def finish_job(
+        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+    ) -> Job | None:
+        """assigned|running in this batch on this agent -> final status."""
+
+    def requeue_job(
+        self, job: Job, batch_id: str, now: float, *, count_attempt: bool, reason: str
+    ) -> Job | None:
+        """assigned|running in this batch -> back in the backlog (or error when out of attempts)."""
+
+    # --------------------------------------------------------------- agents
+    def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    def register_agent(
+        self, agent_id: str, target: Target, device_id: str, installed: AppRef | None, now: float
+    ) -> Agent:
+        """Creates or revives an agent. An agent holding a batch keeps it (it resumes)."""
+
+    def touch_agent(self, agent_id: str, now: float) -> Agent | None:
+        """Records a sign of life; None when unknown or marked offline."""
+
+    def list_agents(self, target: Target) -> list[Agent]: ...
+
+    def list_all_agents(self) -> list[Agent]: ...
+
+    def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
+        """The agent now holds app (only while it holds this batch)."""
+
+    def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
+        """Frees the agent from this batch: idle again, or offline."""
+
+    def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
+        """An idle agent silent since before silent_since -> offline."""
+
+    def deregister_agent(self, agent_id: str, now: float) -> bool:
+        """An agent without a batch -> offline."""
+
+    # -------------------------------------------------------------- batches
+    def commit_batch(self, batch: Batch, now: float) -> bool:
+        """Atomically: agent idle -> busy, batch created, every job queued -> assigned.
+
+        False (and nothing written) when any precondition fails, e.g. another
+        dispatcher assigned one of the jobs or the agent first.
+        """
+
+    def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    def extend_lease(self, batch_id: str, agent_id: str, until: float) -> bool: ...
+
+    def lapsed_batches(self, now: float) -> list[Batch]:
+        """Batches whose lease ran out (active ones, and expired ones not yet cleaned up)."""
+
+    def expire_batch(self, batch_id: str, now: float) -> bool:
+        """active with a lapsed lease -> expired (a heartbeat can no longer extend it)."""
+
+    def close_batch(self, batch: Batch, now: float) -> bool:
+        """active (its agent finished) -> done, or expired -> cleaned; leaves the lease index."""
+
+    # -------------------------------------------------------------- metrics
+    def org_metrics(self, org_id: str) -> OrgMetrics: ...
+
+
+class JobQueue(Protocol):
+    def send(self, jobs: Sequence[Job]) -> list[str]:
+        """Sends one message per job (group = its group key); returns ids that failed."""
+
+
+class ArtifactStore(Protocol):
+    def put_text(self, key: str, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_hash: str
+    kind: str
+    org_id: str | None
+    created_at: float
+    label: str | None = None
+
+
+class TokenStore(Protocol):
+    def put(self, record: TokenRecord) -> bool: ...
+
+    def get(self, token_hash: str) -> TokenRecord | None: ...

@@ -1,0 +1,198 @@
+"""Device-agent use cases: register, heartbeat, lease, install, start, report, release."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger
+
+from qgjob_backend.domain.models import Agent, AgentStatus, AppRef, Batch, BatchState, Job
+from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
+from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.dispatch import DispatchService
+from qgjob_backend.services.errors import Conflict, NotFound
+from qgjob_backend.services.recovery import requeue_unfinished
+
+logger = Logger(child=True)
+
+OUTPUT_EXCERPT_CHARS = 2000
+REPORTABLE = (JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT)
+
+
+def agent_id_for(target: Target, device_id: str) -> str:
+    """Stable across restarts, so an agent that comes back resumes its own batch."""
+    return f"{target.value}-{device_id}"
+
+
+@dataclass(frozen=True)
+class LeasedBatch:
+    batch: Batch
+    jobs: list[Job]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    agent: Agent
+    lease_expires_at: float | None
+
+
+class AgentService:
+    def __init__(
+        self,
+        store: StateStore,
+        artifacts: ArtifactStore,
+        dispatcher: DispatchService,
+        clock: Callable[[], float],
+        lease_seconds: float,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._lease_seconds = lease_seconds
+
+    def register(self, target: Target, device_id: str, installed: AppRef | None) -> Agent:
+        agent_id = agent_id_for(target, device_id)
+        existing = self._store.get_agent(agent_id)
+        if existing is not None and existing.target is not target:  # pragma: no cover
+            raise Conflict(f"device_id: agent {agent_id} is registered for {existing.target}")
+        agent = self._store.register_agent(agent_id, target, device_id, installed, self._clock())
+        logger.info("agent registered", extra={"agent_id": agent_id, "status": agent.status})
+        return agent
+
+    def _live_agent(self, agent_id: str) -> Agent:
+        agent = self._store.touch_agent(agent_id, self._clock())
+        if agent is None:
+            raise NotFound(
+                f"agent {agent_id} is not registered (or was marked offline): register again"
+            )
+        return agent
+
+    def heartbeat(self, agent_id: str) -> Heartbeat:
+        agent = self._live_agent(agent_id)
+        if agent.batch_id is None:
+            return Heartbeat(agent, None)
+        until = self._clock() + self._lease_seconds
+        if not self._store.extend_lease(agent.batch_id, agent_id, until):
+            raise Conflict(f"batch {agent.batch_id}: lease lost; stop it and lease again")
+        return Heartbeat(agent, until)
+
+    def lease(self, agent_id: str) -> LeasedBatch | None:
+        """The agent's current batch (resume after a restart) or a freshly planned one."""
+        agent = self._live_agent(agent_id)
+        if agent.batch_id is None and agent.status is AgentStatus.IDLE:
+            # An idle agent is the moment to plan: no need to wait for the schedule.
+            self._dispatcher.plan([agent.target])
+            agent = self._store.get_agent(agent_id) or agent
+        if agent.batch_id is None:
+            return None
+        batch = self._store.get_batch(agent.batch_id)
+        if batch is None or batch.state is not BatchState.ACTIVE:
+            return None
+        self._store.extend_lease(batch.batch_id, agent_id, self._clock() + self._lease_seconds)
+        jobs = [
+            j
+            for j in self._store.get_jobs(batch.job_ids)
+            if j.batch_id == batch.batch_id and j.status in (JobStatus.ASSIGNED, JobStatus.RUNNING)
+        ]
+        batch = self._store.get_batch(batch.batch_id) or batch
+        return LeasedBatch(batch, jobs)
+
+    def _own_batch(self, agent_id: str, batch_id: str) -> Batch:
+        batch = self._store.get_batch(batch_id)
+        if batch is None or batch.agent_id != agent_id:
+            raise NotFound(f"batch {batch_id} not found for agent {agent_id}")
+        return batch
+
+    def record_install(self, agent_id: str, batch_id: str) -> None:
+        batch = self._own_batch(agent_id, batch_id)
+        if not self._store.record_install(agent_id, batch_id, batch.app, self._clock()):
+            raise Conflict(f"batch {batch_id}: lease lost; install not recorded")
+        logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
+
+    def start(self, agent_id: str, job_id: str, batch_id: str) -> Job:
+        job = self._store.start_job(job_id, agent_id, batch_id, self._clock())
+        if job is None:
+            raise Conflict(
+                f"job {job_id} is no longer assigned to batch {batch_id} on {agent_id} "
+                "(lease lost or job cancelled): skip it"
+            )
+        return job
+
+    def report(
+        self,
+        agent_id: str,
+        job_id: str,
+        batch_id: str,
+        status: JobStatus,
+        duration_s: float,
+        message: str | None,
+        output: str | None,
+    ) -> Job:
+        current = self._store.get_job(job_id)
+        if current is None:
+            raise NotFound(f"job {job_id} not found")
+        now = self._clock()
+        if status is JobStatus.ERROR and current.attempts + 1 < current.max_attempts:
+            # Infrastructure errors are retried; the test itself did not fail.
+            retried = self._store.requeue_job(
+                current, batch_id, now, count_attempt=True, reason=message or "agent error"
+            )
+            if retried is not None:
+                logger.info("job errored; requeued", extra={"job_id": job_id})
+                return retried
+        output_key = None
+        if output:
+            # Keyed by batch so a rejected late report can never overwrite the real output.
+            output_key = f"results/{current.org_id}/{job_id}/{batch_id}.log"
+            self._artifacts.put_text(output_key, output)
+        outcome = JobOutcome(
+            status=status,
+            duration_s=duration_s,
+            message=message,
+            output_excerpt=output[-OUTPUT_EXCERPT_CHARS:] if output else None,
+            output_key=output_key,
+        )
+        job = self._store.finish_job(job_id, agent_id, batch_id, outcome, now)
+        if job is not None:
+            return job
+        replay = self._store.get_job(job_id)
+        if replay and replay.batch_id == batch_id and replay.status is status:
+            return replay  # the same report delivered twice
+        logger.warning(
+            "late report rejected",
+            extra={"job_id": job_id, "agent_id": agent_id, "batch_id": batch_id},
+        )
+        raise Conflict(
+            f"job {job_id}: result rejected, the lease of batch {batch_id} was lost "
+            "and the job was handed to another agent"
+        )
+
+    def complete(self, agent_id: str, batch_id: str) -> int:
+        """The agent is done with the batch; anything it did not finish goes back."""
+        batch = self._own_batch(agent_id, batch_id)
+        now = self._clock()
+        requeued = 0
+        if batch.state is BatchState.ACTIVE:
+            requeued = requeue_unfinished(
+                self._store, batch, now, f"released unfinished by agent {agent_id}"
+            )
+            self._store.close_batch(batch, now)
+        self._store.release_agent(agent_id, batch_id, offline=False, now=now)
+        logger.info("batch complete", extra={"batch_id": batch_id, "requeued": requeued})
+        return requeued
+
+    def deregister(self, agent_id: str) -> int:
+        agent = self._store.get_agent(agent_id)
+        if agent is None:
+            raise NotFound(f"agent {agent_id} is not registered")
+        requeued = self.complete(agent_id, agent.batch_id) if agent.batch_id else 0
+        self._store.deregister_agent(agent_id, self._clock())
+        logger.info("agent deregistered", extra={"agent_id": agent_id, "requeued": requeued})
+        return requeued
+
+
+def valid_device_id(device_id: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9._-]{1,64}", device_id) is not None

@@ -1,0 +1,107 @@
+"""Recovery sweeps: lapsed leases, silent agents, jobs whose queue message was lost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from aws_lambda_powertools import Logger
+
+from qgjob_backend.domain.models import AgentStatus, BatchState
+from qgjob_backend.ports import JobQueue, StateStore
+from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.dispatch import DispatchService
+from qgjob_backend.services.recovery import requeue_unfinished
+
+logger = Logger(child=True)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired_batches: int
+    requeued_jobs: int
+    offline_agents: int
+    resent_jobs: int
+    assigned_batches: int
+
+
+@dataclass(frozen=True)
+class ReaperSettings:
+    agent_offline_seconds: float
+    resend_grace_seconds: float
+
+
+class ReaperService:
+    def __init__(
+        self,
+        store: StateStore,
+        queue: JobQueue,
+        dispatcher: DispatchService,
+        clock: Callable[[], float],
+        settings: ReaperSettings,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._settings = settings
+
+    def sweep(self) -> SweepReport:
+        targets: set[Target] = set()
+        expired, requeued = self._expire_leases(targets)
+        offline = self._mark_silent_agents_offline()
+        resent = self._resend_lost_messages()
+        assigned = len(self._dispatcher.plan(targets)) if targets else 0
+        report = SweepReport(expired, requeued, offline, resent, assigned)
+        if any((expired, requeued, offline, resent)):
+            logger.info("sweep", extra=report.__dict__)
+        return report
+
+    def _expire_leases(self, targets: set[Target]) -> tuple[int, int]:
+        expired = requeued = 0
+        now = self._clock()
+        for batch in self._store.lapsed_batches(now):
+            if batch.state is BatchState.ACTIVE:
+                # Fences the batch first: from here on a heartbeat cannot revive it.
+                if not self._store.expire_batch(batch.batch_id, now):
+                    continue
+                batch = replace(batch, state=BatchState.EXPIRED)
+                expired += 1
+            reason = (
+                f"agent {batch.agent_id} stopped heartbeating; lease of {batch.batch_id} lapsed"
+            )
+            requeued += requeue_unfinished(self._store, batch, now, reason)
+            self._store.release_agent(batch.agent_id, batch.batch_id, offline=True, now=now)
+            self._store.close_batch(batch, now)
+            targets.add(batch.target)
+            logger.warning(
+                "lease lapsed",
+                extra={"batch_id": batch.batch_id, "agent_id": batch.agent_id},
+            )
+        return expired, requeued
+
+    def _mark_silent_agents_offline(self) -> int:
+        now = self._clock()
+        cutoff = now - self._settings.agent_offline_seconds
+        marked = 0
+        for agent in self._store.list_all_agents():
+            if agent.status is AgentStatus.IDLE and agent.last_seen < cutoff:
+                marked += self._store.mark_agent_offline(agent.agent_id, cutoff, now)
+        return marked
+
+    def _resend_lost_messages(self) -> int:
+        cutoff = self._clock() - self._settings.resend_grace_seconds
+        job_ids = self._store.unadmitted_job_ids(cutoff)
+        if not job_ids:
+            return 0
+        jobs = [
+            j
+            for j in self._store.get_jobs(job_ids)
+            if j.status is JobStatus.QUEUED and not j.admitted
+        ]
+        if jobs:
+            failed = self._queue.send(jobs)
+            logger.warning(
+                "re-sent jobs never admitted", extra={"jobs": len(jobs), "failed": len(failed)}
+            )
+        return len(jobs)

@@ -1,0 +1,155 @@
+"""Use cases of clients: submit jobs and suites, read them back, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger
+
+from qgjob_backend.domain.models import Job, Run
+from qgjob_backend.ports import JobQueue, OrgMetrics, StateStore
+from qgjob_backend.schema import JobPayload, JobStatus, SuiteSubmission
+from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
+
+logger = Logger(child=True)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    run: Run
+    jobs: list[Job]
+    created: bool
+
+
+def as_suite(payload: JobPayload) -> SuiteSubmission:
+    fields = payload.model_dump(exclude={"test_path"})
+    return SuiteSubmission(**fields, test_paths=[payload.test_path])
+
+
+class SubmissionService:
+    def __init__(
+        self,
+        store: StateStore,
+        queue: JobQueue,
+        clock: Callable[[], float],
+        new_id: Callable[[], str],
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._clock = clock
+        self._new_id = new_id
+
+    def submit(self, org_id: str, suite: SuiteSubmission) -> SubmitResult:
+        """Writes a run and its jobs, then sends every job to jobs.fifo.
+
+        With an idempotency key, ids derive from (org, key): a retried request finds
+        the same run, heals a partial earlier write and never creates a second one.
+        """
+        if suite.org_id != org_id:
+            raise Forbidden(f"org_id: token belongs to org '{org_id}', not '{suite.org_id}'")
+        fingerprint = _digest(suite.model_dump_json(exclude={"idempotency_key"}))
+        if suite.idempotency_key:
+            run_id = "run-" + _digest(org_id, suite.idempotency_key)[:20]
+        else:
+            run_id = "run-" + self._new_id()
+        now = self._clock()
+        run = Run(
+            run_id=run_id,
+            org_id=org_id,
+            app_version_id=suite.app_version_id,
+            target=suite.target,
+            priority=suite.priority,
+            job_ids=[f"job-{_digest(run_id, str(i))[:20]}" for i in range(len(suite.test_paths))],
+            fingerprint=fingerprint,
+            created_at=now,
+        )
+        created = self._store.create_run(run)
+        if not created:
+            existing = self._store.get_run(run_id)
+            if existing is None:  # pragma: no cover - a run is never deleted
+                raise Conflict("run id collision; retry the request")
+            if existing.fingerprint != fingerprint:
+                raise Conflict(
+                    "idempotency_key: already used for a different submission; "
+                    "use a new key for new work"
+                )
+            run = existing
+        jobs = [
+            Job(
+                job_id=job_id,
+                run_id=run.run_id,
+                org_id=org_id,
+                app_version_id=suite.app_version_id,
+                target=suite.target,
+                test_path=test_path,
+                priority=suite.priority,
+                status=JobStatus.QUEUED,
+                created_at=run.created_at,
+                updated_at=now,
+                timeout_s=suite.timeout_s,
+                max_attempts=1 + suite.retries,
+                position=position,
+            )
+            for position, (job_id, test_path) in enumerate(
+                zip(run.job_ids, suite.test_paths, strict=True)
+            )
+        ]
+        self._store.create_jobs(jobs)
+        stored = jobs if created else self._store.get_jobs(run.job_ids)
+        self._enqueue([j for j in stored if j.status is JobStatus.QUEUED and not j.admitted])
+        logger.info(
+            "run submitted" if created else "run replayed (idempotency key)",
+            extra={"run_id": run.run_id, "org_id": org_id, "jobs": len(jobs)},
+        )
+        return SubmitResult(run, stored, created)
+
+    def _enqueue(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            failed = self._queue.send(jobs)
+        except Exception:
+            # The jobs are durable in DynamoDB; the reaper re-sends unadmitted ones.
+            logger.exception("sending to jobs.fifo failed; the reaper will re-send")
+            return
+        if failed:
+            logger.warning("some sends failed; the reaper will re-send", extra={"jobs": failed})
+
+    def cancel(self, org_id: str, job_id: str) -> Job:
+        job = self.job(org_id, job_id)
+        cancelled = self._store.cancel_job(job_id, self._clock())
+        if cancelled is None:
+            current = self._store.get_job(job_id) or job
+            if current.status is JobStatus.CANCELLED:
+                return current
+            raise Conflict(
+                f"job {job_id} is {current.status.value}; only queued jobs can be cancelled"
+            )
+        return cancelled
+
+    # ----------------------------------------------------------- queries
+    def job(self, org_id: str, job_id: str) -> Job:
+        job = self._store.get_job(job_id)
+        if job is None or job.org_id != org_id:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    def run(self, org_id: str, run_id: str) -> tuple[Run, list[Job]]:
+        run = self._store.get_run(run_id)
+        if run is None or run.org_id != org_id:
+            raise NotFound(f"run {run_id} not found")
+        return run, self._store.get_jobs(run.job_ids)
+
+    def metrics(self, org_id: str) -> OrgMetrics:
+        return self._store.org_metrics(org_id)
+
+
+def fingerprint_of(suite: SuiteSubmission) -> str:
+    return _digest(json.dumps(suite.model_dump(mode="json", exclude={"idempotency_key"})))

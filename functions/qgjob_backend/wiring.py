@@ -1,0 +1,111 @@
+"""Builds the services from configuration: the only place that creates AWS clients."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from qgjob_backend.adapters.dynamodb import DynamoStateStore, DynamoTokenStore
+from qgjob_backend.adapters.s3 import S3ArtifactStore
+from qgjob_backend.adapters.sqs import SqsJobQueue
+from qgjob_backend.config import Config
+from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.services.agents import AgentService
+from qgjob_backend.services.auth import TokenService
+from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
+from qgjob_backend.services.reaper import ReaperService, ReaperSettings
+from qgjob_backend.services.submission import SubmissionService
+
+_BOTO_CONFIG = BotoConfig(
+    retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=3, read_timeout=10
+)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:20]
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    tokens: TokenService
+    submissions: SubmissionService
+    dispatcher: DispatchService
+    agents: AgentService
+    reaper: ReaperService
+
+
+def _client(name: str, session: Any | None) -> Any:
+    return (session or boto3).client(name, config=_BOTO_CONFIG)
+
+
+def build_token_service(config: Config, session: Any | None = None) -> TokenService:
+    return TokenService(
+        DynamoTokenStore(_client("dynamodb", session), config.tokens_table), time.time
+    )
+
+
+def build_services(config: Config, session: Any | None = None) -> Services:
+    dynamodb = _client("dynamodb", session)
+    store = DynamoStateStore(
+        dynamodb,
+        jobs_table=config.jobs_table,
+        runs_table=config.runs_table,
+        agents_table=config.agents_table,
+        batches_table=config.batches_table,
+    )
+    queue = SqsJobQueue(_client("sqs", session), config.jobs_queue_url)
+    artifacts = S3ArtifactStore(_client("s3", session), config.artifacts_bucket)
+    clock = time.time
+    dispatcher = DispatchService(
+        store,
+        clock,
+        new_id,
+        DispatchSettings(
+            lease_seconds=config.lease_seconds,
+            agent_offline_seconds=config.agent_offline_seconds,
+            policy=PlanningPolicy(
+                max_batch_jobs=config.batch_max_jobs, aging_seconds=config.aging_seconds
+            ),
+        ),
+    )
+    return Services(
+        config=config,
+        tokens=TokenService(DynamoTokenStore(dynamodb, config.tokens_table), clock),
+        submissions=SubmissionService(store, queue, clock, new_id),
+        dispatcher=dispatcher,
+        agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds),
+        reaper=ReaperService(
+            store,
+            queue,
+            dispatcher,
+            clock,
+            ReaperSettings(
+                agent_offline_seconds=config.agent_offline_seconds,
+                resend_grace_seconds=config.resend_grace_seconds,
+            ),
+        ),
+    )
+
+
+class LazyServices:
+    """Each Lambda container builds its services on first use, from the environment.
+
+    Tests and the local stack inject their own with ``use``.
+    """
+
+    def __init__(self) -> None:
+        self._services: Services | None = None
+
+    def __call__(self) -> Services:
+        if self._services is None:
+            self._services = build_services(Config.from_env())
+        return self._services
+
+    def use(self, instance: Services | None) -> None:
+        self._services = instance

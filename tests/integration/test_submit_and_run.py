@@ -1,0 +1,82 @@
+"""The whole path through the real handlers on moto: submit, queue, dispatch, run, report."""
+
+from __future__ import annotations
+
+import boto3
+
+from qgjob_backend.config import Config
+from qgjob_backend.wiring import Services
+from tests.integration.conftest import ApiCaller, dispatch_queue, receive_all
+
+SUITE = {
+    "org_id": "acme",
+    "app_version_id": "v1.2.3",
+    "target": "device",
+    "priority": 3,
+    "test_paths": ["tests/login.spec.js", "tests/cart.spec.js", "tests/pay.spec.js"],
+}
+
+
+def test_message_group_id_carries_org_app_version_and_target(
+    client: ApiCaller, aws_session: boto3.Session, config: Config
+) -> None:
+    response = client.post("/runs", SUITE)
+
+    assert response.status == 201, response.body
+    messages = receive_all(aws_session, config.jobs_queue_url)
+    assert len(messages) == 3
+    groups = {m["Attributes"]["MessageGroupId"] for m in messages}
+    assert groups == {"acme/v1.2.3/device"}
+    dedup_ids = {m["Attributes"]["MessageDeduplicationId"] for m in messages}
+    assert dedup_ids == set(response.body["job_ids"])
+
+
+def test_suite_runs_on_one_agent_with_one_install(
+    client: ApiCaller, agent_client: ApiCaller, aws_session: boto3.Session, config: Config
+) -> None:
+    run = client.post("/runs", SUITE).body
+    assert dispatch_queue(aws_session, config) == {"batchItemFailures": []}
+    for device in ("d1", "d2"):
+        assert agent_client.post("/agents/register", {"target": "device", "device_id": device}).status == 200
+    other = agent_client.post("/agents/register", {"target": "emulator", "device_id": "e1"})
+    assert other.status == 200
+
+    assert agent_client.post("/agents/emulator-e1/lease").body == {"batch": None}
+    leased = agent_client.post("/agents/device-d1/lease").body["batch"]
+    assert agent_client.post("/agents/device-d2/lease").body == {"batch": None}
+
+    assert leased["install_required"] is True
+    assert [j["job_id"] for j in leased["jobs"]] == run["job_ids"]
+    batch_id = leased["batch_id"]
+    assert agent_client.post(f"/agents/device-d1/batches/{batch_id}/installed").status == 200
+    for job in leased["jobs"]:
+        started = agent_client.post(
+            f"/agents/device-d1/jobs/{job['job_id']}/start", {"batch_id": batch_id}
+        )
+        assert started.body["status"] == "running"
+        status = "failed" if "pay" in job["test_path"] else "passed"
+        reported = agent_client.post(
+            f"/agents/device-d1/jobs/{job['job_id']}/result",
+            {"batch_id": batch_id, "status": status, "duration_s": 1.5, "output": "ok\n" * 10},
+        )
+        assert reported.status == 200, reported.body
+    assert agent_client.post(f"/agents/device-d1/batches/{batch_id}/complete").body == {
+        "requeued": 0
+    }
+
+    view = client.get(f"/runs/{run['run_id']}").body
+    assert view["finished"] is True
+    assert view["passed"] is False
+    assert view["counts"] == {"passed": 2, "failed": 1}
+    assert {j["agent_id"] for j in view["jobs"]} == {"device-d1"}
+    metrics = client.get("/metrics").body
+    assert metrics == {
+        "jobs_by_status": {"passed": 2, "failed": 1},
+        "batches": 1,
+        "installs": 1,
+        "agent_app_pairs": 1,
+    }
+    result = client.get(f"/jobs/{run['job_ids'][0]}/result")
+    assert result.status == 200
+    assert result.body["passed"] is True
+    assert result.body["output"].startswith("ok")
