@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,9 @@ def build_token_service(config: Config, session: Any | None = None) -> TokenServ
     )
 
 
-def build_services(config: Config, session: Any | None = None) -> Services:
+def build_services(
+    config: Config, session: Any | None = None, clock: Callable[[], float] = time.time
+) -> Services:
     dynamodb = _client("dynamodb", session)
     store = DynamoStateStore(
         dynamodb,
@@ -61,7 +64,6 @@ def build_services(config: Config, session: Any | None = None) -> Services:
     )
     queue = SqsJobQueue(_client("sqs", session), config.jobs_queue_url)
     artifacts = S3ArtifactStore(_client("s3", session), config.artifacts_bucket)
-    clock = time.time
     dispatcher = DispatchService(
         store,
         clock,

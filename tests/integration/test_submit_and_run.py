@@ -5,7 +5,6 @@ from __future__ import annotations
 import boto3
 
 from qgjob_backend.config import Config
-from qgjob_backend.wiring import Services
 from tests.integration.conftest import ApiCaller, dispatch_queue, receive_all
 
 SUITE = {
@@ -37,7 +36,10 @@ def test_suite_runs_on_one_agent_with_one_install(
     run = client.post("/runs", SUITE).body
     assert dispatch_queue(aws_session, config) == {"batchItemFailures": []}
     for device in ("d1", "d2"):
-        assert agent_client.post("/agents/register", {"target": "device", "device_id": device}).status == 200
+        assert (
+            agent_client.post("/agents/register", {"target": "device", "device_id": device}).status
+            == 200
+        )
     other = agent_client.post("/agents/register", {"target": "emulator", "device_id": "e1"})
     assert other.status == 200
 
