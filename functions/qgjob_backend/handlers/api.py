@@ -12,6 +12,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
@@ -47,6 +48,8 @@ app.configure_openapi(
     title="qgjob API",
     version=__version__,
     description="Submit AppWright test jobs, follow runs, and serve device agents.",
+    security_schemes={"bearerAuth": HTTPBearer(description="An org token or an agent token.")},
+    security=[{"bearerAuth": []}],
 )
 
 services = LazyServices()
