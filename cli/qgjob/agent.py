@@ -1,0 +1,544 @@
+"""The device agent: leases batches from qgjob, installs the app once, runs and reports tests.
+
+One agent drives one device slot. Its loop:
+
+    register -> loop { lease; if a batch: install when needed (then POST installed);
+                       for each job: start, run, report; complete the batch
+                       else wait poll_seconds }
+
+- A background thread heartbeats every `heartbeat_seconds` (from the register answer).
+- A 409 on start or result means the lease was lost: the batch stops at once and the
+  job is not reported (or its report was rejected); the server requeues or has already
+  reassigned the work.
+- A 409 on a heartbeat also means the lease was lost: the runner is asked to stop the
+  current test at its next check and the batch stops.
+- A 404 on heartbeat or lease means qgjob forgot the agent: it registers again.
+- Network errors and 5xx are logged and retried with backoff, so the agent survives a
+  backend restart.
+- `stop()` (called from SIGTERM/SIGINT handlers) lets the current test finish (or be
+  interrupted by the runner at its next check), reports it, completes the batch (the
+  server requeues the jobs not run), deregisters and makes `run()` return 0.
+
+This module does not import `requests`: the API is any object with the `AgentApi` methods.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from qgjob.errors import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_USAGE,
+    ApiError,
+    AuthError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServerError,
+    Unreachable,
+)
+from qgjob.runners.base import InstallError, Runner, RunOutcome, truncate_output
+
+Json = dict[str, Any]
+T = TypeVar("T")
+
+DEFAULT_HEARTBEAT_S = 30.0
+DEFAULT_JOB_TIMEOUT_S = 1800.0
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 30.0
+ATTEMPTS_WHILE_STOPPING = 3
+MAX_MESSAGE_CHARS = 2000
+
+
+class AgentApi(Protocol):
+    """The agent endpoints of the qgjob API (implemented by `qgjob.client.ApiClient`)."""
+
+    def register(
+        self, target: str, device_id: str, installed: Mapping[str, str] | None = None
+    ) -> Json: ...
+
+    def heartbeat(self, agent_id: str) -> Json: ...
+
+    def lease(self, agent_id: str) -> Json | None: ...
+
+    def installed(self, agent_id: str, batch_id: str) -> Json: ...
+
+    def start_job(self, agent_id: str, job_id: str, batch_id: str) -> Json: ...
+
+    def report_result(
+        self,
+        agent_id: str,
+        job_id: str,
+        batch_id: str,
+        status: str,
+        duration_s: float,
+        message: str | None = None,
+        output: str | None = None,
+    ) -> Json: ...
+
+    def complete_batch(self, agent_id: str, batch_id: str) -> Json: ...
+
+    def deregister(self, agent_id: str) -> Json: ...
+
+
+class Journal:
+    """Appends one JSON line per event to a file (tests use it to prove exactly-once).
+
+    Each line: {"event": "install"|"start"|"result"|"lease_lost", "agent_id", "batch_id",
+    "job_id", "status", "accepted", "ts"}. Lines are written with one append each, so
+    several agents may share a journal file.
+    """
+
+    EVENTS = frozenset({"install", "start", "result", "lease_lost"})
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        event: str,
+        *,
+        agent_id: str,
+        batch_id: str | None,
+        job_id: str | None = None,
+        status: str | None = None,
+        accepted: bool,
+    ) -> None:
+        if event not in self.EVENTS:
+            raise ValueError(f"unknown journal event {event!r}")
+        line = json.dumps(
+            {
+                "event": event,
+                "agent_id": agent_id,
+                "batch_id": batch_id,
+                "job_id": job_id,
+                "status": status,
+                "accepted": accepted,
+                "ts": self._clock(),
+            },
+            sort_keys=True,
+        )
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+class _LeaseLost(Exception):
+    """The server took the batch away; stop it without reporting anything more."""
+
+
+class _Fatal(Exception):
+    """The agent cannot go on (bad token, rejected registration)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Agent:
+    """Runs batches on one device until stopped (or until `max_batches` batches are done)."""
+
+    def __init__(
+        self,
+        api: AgentApi,
+        runner: Runner,
+        target: str,
+        device_id: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        heartbeat_interval: float | None = None,
+        heartbeat: bool = True,
+        heartbeat_api: AgentApi | None = None,
+        journal: Journal | None = None,
+        poll_seconds: float = 1.0,
+        max_batches: int | None = None,
+        log: Callable[[str], None] = _stderr,
+        backoff_base: float = BACKOFF_BASE_S,
+        backoff_max: float = BACKOFF_MAX_S,
+    ) -> None:
+        self.api = api
+        self.runner = runner
+        self.target = target
+        self.device_id = device_id
+        self.agent_id = f"{target}-{device_id}"
+        self.installed_app: tuple[str, str] | None = None
+        self.batches_done = 0
+        self.current_batch_id: str | None = None
+        self.heartbeat_interval = heartbeat_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._heartbeat_enabled = heartbeat
+        self._heartbeat_api = heartbeat_api or api
+        self._journal = journal
+        self._poll_seconds = poll_seconds
+        self._max_batches = max_batches
+        self._log = log
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._stop = threading.Event()
+        self._stop_logged = False
+        self._heartbeat_stop = threading.Event()
+        self._batch_lost = threading.Event()
+        self._needs_register = True
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Asks the agent to finish the current test and exit (safe in a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> int:
+        """Runs until stopped; returns the process exit code (0 on a clean stop)."""
+        try:
+            if not self._register_until_ok():
+                return EXIT_OK
+            heartbeat = self._start_heartbeat()
+            try:
+                self._loop()
+            finally:
+                self._heartbeat_stop.set()
+                if heartbeat is not None:
+                    heartbeat.join(timeout=5.0)
+        except _Fatal as fatal:
+            self.log(f"giving up: {fatal}")
+            return fatal.exit_code
+        self._deregister()
+        return EXIT_OK
+
+    def log(self, message: str) -> None:
+        self._log(f"agent {self.agent_id}: {message}")
+
+    # ------------------------------------------------------------------ registration
+
+    def _register_until_ok(self) -> bool:
+        failures = 0
+        while not self.stopping:
+            try:
+                self._register()
+                return True
+            except (Unreachable, ServerError) as error:
+                failures += 1
+                self._wait_after_failure(f"register failed: {error}", failures)
+        return False
+
+    def _register(self) -> None:
+        installed = None
+        if self.installed_app is not None:
+            installed = {"org_id": self.installed_app[0], "app_version_id": self.installed_app[1]}
+        try:
+            answer = self.api.register(self.target, self.device_id, installed)
+        except AuthError as error:
+            raise _Fatal(f"registration refused: {error} (check --token)", EXIT_INFRA) from None
+        except InvalidInput as error:
+            raise _Fatal(f"registration rejected: {error}", EXIT_USAGE) from None
+        self.agent_id = str(answer.get("agent_id") or self.agent_id)
+        if self.heartbeat_interval is None:
+            seconds = answer.get("heartbeat_seconds")
+            if isinstance(seconds, int | float) and seconds > 0:
+                self.heartbeat_interval = float(seconds)
+        self._needs_register = False
+        lease = answer.get("lease_seconds")
+        lease_text = f"{lease:.3g}s" if isinstance(lease, int | float) else "?"
+        self.log(
+            f"registered (lease {lease_text}, "
+            f"heartbeat {self.heartbeat_interval or DEFAULT_HEARTBEAT_S:.3g}s, "
+            f"installed {self._app_label(self.installed_app)})"
+        )
+
+    def _deregister(self) -> None:
+        try:
+            answer = self._call(
+                lambda: self.api.deregister(self.agent_id), "deregister", limit=True
+            )
+            self.log(f"deregistered (requeued {answer.get('requeued', 0)})")
+        except ApiError as error:
+            self.log(f"deregister failed: {error}")
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _start_heartbeat(self) -> threading.Thread | None:
+        if not self._heartbeat_enabled:
+            return None
+        thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"heartbeat-{self.agent_id}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _heartbeat_loop(self) -> None:
+        while not self._heartbeat_stop.wait(self.heartbeat_interval or DEFAULT_HEARTBEAT_S):
+            self.heartbeat_once()
+
+    def heartbeat_once(self) -> None:
+        """One heartbeat. A 404 makes the main loop register again before its next lease;
+        a 409 (lease lost) stops the current batch at the runner's next check."""
+        batch_id = self.current_batch_id
+        try:
+            self._heartbeat_api.heartbeat(self.agent_id)
+        except Conflict as error:
+            if batch_id is not None and batch_id == self.current_batch_id:
+                self._batch_lost.set()
+                self.log(f"heartbeat: lease of batch {batch_id} lost ({error}); stopping it")
+            else:
+                self.log(f"heartbeat: {error}")
+        except NotFound:
+            self._needs_register = True
+            self.log("heartbeat: qgjob does not know this agent; registering again")
+        except ApiError as error:
+            self.log(f"heartbeat failed: {error}")
+        except Exception as error:  # the thread must not die on a surprise
+            self.log(f"heartbeat failed unexpectedly: {error!r}")
+
+    # ------------------------------------------------------------------ main loop
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._note_stop():
+            if self._max_batches is not None and self.batches_done >= self._max_batches:
+                self.log(f"done: {self.batches_done} batch(es) (--max-batches)")
+                return
+            try:
+                if self._needs_register:
+                    self._register()
+                batch = self.api.lease(self.agent_id)
+            except NotFound:
+                failures += 1
+                self._needs_register = True
+                self._wait_after_failure("lease: qgjob does not know this agent", failures)
+                continue
+            except AuthError as error:
+                raise _Fatal(f"lease refused: {error} (check --token)", EXIT_INFRA) from None
+            except ApiError as error:
+                failures += 1
+                self._wait_after_failure(f"lease failed: {error}", failures)
+                continue
+            failures = 0
+            if batch is None:
+                self._wait(self._poll_seconds)
+                continue
+            try:
+                self.run_batch(batch)
+            except _Fatal:
+                raise
+            except Exception as error:  # malformed data or a bug: log, keep serving
+                self.log(f"batch failed unexpectedly: {error!r}")
+                failures += 1
+                self._wait(self._backoff(failures))
+            self.batches_done += 1
+
+    def _note_stop(self) -> bool:
+        if self.stopping and not self._stop_logged:
+            self._stop_logged = True
+            self.log("stop requested")
+        return self.stopping
+
+    def run_batch(self, batch: Mapping[str, Any]) -> None:
+        """Installs (when needed), runs and reports the batch's jobs, then completes it."""
+        batch_id = str(batch["batch_id"])
+        org_id = str(batch["org_id"])
+        app_version_id = str(batch["app_version_id"])
+        target = str(batch.get("target") or self.target)
+        jobs = list(batch.get("jobs") or [])
+        app = (org_id, app_version_id)
+        need_install = bool(batch.get("install_required")) or (
+            self.installed_app is not None and self.installed_app != app
+        )
+        self.log(
+            f"batch {batch_id} {org_id}/{app_version_id}/{target} {len(jobs)} jobs "
+            f"({'install needed' if need_install else 'already installed'})"
+        )
+        self._batch_lost.clear()
+        self.current_batch_id = batch_id
+        started = self._clock()
+        ran = 0
+        try:
+            install_error = None
+            if need_install and not self.stopping:
+                install_error = self._install(batch_id, org_id, app_version_id, target)
+            for job in jobs:
+                if self._note_stop():
+                    self.log(f"batch {batch_id}: {len(jobs) - ran} job(s) left to be requeued")
+                    break
+                if self._batch_lost.is_set():
+                    self._lease_lost(batch_id, None, "the heartbeat was refused")
+                self._run_job(batch_id, org_id, app_version_id, target, job, install_error)
+                ran += 1
+        except _LeaseLost:
+            pass
+        except AuthError as error:
+            raise _Fatal(f"refused during batch {batch_id}: {error}", EXIT_INFRA) from None
+        except ApiError as error:
+            self.log(f"batch {batch_id}: giving up: {error}")
+        finally:
+            self.current_batch_id = None
+            self._complete(batch_id, ran, self._clock() - started)
+
+    def _install(self, batch_id: str, org_id: str, app_version_id: str, target: str) -> str | None:
+        """Installs the app; returns an error message when the install failed."""
+        self.log(f"installing {org_id}/{app_version_id} on {target}")
+        self.installed_app = None  # unknown while installing
+        try:
+            self.runner.install(org_id, app_version_id, target)
+        except InstallError as error:
+            self.log(f"install failed: {error}")
+            self._record("install", batch_id, status="failed", accepted=False)
+            return f"install failed: {error}"
+        self.installed_app = (org_id, app_version_id)
+        try:
+            self._call(lambda: self.api.installed(self.agent_id, batch_id), "installed")
+        except (Conflict, NotFound) as error:
+            self._record("install", batch_id, status="installed", accepted=False)
+            self._lease_lost(batch_id, None, f"install not recorded: {error}")
+        self._record("install", batch_id, status="installed", accepted=True)
+        return None
+
+    def _run_job(
+        self,
+        batch_id: str,
+        org_id: str,
+        app_version_id: str,
+        target: str,
+        job: Mapping[str, Any],
+        install_error: str | None,
+    ) -> None:
+        job_id = str(job["job_id"])
+        test_path = str(job["test_path"])
+        timeout_s = float(job.get("timeout_s") or DEFAULT_JOB_TIMEOUT_S)
+        try:
+            self._call(lambda: self.api.start_job(self.agent_id, job_id, batch_id), "start")
+        except (Conflict, NotFound) as error:
+            self._record("start", batch_id, job_id=job_id, accepted=False)
+            self._lease_lost(batch_id, job_id, f"job {job_id} not started: {error}")
+        self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
+        if install_error is not None:
+            outcome = RunOutcome("error", 0.0, install_error)
+        else:
+            try:
+                outcome = self.runner.run(
+                    test_path,
+                    target,
+                    timeout_s,
+                    self._should_stop_test,
+                    org_id=org_id,
+                    app_version_id=app_version_id,
+                )
+            except Exception as error:
+                outcome = RunOutcome("error", 0.0, f"the runner crashed: {error!r}")
+        status = outcome.status
+        message = outcome.message
+        if status == "timed_out" and not message:
+            message = f"timed out after {timeout_s:g}s"
+        if message is not None and len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+        output = truncate_output(outcome.output) if outcome.output else None
+        try:
+            self._call(
+                lambda: self.api.report_result(
+                    self.agent_id,
+                    job_id,
+                    batch_id,
+                    status,
+                    round(outcome.duration_s, 3),
+                    message,
+                    output,
+                ),
+                "result",
+            )
+        except (Conflict, NotFound) as error:
+            self._record("result", batch_id, job_id=job_id, status=status, accepted=False)
+            self.log(f"job {job_id} {status}: rejected: lease lost")
+            self._lease_lost(batch_id, job_id, str(error))
+        self._record("result", batch_id, job_id=job_id, status=status, accepted=True)
+        detail = f" ({message})" if message and status != "passed" else ""
+        self.log(f"job {job_id} {test_path} {status} in {outcome.duration_s:.2f}s{detail}")
+
+    def _should_stop_test(self) -> bool:
+        return self._stop.is_set() or self._batch_lost.is_set()
+
+    def _lease_lost(self, batch_id: str, job_id: str | None, detail: str) -> None:
+        self._record("lease_lost", batch_id, job_id=job_id, accepted=False)
+        self.log(f"batch {batch_id}: lease lost ({detail}); stopping the batch")
+        raise _LeaseLost(detail)
+
+    def _complete(self, batch_id: str, ran: int, seconds: float) -> None:
+        try:
+            answer = self._call(
+                lambda: self.api.complete_batch(self.agent_id, batch_id), "complete", limit=True
+            )
+        except AuthError as error:
+            raise _Fatal(f"complete refused: {error}", EXIT_INFRA) from None
+        except ApiError as error:
+            self.log(f"batch {batch_id}: complete failed: {error}")
+            return
+        self.log(
+            f"batch {batch_id} done: {ran} job(s) in {seconds:.1f}s, "
+            f"requeued {answer.get('requeued', 0)}"
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _call(self, call: Callable[[], T], what: str, limit: bool = False) -> T:
+        """`call()`, retried on network errors and 5xx (a few times only when stopping)."""
+        failures = 0
+        while True:
+            try:
+                return call()
+            except (Unreachable, ServerError) as error:
+                failures += 1
+                if (limit or self.stopping) and failures >= ATTEMPTS_WHILE_STOPPING:
+                    raise
+                self._wait_after_failure(f"{what} failed: {error}", failures)
+
+    def _record(
+        self,
+        event: str,
+        batch_id: str,
+        *,
+        job_id: str | None = None,
+        status: str | None = None,
+        accepted: bool,
+    ) -> None:
+        if self._journal is not None:
+            self._journal.record(
+                event,
+                agent_id=self.agent_id,
+                batch_id=batch_id,
+                job_id=job_id,
+                status=status,
+                accepted=accepted,
+            )
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self._backoff_max, self._backoff_base * 2 ** max(failures - 1, 0)))
+
+    def _wait_after_failure(self, message: str, failures: int) -> None:
+        delay = self._backoff(failures)
+        self.log(f"{message}; retrying in {delay:g}s")
+        self._wait(delay)
+
+    def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            self._stop.wait(seconds)
+
+    @staticmethod
+    def _app_label(app: tuple[str, str] | None) -> str:
+        return f"{app[0]}/{app[1]}" if app else "nothing"

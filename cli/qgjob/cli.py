@@ -1,0 +1,634 @@
+"""The `qgjob` command line: submit tests, follow runs, read results, run device agents.
+
+Heavy modules (requests, pydantic) are imported inside the commands so `qgjob --help`
+starts fast. Exit codes: 0 passed / accepted, 1 a test failed, 2 bad usage or rejected
+input, 3 infrastructure (unreachable, 5xx, auth, timed out waiting).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from qgjob import __version__, render
+from qgjob.errors import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_TEST_FAILED,
+    ApiError,
+    ConfigError,
+    QgjobError,
+    ServerError,
+)
+
+if TYPE_CHECKING:
+    from qgjob.client import ApiClient
+    from qgjob.follow import WaitOutcome
+
+ENDPOINT_ENV = "QGJOB_ENDPOINT_URL"
+TOKEN_ENV = "QGJOB_TOKEN"  # noqa: S105 - the name of an env var
+# The same values as qgjob.schema.Target (a unit test keeps them in step); spelled out
+# here so `--help` does not need pydantic.
+TARGETS = ("emulator", "device", "browserstack")
+DEFAULT_POLL_INTERVAL_S = 2.0
+DEFAULT_WAIT_TIMEOUT_S = 3600.0
+MAX_JUNIT_OUTPUTS = 200
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class CliState:
+    """Options shared by every command; tests pass one in (with a fake clock and sleep)."""
+
+    endpoint_url: str | None = None
+    token: str | None = None
+    as_json: bool = False
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], object] = time.sleep
+    client_options: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, *, need_token: bool = True, **options: Any) -> ApiClient:
+        if not self.endpoint_url:
+            raise ConfigError(
+                f"no qgjob endpoint: pass --endpoint-url URL or set {ENDPOINT_ENV} "
+                "(e.g. http://127.0.0.1:3000 for the local stack)"
+            )
+        if need_token and not self.token:
+            raise ConfigError(f"no token: pass --token TOKEN or set {TOKEN_ENV}")
+        from qgjob.client import ApiClient
+
+        settings: dict[str, Any] = {"sleep": self.sleep, **self.client_options, **options}
+        try:
+            return ApiClient(self.endpoint_url, self.token, **settings)
+        except ValueError as error:
+            raise ConfigError(f"--endpoint-url: {error}") from None
+
+
+class QgjobGroup(click.Group):
+    """Turns qgjob errors into one line on stderr and the matching exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QgjobError as error:
+            click.echo(f"qgjob: error: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+class Interrupted(QgjobError):
+    exit_code = EXIT_INTERRUPTED
+
+
+def _state(ctx: click.Context, as_json: bool = False) -> CliState:
+    state = ctx.ensure_object(CliState)
+    if as_json:
+        state.as_json = True
+    return state
+
+
+def _emit(state: CliState, data: Any, text: str) -> None:
+    if state.as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def _note(state: CliState, text: str) -> None:
+    """A progress or hint line: stderr, human mode only."""
+    if not state.as_json:
+        click.echo(text, err=True)
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable JSON on stdout (same as qgjob --json).",
+)
+poll_option = click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_POLL_INTERVAL_S,
+    show_default=True,
+    metavar="S",
+    help="Seconds between status polls with --wait.",
+)
+wait_timeout_option = click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_WAIT_TIMEOUT_S,
+    show_default=True,
+    metavar="S",
+    help="Give up waiting after this many seconds (exit 3); the run keeps going.",
+)
+junit_option = click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="With --wait: write a JUnit XML report of the run to FILE.",
+)
+
+
+@click.group(
+    cls=QgjobGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=f"""\b
+Examples:
+  export {ENDPOINT_ENV}=http://127.0.0.1:3000 {TOKEN_ENV}=<org token>
+  qgjob submit --org-id acme --app-version-id v1.4.2 --test tests/login.spec.ts --wait
+  qgjob status --run-id <run id>
+  qgjob --json result --job-id <job id>
+
+\b
+Exit codes: 0 passed / accepted, 1 a test failed, 2 bad usage or rejected input,
+3 infrastructure (unreachable, auth, server error, timed out waiting).""",
+)
+@click.option(
+    "--endpoint-url",
+    envvar=ENDPOINT_ENV,
+    metavar="URL",
+    help=f"qgjob API base URL [env {ENDPOINT_ENV}].",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    metavar="TOKEN",
+    help=f"Org token (agent token for `qgjob agent`) [env {TOKEN_ENV}].",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout; errors on stderr."
+)
+@click.version_option(__version__, prog_name="qgjob")
+@click.pass_context
+def cli(ctx: click.Context, endpoint_url: str | None, token: str | None, as_json: bool) -> None:
+    """Queue, group and run AppWright tests on emulators, devices and BrowserStack."""
+    state = _state(ctx, as_json)
+    if endpoint_url:
+        state.endpoint_url = endpoint_url
+    if token:
+        state.token = token
+
+
+# ---------------------------------------------------------------------- submit
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob submit --org-id acme --app-version-id v1.4.2 --test tests/login.spec.ts
+  qgjob submit --org-id acme --app-version-id v1.4.2 --target device --priority 2 \\
+      --test tests/login.spec.ts --test tests/checkout.spec.ts \\
+      --wait --wait-timeout 1800 --junit report.xml
+
+\b
+With --wait the exit code is 0 when every test passed, 1 when one failed, errored,
+timed out or was cancelled, 3 when --wait-timeout passed first."""
+)
+@click.option("--org-id", required=True, metavar="ORG", help="Your organisation (the token's).")
+@click.option("--app-version-id", required=True, metavar="V", help="App build under test.")
+@click.option(
+    "--test",
+    "tests",
+    required=True,
+    multiple=True,
+    metavar="PATH",
+    help="Relative path of an AppWright spec; repeat for a suite.",
+)
+@click.option(
+    "--priority",
+    type=int,
+    default=5,
+    show_default=True,
+    metavar="1..10",
+    help="1 is the most urgent.",
+)
+@click.option("--target", type=click.Choice(TARGETS), default="emulator", show_default=True)
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Same key, same run: a retried submit never queues twice (default: a new UUID).",
+)
+@click.option("--timeout-s", type=int, metavar="S", help="Longest one test may run.")
+@click.option("--retries", type=int, metavar="N", help="Re-runs after an infrastructure error.")
+@click.option("--wait", is_flag=True, help="Wait until every test finished; print a table.")
+@poll_option
+@wait_timeout_option
+@junit_option
+@json_option
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    org_id: str,
+    app_version_id: str,
+    tests: tuple[str, ...],
+    priority: int,
+    target: str,
+    idempotency_key: str | None,
+    timeout_s: int | None,
+    retries: int | None,
+    wait: bool,
+    poll_interval: float,
+    wait_timeout: float,
+    junit: str | None,
+    as_json: bool,
+) -> None:
+    """Submit one or more tests of an app version as a run; print the run and job ids."""
+    state = _state(ctx, as_json)
+    if junit and not wait:
+        raise click.UsageError("--junit needs --wait (the report is written when the run ends)")
+    fields: dict[str, Any] = {
+        "org_id": org_id,
+        "app_version_id": app_version_id,
+        "target": target,
+        "priority": priority,
+        "test_paths": list(tests),
+        "idempotency_key": idempotency_key or uuid.uuid4().hex,
+    }
+    if timeout_s is not None:
+        fields["timeout_s"] = timeout_s
+    if retries is not None:
+        fields["retries"] = retries
+    payload = _validated_suite(fields)
+    client = state.client()
+    answer = client.submit_run(payload)
+    run_id = str(answer.get("run_id"))
+    if not wait:
+        _emit(state, answer, render.submitted_text(answer, payload))
+        return
+    if not state.as_json:
+        click.echo(render.submitted_text(answer, payload))
+    _finish_run_wait(ctx, state, client, run_id, poll_interval, wait_timeout, junit)
+
+
+def _validated_suite(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The POST /runs body, validated with the shared schema before anything is sent."""
+    from pydantic import ValidationError
+
+    from qgjob.schema import SuiteSubmission, describe_validation_error
+
+    try:
+        suite = SuiteSubmission(**fields)
+    except ValidationError as error:
+        raise ConfigError(f"invalid submission: {describe_validation_error(error)}") from None
+    body: dict[str, Any] = suite.model_dump(mode="json", exclude_unset=True)
+    return body
+
+
+# ---------------------------------------------------------------------- waiting
+
+
+def _wait_for(
+    state: CliState,
+    fetch: Callable[[], dict[str, Any]],
+    done: Callable[[dict[str, Any]], bool],
+    progress: Callable[[dict[str, Any], float], str],
+    poll_interval: float,
+    wait_timeout: float,
+    resume_hint: str,
+) -> WaitOutcome:
+    from qgjob.follow import wait_until
+
+    last_line: list[str] = []
+
+    def on_view(view: dict[str, Any], elapsed: float) -> None:
+        line = progress(view, elapsed)
+        key = line.rsplit(" after ", 1)[0]
+        if not last_line or last_line[0] != key:
+            last_line[:] = [key]
+            _note(state, line)
+
+    def on_failure(error: Exception) -> None:
+        _note(state, f"qgjob: warning: {error}; still waiting")
+
+    try:
+        return wait_until(
+            fetch,
+            done,
+            poll_interval=poll_interval,
+            wait_timeout=wait_timeout,
+            clock=state.clock,
+            sleep=state.sleep,
+            on_view=on_view,
+            on_failure=on_failure,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the work goes on in qgjob: {resume_hint}") from None
+
+
+def _finish_run_wait(
+    ctx: click.Context,
+    state: CliState,
+    client: ApiClient,
+    run_id: str,
+    poll_interval: float,
+    wait_timeout: float,
+    junit: str | None,
+) -> None:
+    from qgjob.follow import run_done
+
+    outcome = _wait_for(
+        state,
+        lambda: client.get_run(run_id),
+        run_done,
+        render.progress_line,
+        poll_interval,
+        wait_timeout,
+        f"qgjob status --run-id {run_id} --wait",
+    )
+    run = outcome.view
+    if run is None:  # pragma: no cover - wait_until raises before this can happen
+        raise ServerError(0, f"no answer about run {run_id}")
+    if junit:
+        from qgjob.junit import write_junit
+
+        write_junit(junit, run, _failure_outputs(client, run))
+    result: dict[str, Any] = dict(run)
+    if outcome.timed_out:
+        result["wait_timed_out"] = True
+    _emit(state, result, render.run_text(run))
+    if junit:
+        _note(state, f"JUnit report written to {junit}")
+    if outcome.timed_out:
+        click.echo(
+            f"qgjob: error: run {run_id} not finished after {wait_timeout:g}s "
+            f"(--wait-timeout); it keeps going: qgjob status --run-id {run_id} --wait",
+            err=True,
+        )
+        ctx.exit(EXIT_INFRA)
+    ctx.exit(EXIT_OK if render.run_passed(run) else EXIT_TEST_FAILED)
+
+
+def _failure_outputs(client: ApiClient, run: Mapping[str, Any]) -> dict[str, str]:
+    """Test output of the jobs that did not pass, for the JUnit report (best effort)."""
+    outputs: dict[str, str] = {}
+    wanted = [
+        str(job.get("job_id"))
+        for job in run.get("jobs") or []
+        if job.get("status") in render.NOT_PASSED and job.get("status") != "cancelled"
+    ]
+    for job_id in wanted[:MAX_JUNIT_OUTPUTS]:
+        try:
+            result = client.get_result(job_id)
+        except ApiError:
+            continue
+        if isinstance(result.get("output"), str) and result["output"]:
+            outputs[job_id] = result["output"]
+    return outputs
+
+
+# ---------------------------------------------------------------------- status
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob status --job-id <job id>
+  qgjob status --run-id <run id>
+  qgjob status --run-id <run id> --wait --junit report.xml
+  qgjob --json status --run-id <run id>
+
+\b
+Without --wait the exit code is 0 whatever the status. With --wait: 0 all passed,
+1 a test failed, 3 when --wait-timeout passed first."""
+)
+@click.option("--job-id", metavar="ID", help="A job id (from qgjob submit).")
+@click.option("--run-id", metavar="ID", help="A run id: prints every job of the run.")
+@click.option("--wait", is_flag=True, help="Wait until the job or run finished.")
+@poll_option
+@wait_timeout_option
+@junit_option
+@json_option
+@click.pass_context
+def status(
+    ctx: click.Context,
+    job_id: str | None,
+    run_id: str | None,
+    wait: bool,
+    poll_interval: float,
+    wait_timeout: float,
+    junit: str | None,
+    as_json: bool,
+) -> None:
+    """Print the status of a job or of a whole run."""
+    state = _state(ctx, as_json)
+    if bool(job_id) == bool(run_id):
+        raise click.UsageError("pass exactly one of --job-id or --run-id")
+    if junit and not (wait and run_id):
+        raise click.UsageError("--junit needs --run-id and --wait")
+    client = state.client()
+    if run_id:
+        if wait:
+            _finish_run_wait(ctx, state, client, run_id, poll_interval, wait_timeout, junit)
+            return
+        run = client.get_run(run_id)
+        _emit(state, run, render.run_text(run))
+        return
+    assert job_id is not None
+    if not wait:
+        job = client.get_job(job_id)
+        _emit(state, job, render.job_text(job))
+        return
+    from qgjob.follow import job_done
+
+    outcome = _wait_for(
+        state,
+        lambda: client.get_job(job_id),
+        job_done,
+        lambda view, elapsed: f"job {job_id}: {view.get('status')} after {elapsed:.0f}s",
+        poll_interval,
+        wait_timeout,
+        f"qgjob status --job-id {job_id} --wait",
+    )
+    job = outcome.view or {}
+    data = dict(job, wait_timed_out=True) if outcome.timed_out else job
+    _emit(state, data, render.job_text(job))
+    if outcome.timed_out:
+        click.echo(
+            f"qgjob: error: job {job_id} not finished after {wait_timeout:g}s (--wait-timeout)",
+            err=True,
+        )
+        ctx.exit(EXIT_INFRA)
+    ctx.exit(EXIT_OK if job.get("status") == "passed" else EXIT_TEST_FAILED)
+
+
+# ---------------------------------------------------------------------- result
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob result --job-id <job id>
+  qgjob --json result --job-id <job id> | jq .output
+
+\b
+Exit code: 0 passed (or not finished yet: the message says so; JSON has
+"finished": false), 1 failed, errored, timed out or cancelled."""
+)
+@click.option("--job-id", required=True, metavar="ID", help="A job id (from qgjob submit).")
+@json_option
+@click.pass_context
+def result(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Print a job's result: status, duration, message and the tail of its output."""
+    state = _state(ctx, as_json)
+    answer = state.client().get_result(job_id)
+    _emit(state, answer, render.result_text(answer))
+    if answer.get("finished") and answer.get("status") != "passed":
+        ctx.exit(EXIT_TEST_FAILED)
+
+
+# ---------------------------------------------------------------------- cancel
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob cancel --job-id <job id>
+
+\b
+Only queued jobs can be cancelled; cancelling a job that already started is
+rejected (exit 2)."""
+)
+@click.option("--job-id", required=True, metavar="ID", help="The queued job to cancel.")
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Cancel a queued job."""
+    state = _state(ctx, as_json)
+    job = state.client().cancel_job(job_id)
+    _emit(state, job, f"job {job.get('job_id', job_id)}: {job.get('status', 'cancelled')}")
+
+
+# ---------------------------------------------------------------------- agent
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  # a simulated emulator (demo, tests): outcomes follow the test file names
+  QGJOB_TOKEN=<agent token> qgjob agent --target emulator --device-id 1 --runner simulated
+  # a real device, running AppWright and installing the build first
+  qgjob agent --target device --device-id pixel-7 --runner command \\
+      --install-command "./install-app.sh {org_id} {app_version_id}" \\
+      --command "npx appwright test {test_path} --project {target}"
+
+\b
+Placeholders: {test_path} {target} {app_version_id} {org_id}. SIGTERM or Ctrl-C
+finishes the current test, reports it, hands the rest of the batch back and exits 0."""
+)
+@click.option("--target", required=True, type=click.Choice(TARGETS), help="Device pool.")
+@click.option(
+    "--device-id",
+    required=True,
+    metavar="D",
+    help="Stable id of this device slot; the agent id is <target>-<device-id>.",
+)
+@click.option(
+    "--runner",
+    "runner_name",
+    type=click.Choice(("simulated", "command")),
+    default="command",
+    show_default=True,
+    help="How tests run.",
+)
+@click.option(
+    "--command",
+    "command_template",
+    default="npx appwright test {test_path} --project {target}",
+    show_default=True,
+    metavar="TEMPLATE",
+    help="Command runner: the test command (run without a shell).",
+)
+@click.option(
+    "--install-command",
+    metavar="TEMPLATE",
+    help="Command runner: installs the app build on the device (default: no install step).",
+)
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Wait between leases while idle.",
+)
+@click.option(
+    "--sim-scale",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Simulated runner: multiplies every simulated duration.",
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="PATH",
+    help="Append one JSON line per install/start/result/lease_lost event to PATH.",
+)
+@click.option(
+    "--max-batches",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Exit (deregistered) after N batches.",
+)
+@click.pass_context
+def agent(
+    ctx: click.Context,
+    target: str,
+    device_id: str,
+    runner_name: str,
+    command_template: str,
+    install_command: str | None,
+    poll_seconds: float,
+    sim_scale: float,
+    journal: str | None,
+    max_batches: int | None,
+) -> None:
+    """Run a device agent: lease batches, install the app once, run and report the tests."""
+    import signal
+
+    from qgjob.agent import Agent, Journal
+    from qgjob.runners import get_runner
+
+    state = _state(ctx)
+    options: dict[str, Any]
+    if runner_name == "simulated":
+        options = {"sim_scale": sim_scale}
+    else:
+        options = {"command": command_template, "install_command": install_command}
+    try:
+        runner = get_runner(runner_name, **options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    api = state.client(retries=1, timeout=30.0)
+    heartbeat_api = state.client(retries=0, timeout=10.0)
+    worker = Agent(
+        api,
+        runner,
+        target,
+        device_id,
+        heartbeat_api=heartbeat_api,
+        journal=Journal(journal) if journal else None,
+        poll_seconds=poll_seconds,
+        max_batches=max_batches,
+    )
+
+    def request_stop(signum: int, frame: object) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    ctx.exit(worker.run())
+
+
+def main() -> None:
+    """Entry point of the `qgjob` console script."""
+    cli.main(prog_name="qgjob")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,276 @@
+"""HTTP client for the qgjob API (see the contract), over `requests`.
+
+Every method returns the decoded JSON body and raises a typed `ApiError` otherwise:
+`InvalidInput` (and its `NotFound` / `Conflict`), `AuthError`, `ServerError`, `Unreachable`.
+Connection errors, 5xx and 429 are retried with bounded exponential backoff; the `sleep`
+used between attempts is injected so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from qgjob import __version__
+from qgjob.errors import (
+    ApiError,
+    AuthError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServerError,
+    Unreachable,
+    error_for_status,
+)
+
+__all__ = [
+    "ApiClient",
+    "ApiError",
+    "AuthError",
+    "Conflict",
+    "InvalidInput",
+    "Json",
+    "NotFound",
+    "ServerError",
+    "Unreachable",
+]
+
+Json = dict[str, Any]
+
+DEFAULT_TIMEOUT_S = 15.0
+DEFAULT_RETRIES = 3
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+RETRY_AFTER_MAX_S = 30.0
+
+
+def _segment(value: str) -> str:
+    """One URL path segment; ids never contain '/', but never trust that."""
+    return quote(value, safe="")
+
+
+def _connection_reason(error: requests.RequestException) -> str:
+    """A short reason such as 'connection refused' instead of urllib3's nested repr."""
+    if isinstance(error, requests.Timeout):
+        return "the request timed out"
+    text = str(error)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if match:
+        return match.group(1).strip().lower()
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+class ApiClient:
+    """Talks to one qgjob endpoint with one token (org token or agent token)."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        token: str | None,
+        session: requests.Session | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        sleep: Callable[[float], object] = time.sleep,
+        backoff_base: float = BACKOFF_BASE_S,
+        backoff_max: float = BACKOFF_MAX_S,
+    ) -> None:
+        if not endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"endpoint URL must start with http:// or https://, got {endpoint_url!r}"
+            )
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.endpoint_url = endpoint_url.rstrip("/")
+        self._token = token
+        self._session = session or requests.Session()
+        self._timeout = timeout
+        self._retries = retries
+        self._sleep = sleep
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+
+    # ------------------------------------------------------------------ transport
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1-based): 0.5, 1, 2, 4, 8, 8..."""
+        return float(min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1))))
+
+    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Json:
+        """Sends one API call (with retries) and returns the JSON body of a 2xx answer."""
+        url = self.endpoint_url + path
+        headers = {"Accept": "application/json", "User-Agent": f"qgjob-cli/{__version__}"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    json=dict(body) if body is not None else None,
+                    headers=headers,
+                    timeout=self._timeout,
+                )
+            except requests.RequestException as error:
+                failure: ApiError = Unreachable(self.endpoint_url, _connection_reason(error))
+                retry_after = None
+            else:
+                if response.status_code < 400:
+                    return self._decode(response)
+                failure = error_for_status(
+                    response.status_code, self._error_message(response), self._safe_json(response)
+                )
+                retry_after = self._retry_after(response)
+            if not isinstance(failure, Unreachable | ServerError) or attempt > self._retries:
+                raise failure
+            delay = self.backoff(attempt)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            self._sleep(delay)
+
+    @staticmethod
+    def _safe_json(response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def _decode(self, response: requests.Response) -> Json:
+        if not response.content:
+            return {}
+        body = self._safe_json(response)
+        if not isinstance(body, dict):
+            raise ServerError(
+                response.status_code,
+                f"qgjob at {self.endpoint_url} answered with something that is not a JSON "
+                "object (is --endpoint-url the qgjob API?)",
+            )
+        return body
+
+    def _error_message(self, response: requests.Response) -> str:
+        body = self._safe_json(response)
+        if isinstance(body, dict):
+            message = body.get("message") or body.get("Message") or body.get("error")
+            if isinstance(message, str) and message:
+                return message
+        text = (response.text or "").strip()
+        if text:
+            return text.splitlines()[0][:300]
+        return response.reason or f"HTTP {response.status_code}"
+
+    @staticmethod
+    def _retry_after(response: requests.Response) -> float | None:
+        value = response.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            return min(max(float(value), 0.0), RETRY_AFTER_MAX_S)
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------ client endpoints
+
+    def health(self) -> Json:
+        return self.request("GET", "/health")
+
+    def submit_job(self, payload: Mapping[str, Any]) -> Json:
+        """POST /jobs with a JobPayload body -> {"job_id", "run_id", "status"}."""
+        return self.request("POST", "/jobs", payload)
+
+    def submit_run(self, payload: Mapping[str, Any]) -> Json:
+        """POST /runs with a SuiteSubmission body -> {"run_id", "job_ids", "status"}."""
+        return self.request("POST", "/runs", payload)
+
+    def get_job(self, job_id: str) -> Json:
+        return self.request("GET", f"/jobs/{_segment(job_id)}")
+
+    def get_result(self, job_id: str) -> Json:
+        """The result (``finished: true``) or a not-finished answer (``finished: false``)."""
+        return self.request("GET", f"/jobs/{_segment(job_id)}/result")
+
+    def get_run(self, run_id: str) -> Json:
+        return self.request("GET", f"/runs/{_segment(run_id)}")
+
+    def cancel_job(self, job_id: str) -> Json:
+        return self.request("POST", f"/jobs/{_segment(job_id)}/cancel", {})
+
+    def metrics(self) -> Json:
+        return self.request("GET", "/metrics")
+
+    # ------------------------------------------------------------------ agent endpoints
+
+    def register(
+        self, target: str, device_id: str, installed: Mapping[str, str] | None = None
+    ) -> Json:
+        """-> {"agent_id", "lease_seconds", "heartbeat_seconds"}."""
+        body = {
+            "target": target,
+            "device_id": device_id,
+            "installed": dict(installed) if installed else None,
+        }
+        return self.request("POST", "/agents/register", body)
+
+    def heartbeat(self, agent_id: str) -> Json:
+        return self.request("POST", f"/agents/{_segment(agent_id)}/heartbeat", {})
+
+    def lease(self, agent_id: str) -> Json | None:
+        """The batch to run (the current one first, after a restart), or None when idle."""
+        body = self.request("POST", f"/agents/{_segment(agent_id)}/lease", {})
+        batch = body.get("batch")
+        if batch is None:
+            return None
+        if not isinstance(batch, dict):
+            raise ServerError(200, "lease answer has a 'batch' that is not an object")
+        return batch
+
+    def installed(self, agent_id: str, batch_id: str) -> Json:
+        return self.request(
+            "POST", f"/agents/{_segment(agent_id)}/batches/{_segment(batch_id)}/installed", {}
+        )
+
+    def start_job(self, agent_id: str, job_id: str, batch_id: str) -> Json:
+        """-> JobView; raises `Conflict` when the lease was lost."""
+        return self.request(
+            "POST",
+            f"/agents/{_segment(agent_id)}/jobs/{_segment(job_id)}/start",
+            {"batch_id": batch_id},
+        )
+
+    def report_result(
+        self,
+        agent_id: str,
+        job_id: str,
+        batch_id: str,
+        status: str,
+        duration_s: float,
+        message: str | None = None,
+        output: str | None = None,
+    ) -> Json:
+        """-> JobView; raises `Conflict` when the report was rejected (lease lost)."""
+        body = {
+            "batch_id": batch_id,
+            "status": status,
+            "duration_s": duration_s,
+            "message": message,
+            "output": output,
+        }
+        return self.request(
+            "POST", f"/agents/{_segment(agent_id)}/jobs/{_segment(job_id)}/result", body
+        )
+
+    def complete_batch(self, agent_id: str, batch_id: str) -> Json:
+        """-> {"requeued": n}; unfinished jobs of the batch go back to the queue."""
+        return self.request(
+            "POST", f"/agents/{_segment(agent_id)}/batches/{_segment(batch_id)}/complete", {}
+        )
+
+    def deregister(self, agent_id: str) -> Json:
+        return self.request("POST", f"/agents/{_segment(agent_id)}/deregister", {})

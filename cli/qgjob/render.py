@@ -1,0 +1,201 @@
+"""Human-readable text for runs, jobs and results (the `--json` output is the API's JSON)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Json = Mapping[str, Any]
+
+FINAL_STATUSES = frozenset({"passed", "failed", "error", "cancelled", "timed_out"})
+NOT_PASSED = frozenset({"failed", "error", "cancelled", "timed_out"})
+# Reading order for counts: outcomes first, then work in flight.
+STATUS_ORDER = (
+    "passed",
+    "failed",
+    "error",
+    "timed_out",
+    "cancelled",
+    "running",
+    "assigned",
+    "queued",
+)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+    lines = []
+    for row in [list(headers), *[list(r) for r in rows]]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """'3 passed, 1 failed, 2 queued' in a stable order; unknown statuses go last."""
+    ordered = [s for s in STATUS_ORDER if counts.get(s)]
+    ordered += sorted(s for s in counts if s not in STATUS_ORDER and counts.get(s))
+    return ", ".join(f"{counts[s]} {s}" for s in ordered) or "no jobs"
+
+
+def run_counts(run: Json) -> dict[str, int]:
+    counts = run.get("counts")
+    if isinstance(counts, Mapping) and counts:
+        return {str(k): int(v) for k, v in counts.items()}
+    tally: dict[str, int] = {}
+    for job in run.get("jobs") or []:
+        status = str(job.get("status"))
+        tally[status] = tally.get(status, 0) + 1
+    return tally
+
+
+def finished_count(run: Json) -> int:
+    return sum(n for status, n in run_counts(run).items() if status in FINAL_STATUSES)
+
+
+def run_total(run: Json) -> int:
+    total = run.get("total")
+    return int(total) if isinstance(total, int) else len(run.get("jobs") or [])
+
+
+def run_passed(run: Json) -> bool:
+    """True when the run is finished and every job passed."""
+    jobs = run.get("jobs") or []
+    if not run.get("finished"):
+        return False
+    if jobs:
+        return all(job.get("status") == "passed" for job in jobs)
+    return bool(run.get("passed"))
+
+
+def duration_text(seconds: Any) -> str:
+    if isinstance(seconds, int | float):
+        return f"{seconds:.2f}s"
+    return "-"
+
+
+def progress_line(run: Json, elapsed_s: float) -> str:
+    return (
+        f"run {run.get('run_id')}: {finished_count(run)}/{run_total(run)} finished "
+        f"({counts_text(run_counts(run))}) after {elapsed_s:.0f}s"
+    )
+
+
+def run_header(run: Json) -> str:
+    return (
+        f"run {run.get('run_id')}: {run.get('org_id')}/{run.get('app_version_id')} "
+        f"on {run.get('target')}"
+    )
+
+
+def run_table(run: Json) -> str:
+    rows = []
+    for job in run.get("jobs") or []:
+        message = job.get("message") or ""
+        if job.get("status") == "passed":
+            message = ""
+        rows.append(
+            [
+                str(job.get("job_id")),
+                str(job.get("status")),
+                duration_text(job.get("duration_s")),
+                str(job.get("test_path")),
+                _one_line(message),
+            ]
+        )
+    return table(["JOB", "STATUS", "DURATION", "TEST", "MESSAGE"], rows)
+
+
+def run_summary(run: Json) -> str:
+    state = "finished" if run.get("finished") else "in progress"
+    verdict = ""
+    if run.get("finished"):
+        verdict = ": PASSED" if run_passed(run) else ": FAILED"
+    return (
+        f"{run_header(run)} {state}{verdict} "
+        f"({counts_text(run_counts(run))}; {run_total(run)} total)"
+    )
+
+
+def run_text(run: Json) -> str:
+    return "\n".join([run_summary(run), run_table(run)])
+
+
+def submitted_text(answer: Json, payload: Json) -> str:
+    job_ids = [str(j) for j in answer.get("job_ids") or []]
+    replay = " (replayed: this idempotency key was used before)" if answer.get("replayed") else ""
+    lines = [
+        f"run {answer.get('run_id')}: {len(job_ids)} job(s) {answer.get('status', 'queued')} "
+        f"for {payload.get('org_id')}/{payload.get('app_version_id')} on "
+        f"{payload.get('target', 'emulator')}{replay}"
+    ]
+    tests = [str(t) for t in payload.get("test_paths") or []]
+    rows = [[job_id, tests[i] if i < len(tests) else ""] for i, job_id in enumerate(job_ids)]
+    if rows:
+        lines.append(table(["JOB", "TEST"], rows))
+    return "\n".join(lines)
+
+
+def job_text(job: Json) -> str:
+    fields = [
+        ("run", job.get("run_id")),
+        ("test", job.get("test_path")),
+        (
+            "app",
+            f"{job.get('org_id')}/{job.get('app_version_id')} on {job.get('target')} "
+            f"(priority {job.get('priority')})",
+        ),
+        ("attempts", job.get("attempts")),
+        ("agent", _agent_text(job)),
+        ("created", _timestamp(job.get("created_at"))),
+        ("started", _timestamp(job.get("started_at"))),
+        ("finished", _timestamp(job.get("finished_at"))),
+        ("duration", duration_text(job.get("duration_s"))),
+        ("message", job.get("message")),
+    ]
+    lines = [f"job {job.get('job_id')}: {job.get('status')}"]
+    lines += [f"  {name:<9} {value}" for name, value in fields if value not in (None, "", "-")]
+    return "\n".join(lines)
+
+
+def result_text(result: Json) -> str:
+    if not result.get("finished"):
+        return f"job {result.get('job_id')} is not finished yet (status {result.get('status')})" + (
+            f": {result['message']}" if result.get("message") else ""
+        )
+    lines = [
+        f"job {result.get('job_id')}: {result.get('status')} in "
+        f"{duration_text(result.get('duration_s'))}"
+        + (f" on {result['agent_id']}" if result.get("agent_id") else "")
+    ]
+    if result.get("message"):
+        lines.append(f"message: {result['message']}")
+    output = result.get("output")
+    if output:
+        lines.append("output:")
+        lines.append(str(output).rstrip("\n"))
+    return "\n".join(lines)
+
+
+def _agent_text(job: Json) -> str | None:
+    agent = job.get("agent_id")
+    if not agent:
+        return None
+    batch = job.get("batch_id")
+    return f"{agent} (batch {batch})" if batch else str(agent)
+
+
+def _timestamp(value: Any) -> str | None:
+    if not isinstance(value, int | float):
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(value))
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

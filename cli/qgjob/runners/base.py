@@ -1,0 +1,62 @@
+"""The runner interface: how an agent installs an app and runs one test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+OutcomeStatus = Literal["passed", "failed", "error", "timed_out"]
+OUTCOME_STATUSES: tuple[OutcomeStatus, ...] = ("passed", "failed", "error", "timed_out")
+
+# The API accepts at most this much output per result; the head is dropped, the tail kept.
+MAX_OUTPUT_BYTES = 64 * 1024
+_TRUNCATED = "[... {n} earlier bytes truncated ...]\n"
+
+
+class InstallError(Exception):
+    """Installing the app on the device failed; the batch's tests cannot run."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one test run produced."""
+
+    status: OutcomeStatus
+    duration_s: float
+    message: str | None = None
+    output: str = ""
+
+
+class Runner(Protocol):
+    """Installs app versions on one device and runs tests on it.
+
+    `install` raises `InstallError` when it fails. `run` never raises for a test
+    problem: it returns an outcome; it should call `should_stop()` now and then and,
+    when it returns True, stop the test and return status "error" (interrupted).
+    `org_id` / `app_version_id` name the app under test (the batch's).
+    """
+
+    def install(self, org_id: str, app_version_id: str, target: str) -> None: ...
+
+    def run(
+        self,
+        test_path: str,
+        target: str,
+        timeout_s: float,
+        should_stop: Callable[[], bool],
+        *,
+        org_id: str = "",
+        app_version_id: str = "",
+    ) -> RunOutcome: ...
+
+
+def truncate_output(text: str, limit: int = MAX_OUTPUT_BYTES) -> str:
+    """Keeps the last `limit` bytes (UTF-8) of `text`, with a marker when cut."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    marker = _TRUNCATED.format(n=len(data))
+    keep = limit - len(marker.encode("utf-8"))
+    tail = data[len(data) - keep :].decode("utf-8", errors="ignore")
+    return _TRUNCATED.format(n=len(data) - len(tail.encode("utf-8"))) + tail

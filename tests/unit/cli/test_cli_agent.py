@@ -1,0 +1,622 @@
+"""The device agent against an in-memory fake of the agent API (no network, no real sleeps)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qgjob.agent import Agent, Journal
+from qgjob.errors import AuthError, Conflict, NotFound, ServerError, Unreachable
+from qgjob.runners import InstallError, RunOutcome
+
+Json = dict[str, Any]
+
+
+def make_batch(
+    batch_id: str,
+    tests: list[str],
+    *,
+    org: str = "acme",
+    app: str = "v1",
+    install_required: bool = True,
+    timeout_s: int = 600,
+) -> Json:
+    return {
+        "batch_id": batch_id,
+        "org_id": org,
+        "app_version_id": app,
+        "target": "emulator",
+        "install_required": install_required,
+        "lease_expires_at": 1000.0,
+        "jobs": [
+            {"job_id": f"{batch_id}-j{i}", "test_path": path, "timeout_s": timeout_s}
+            for i, path in enumerate(tests, start=1)
+        ],
+    }
+
+
+class FakeAgentApi:
+    """Keeps the server-side state an agent can observe: batches, leases, results."""
+
+    def __init__(self, batches: list[Json] | None = None) -> None:
+        self.pending = list(batches or [])
+        self.current: Json | None = None
+        self.registrations: list[Mapping[str, str] | None] = []
+        self.installs: list[str] = []
+        self.started: list[str] = []
+        self.results: dict[str, Json] = {}
+        self.rejected: list[str] = []
+        self.completed: list[tuple[str, int]] = []
+        self.deregistered = 0
+        self.heartbeats = 0
+        self.lose_lease_on_start: set[str] = set()
+        self.lose_lease_on_result: set[str] = set()
+        self.lease_errors: list[Exception] = []
+        self.start_errors: list[Exception] = []
+        self.heartbeat_errors: list[Exception] = []
+        self.known = False
+        self.on_lease: Callable[[], None] | None = None
+        self.on_heartbeat: Callable[[], None] | None = None
+
+    # -- agent endpoints
+    def register(
+        self, target: str, device_id: str, installed: Mapping[str, str] | None = None
+    ) -> Json:
+        self.registrations.append(installed)
+        self.known = True
+        return {"agent_id": f"{target}-{device_id}", "lease_seconds": 120, "heartbeat_seconds": 5}
+
+    def heartbeat(self, agent_id: str) -> Json:
+        self.heartbeats += 1
+        if self.on_heartbeat is not None:
+            self.on_heartbeat()
+        if self.heartbeat_errors:
+            raise self.heartbeat_errors.pop(0)
+        return {"agent_id": agent_id, "status": "busy", "batch_id": None}
+
+    def lease(self, agent_id: str) -> Json | None:
+        if self.on_lease is not None:
+            self.on_lease()
+        if self.lease_errors:
+            error = self.lease_errors.pop(0)
+            if isinstance(error, NotFound):
+                self.known = False
+            raise error
+        if not self.known:
+            raise NotFound(404, f"agent {agent_id} is not registered")
+        if self.current is None and self.pending:
+            self.current = self.pending.pop(0)
+        if self.current is None:
+            return None
+        batch = dict(self.current)
+        batch["jobs"] = [j for j in self.current["jobs"] if j["job_id"] not in self.results]
+        return batch
+
+    def _own(self, batch_id: str) -> Json:
+        if self.current is None or self.current["batch_id"] != batch_id:
+            raise Conflict(409, f"batch {batch_id}: lease lost")
+        return self.current
+
+    def installed(self, agent_id: str, batch_id: str) -> Json:
+        self._own(batch_id)
+        self.installs.append(batch_id)
+        return {}
+
+    def start_job(self, agent_id: str, job_id: str, batch_id: str) -> Json:
+        if self.start_errors:
+            raise self.start_errors.pop(0)
+        self._own(batch_id)
+        if job_id in self.lose_lease_on_start:
+            self.current = None  # the reaper took the batch away
+            raise Conflict(409, f"job {job_id} is no longer assigned to batch {batch_id}")
+        self.started.append(job_id)
+        return {"job_id": job_id, "status": "running"}
+
+    def report_result(
+        self,
+        agent_id: str,
+        job_id: str,
+        batch_id: str,
+        status: str,
+        duration_s: float,
+        message: str | None = None,
+        output: str | None = None,
+    ) -> Json:
+        if job_id in self.lose_lease_on_result or job_id in self.results:
+            self.rejected.append(job_id)
+            raise Conflict(409, f"job {job_id}: result rejected, the lease was lost")
+        self._own(batch_id)
+        self.results[job_id] = {
+            "status": status,
+            "duration_s": duration_s,
+            "message": message,
+            "output": output,
+        }
+        return {"job_id": job_id, "status": status}
+
+    def complete_batch(self, agent_id: str, batch_id: str) -> Json:
+        batch = self._own(batch_id)
+        requeued = [j for j in batch["jobs"] if j["job_id"] not in self.results]
+        self.completed.append((batch_id, len(requeued)))
+        self.current = None
+        return {"requeued": len(requeued)}
+
+    def deregister(self, agent_id: str) -> Json:
+        self.deregistered += 1
+        return {"requeued": 0}
+
+
+class FakeRunner:
+    """Records installs and runs; outcomes by test path (default: passed)."""
+
+    def __init__(self, outcomes: Mapping[str, RunOutcome] | None = None) -> None:
+        self.outcomes = dict(outcomes or {})
+        self.installs: list[tuple[str, str, str]] = []
+        self.runs: list[tuple[str, str, float, str, str]] = []
+        self.install_error: str | None = None
+        self.on_run: Callable[[str], None] | None = None
+        self.should_stop: Callable[[], bool] = lambda: False
+
+    def install(self, org_id: str, app_version_id: str, target: str) -> None:
+        if self.install_error:
+            raise InstallError(self.install_error)
+        self.installs.append((org_id, app_version_id, target))
+
+    def run(
+        self,
+        test_path: str,
+        target: str,
+        timeout_s: float,
+        should_stop: Callable[[], bool],
+        *,
+        org_id: str = "",
+        app_version_id: str = "",
+    ) -> RunOutcome:
+        self.runs.append((test_path, target, timeout_s, org_id, app_version_id))
+        self.should_stop = should_stop
+        if self.on_run is not None:
+            self.on_run(test_path)
+        return self.outcomes.get(test_path, RunOutcome("passed", 0.25, None, f"ran {test_path}"))
+
+
+class Sleeps:
+    """Records waits; fails the test instead of looping forever."""
+
+    def __init__(self, limit: int = 50) -> None:
+        self.calls: list[float] = []
+        self.limit = limit
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        if len(self.calls) > self.limit:
+            raise AssertionError("the agent kept waiting: likely an endless loop")
+
+
+def make_agent(
+    api: FakeAgentApi,
+    runner: FakeRunner,
+    *,
+    journal: Journal | None = None,
+    max_batches: int | None = None,
+    sleeps: Sleeps | None = None,
+    logs: list[str] | None = None,
+) -> Agent:
+    log_lines = logs if logs is not None else []
+    return Agent(
+        api,
+        runner,
+        "emulator",
+        "1",
+        sleep=sleeps or Sleeps(),
+        heartbeat=False,
+        journal=journal,
+        max_batches=max_batches,
+        log=log_lines.append,
+        clock=lambda: 0.0,
+    )
+
+
+def journal_lines(path: Path) -> list[Json]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------- install
+
+
+def test_installs_once_then_skips_when_already_installed() -> None:
+    api = FakeAgentApi(
+        [
+            make_batch("b1", ["tests/a.spec.ts", "tests/b.spec.ts"], install_required=True),
+            make_batch("b2", ["tests/c.spec.ts"], install_required=False),
+        ]
+    )
+    runner = FakeRunner()
+    logs: list[str] = []
+    agent = make_agent(api, runner, max_batches=2, logs=logs)
+
+    assert agent.run() == 0
+
+    assert runner.installs == [("acme", "v1", "emulator")]
+    assert api.installs == ["b1"]
+    assert [r[0] for r in runner.runs] == ["tests/a.spec.ts", "tests/b.spec.ts", "tests/c.spec.ts"]
+    assert {job: r["status"] for job, r in api.results.items()} == {
+        "b1-j1": "passed",
+        "b1-j2": "passed",
+        "b2-j1": "passed",
+    }
+    assert api.completed == [("b1", 0), ("b2", 0)]
+    assert api.deregistered == 1
+    assert agent.installed_app == ("acme", "v1")
+    assert "agent emulator-1: batch b1 acme/v1/emulator 2 jobs (install needed)" in logs
+    assert "agent emulator-1: batch b2 acme/v1/emulator 1 jobs (already installed)" in logs
+
+
+def test_installs_when_the_local_app_differs_even_if_the_server_says_not_needed() -> None:
+    api = FakeAgentApi(
+        [
+            make_batch("b1", ["a.spec.ts"], app="v1", install_required=True),
+            make_batch("b2", ["b.spec.ts"], app="v2", install_required=False),
+        ]
+    )
+    runner = FakeRunner()
+    assert make_agent(api, runner, max_batches=2).run() == 0
+    assert runner.installs == [("acme", "v1", "emulator"), ("acme", "v2", "emulator")]
+    assert api.installs == ["b1", "b2"]
+
+
+def test_runner_gets_the_batch_app_and_the_job_timeout() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"], app="v7", timeout_s=42)])
+    runner = FakeRunner()
+    make_agent(api, runner, max_batches=1).run()
+    assert runner.runs == [("a.spec.ts", "emulator", 42.0, "acme", "v7")]
+
+
+def test_failed_install_reports_every_job_as_error_without_running_it() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    runner = FakeRunner()
+    runner.install_error = "apk not found"
+    assert make_agent(api, runner, max_batches=1).run() == 0
+
+    assert runner.runs == []
+    assert api.installs == []
+    assert [r["status"] for r in api.results.values()] == ["error", "error"]
+    assert all("install failed: apk not found" in str(r["message"]) for r in api.results.values())
+    assert api.completed == [("b1", 0)]
+
+
+def test_re_registration_reports_the_installed_app() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    runner = FakeRunner()
+    agent = make_agent(api, runner, max_batches=2)
+    # after the first batch qgjob forgets the agent (e.g. marked offline)
+    api.pending.append(make_batch("b2", ["b.spec.ts"], install_required=False))
+
+    def forget_after_first_batch() -> None:
+        if api.completed and len(api.registrations) == 1:
+            api.known = False
+
+    api.on_lease = forget_after_first_batch
+    assert agent.run() == 0
+    assert api.registrations == [None, {"org_id": "acme", "app_version_id": "v1"}]
+    assert runner.installs == [("acme", "v1", "emulator")]
+
+
+# ---------------------------------------------------------------------- results
+
+
+def test_outcomes_are_reported_with_message_and_output() -> None:
+    api = FakeAgentApi([make_batch("b1", ["ok.spec.ts", "bad.spec.ts", "slow.spec.ts"])])
+    runner = FakeRunner(
+        {
+            "bad.spec.ts": RunOutcome("failed", 1.23456, "exit code 1", "expected 2"),
+            "slow.spec.ts": RunOutcome("timed_out", 600.0, None, ""),
+        }
+    )
+    make_agent(api, runner, max_batches=1).run()
+
+    assert api.results["b1-j1"] == {
+        "status": "passed",
+        "duration_s": 0.25,
+        "message": None,
+        "output": "ran ok.spec.ts",
+    }
+    assert api.results["b1-j2"] == {
+        "status": "failed",
+        "duration_s": 1.235,
+        "message": "exit code 1",
+        "output": "expected 2",
+    }
+    assert api.results["b1-j3"]["status"] == "timed_out"
+    assert api.results["b1-j3"]["message"] == "timed out after 600s"
+    assert api.results["b1-j3"]["output"] is None
+
+
+def test_a_runner_crash_is_reported_as_error_and_the_batch_goes_on() -> None:
+    api = FakeAgentApi([make_batch("b1", ["boom.spec.ts", "ok.spec.ts"])])
+    runner = FakeRunner()
+
+    def explode(path: str) -> None:
+        if path == "boom.spec.ts":
+            raise RuntimeError("device disconnected")
+
+    runner.on_run = explode
+    make_agent(api, runner, max_batches=1).run()
+    assert api.results["b1-j1"]["status"] == "error"
+    assert "device disconnected" in str(api.results["b1-j1"]["message"])
+    assert api.results["b1-j2"]["status"] == "passed"
+
+
+# ---------------------------------------------------------------------- lease lost
+
+
+def test_lease_lost_on_start_stops_the_batch_without_reporting(tmp_path: Path) -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts", "c.spec.ts"])])
+    api.lose_lease_on_start = {"b1-j2"}
+    runner = FakeRunner()
+    journal = Journal(tmp_path / "journal.jsonl", clock=lambda: 123.0)
+    logs: list[str] = []
+
+    assert make_agent(api, runner, journal=journal, max_batches=1, logs=logs).run() == 0
+
+    assert [r[0] for r in runner.runs] == ["a.spec.ts"]
+    assert api.started == ["b1-j1"]
+    assert list(api.results) == ["b1-j1"]
+    assert api.completed == []  # the batch is not ours anymore: the server refused complete
+    events = [(e["event"], e["job_id"], e["accepted"]) for e in journal_lines(journal.path)]
+    assert events == [
+        ("install", None, True),
+        ("start", "b1-j1", True),
+        ("result", "b1-j1", True),
+        ("start", "b1-j2", False),
+        ("lease_lost", "b1-j2", False),
+    ]
+    assert any("lease lost" in line for line in logs)
+
+
+def test_lease_lost_on_result_logs_rejected_and_stops_the_batch(tmp_path: Path) -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    api.lose_lease_on_result = {"b1-j1"}
+    runner = FakeRunner()
+    journal = Journal(tmp_path / "journal.jsonl")
+    logs: list[str] = []
+
+    make_agent(api, runner, journal=journal, max_batches=1, logs=logs).run()
+
+    assert [r[0] for r in runner.runs] == ["a.spec.ts"]
+    assert api.started == ["b1-j1"]
+    assert api.results == {}
+    assert api.rejected == ["b1-j1"]
+    assert "agent emulator-1: job b1-j1 passed: rejected: lease lost" in logs
+    results = [e for e in journal_lines(journal.path) if e["event"] == "result"]
+    assert results == [
+        {
+            "event": "result",
+            "agent_id": "emulator-1",
+            "batch_id": "b1",
+            "job_id": "b1-j1",
+            "status": "passed",
+            "accepted": False,
+            "ts": results[0]["ts"],
+        }
+    ]
+    assert isinstance(results[0]["ts"], float)
+    # complete is still attempted: the server decides (here it accepts and requeues b1-j2)
+    assert api.completed == [("b1", 2)]
+
+
+def test_heartbeat_conflict_stops_the_running_batch() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    runner = FakeRunner()
+    agent = make_agent(api, runner, max_batches=1)
+    api.heartbeat_errors = [Conflict(409, "batch b1: lease lost")]
+    seen_stop: list[bool] = []
+
+    def heartbeat_during_first_test(path: str) -> None:
+        seen_stop.append(runner.should_stop())
+        agent.heartbeat_once()  # what the heartbeat thread does while the test runs
+        seen_stop.append(runner.should_stop())
+
+    runner.on_run = heartbeat_during_first_test
+    agent.run()
+
+    assert seen_stop == [False, True]  # the runner is asked to stop at its next check
+    assert [r[0] for r in runner.runs] == ["a.spec.ts"]
+    assert "b1-j2" not in api.started
+
+
+# ---------------------------------------------------------------------- stopping
+
+
+def test_stop_finishes_current_test_completes_batch_and_deregisters(tmp_path: Path) -> None:
+    tests = ["a.spec.ts", "b.spec.ts", "c.spec.ts", "d.spec.ts"]
+    api = FakeAgentApi([make_batch("b1", tests), make_batch("b2", ["e.spec.ts"])])
+    runner = FakeRunner()
+    journal = Journal(tmp_path / "journal.jsonl")
+    agent = make_agent(api, runner, journal=journal)
+
+    def sigterm_during_second_test(path: str) -> None:
+        if path == "b.spec.ts":
+            agent.stop()  # what the SIGTERM handler does
+
+    runner.on_run = sigterm_during_second_test
+
+    assert agent.run() == 0
+
+    assert [r[0] for r in runner.runs] == ["a.spec.ts", "b.spec.ts"]
+    assert sorted(api.results) == ["b1-j1", "b1-j2"]  # the interrupted test was reported
+    assert api.completed == [("b1", 2)]  # c and d go back to the queue
+    assert api.pending
+    assert api.pending[0]["batch_id"] == "b2"
+    assert api.deregistered == 1
+    accepted = [e["job_id"] for e in journal_lines(journal.path) if e["event"] == "result"]
+    assert accepted == ["b1-j1", "b1-j2"]
+
+
+def test_stop_right_after_lease_skips_install_and_hands_the_batch_back() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    runner = FakeRunner()
+    agent = make_agent(api, runner)
+    original_lease = api.lease
+
+    def lease_then_sigterm(agent_id: str) -> Json | None:
+        batch = original_lease(agent_id)
+        agent.stop()
+        return batch
+
+    api.lease = lease_then_sigterm  # type: ignore[method-assign]
+    assert agent.run() == 0
+    assert runner.installs == []
+    assert runner.runs == []
+    assert api.completed == [("b1", 2)]
+    assert api.deregistered == 1
+
+
+def test_stop_while_idle_deregisters_and_exits_zero() -> None:
+    api = FakeAgentApi([])
+    sleeps = Sleeps()
+    agent = make_agent(api, FakeRunner(), sleeps=sleeps)
+    leases: list[int] = []
+
+    def stop_on_third_lease() -> None:
+        leases.append(1)
+        if len(leases) == 3:
+            agent.stop()
+
+    api.on_lease = stop_on_third_lease
+    assert agent.run() == 0
+    assert sleeps.calls == [1.0, 1.0, 1.0]  # poll_seconds between empty leases
+    assert api.deregistered == 1
+
+
+# ---------------------------------------------------------------------- failures
+
+
+def test_network_errors_back_off_and_the_agent_keeps_going() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    api.lease_errors = [
+        Unreachable("http://qgjob.test", "connection refused"),
+        ServerError(503, "restarting"),
+        Unreachable("http://qgjob.test", "connection refused"),
+    ]
+    api.start_errors = [ServerError(502, "bad gateway")]
+    sleeps = Sleeps()
+    logs: list[str] = []
+    agent = make_agent(api, FakeRunner(), max_batches=1, sleeps=sleeps, logs=logs)
+
+    assert agent.run() == 0
+    assert sleeps.calls == [1.0, 2.0, 4.0, 1.0]  # lease backoff grows; start retried once
+    assert api.results["b1-j1"]["status"] == "passed"
+    assert any("cannot reach qgjob" in line and "retrying in 4s" in line for line in logs)
+
+
+def test_lease_404_registers_again() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    api.lease_errors = [NotFound(404, "agent emulator-1 is not registered")]
+    agent = make_agent(api, FakeRunner(), max_batches=1)
+    assert agent.run() == 0
+    assert len(api.registrations) == 2
+    assert list(api.results) == ["b1-j1"]
+
+
+def test_heartbeat_404_makes_the_loop_register_again() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"]), make_batch("b2", ["b.spec.ts"])])
+    api.heartbeat_errors = [NotFound(404, "agent emulator-1 is not registered")]
+    runner = FakeRunner()
+    agent = make_agent(api, runner, max_batches=2)
+    runner.on_run = lambda path: agent.heartbeat_once() if path == "a.spec.ts" else None
+
+    assert agent.run() == 0
+    assert len(api.registrations) == 2
+    assert api.registrations[1] == {"org_id": "acme", "app_version_id": "v1"}
+    assert sorted(api.results) == ["b1-j1", "b2-j1"]
+
+
+def test_register_waits_for_the_backend_to_come_up() -> None:
+    api = FakeAgentApi([])
+    calls: list[int] = []
+    original = api.register
+
+    def flaky_register(
+        target: str, device_id: str, installed: Mapping[str, str] | None = None
+    ) -> Json:
+        calls.append(1)
+        if len(calls) < 3:
+            raise Unreachable("http://qgjob.test", "connection refused")
+        return original(target, device_id, installed)
+
+    api.register = flaky_register  # type: ignore[method-assign]
+    agent = make_agent(api, FakeRunner(), max_batches=0)
+    assert agent.run() == 0
+    assert len(calls) == 3
+
+
+def test_auth_error_on_register_exits_3() -> None:
+    api = FakeAgentApi([])
+
+    def refuse(target: str, device_id: str, installed: Mapping[str, str] | None = None) -> Json:
+        raise AuthError(401, "invalid token")
+
+    api.register = refuse  # type: ignore[method-assign]
+    logs: list[str] = []
+    assert make_agent(api, FakeRunner(), logs=logs).run() == 3
+    assert api.deregistered == 0
+    assert any("check --token" in line for line in logs)
+
+
+# ---------------------------------------------------------------------- heartbeat thread
+
+
+def test_heartbeat_thread_beats_while_a_test_runs() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    beat = threading.Event()
+    api.on_heartbeat = beat.set
+    runner = FakeRunner()
+    runner.on_run = lambda path: None if beat.wait(timeout=10) else pytest.fail("no heartbeat")
+    agent = Agent(
+        api,
+        runner,
+        "emulator",
+        "1",
+        sleep=Sleeps(),
+        heartbeat_interval=0.01,
+        max_batches=1,
+        log=lambda line: None,
+    )
+    assert agent.run() == 0
+    assert api.heartbeats >= 1
+    assert list(api.results) == ["b1-j1"]
+
+
+# ---------------------------------------------------------------------- journal
+
+
+def test_journal_lines_have_every_field(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "x-fail.spec.ts"])])
+    runner = FakeRunner({"x-fail.spec.ts": RunOutcome("failed", 0.5, "boom", "")})
+    make_agent(api, runner, journal=Journal(path, clock=lambda: 99.5), max_batches=1).run()
+
+    lines = journal_lines(path)
+    assert [(e["event"], e["status"]) for e in lines] == [
+        ("install", "installed"),
+        ("start", "running"),
+        ("result", "passed"),
+        ("start", "running"),
+        ("result", "failed"),
+    ]
+    for entry in lines:
+        assert set(entry) == {"event", "agent_id", "batch_id", "job_id", "status", "accepted", "ts"}
+        assert entry["agent_id"] == "emulator-1"
+        assert entry["batch_id"] == "b1"
+        assert entry["accepted"] is True
+        assert entry["ts"] == 99.5
+
+
+def test_journal_rejects_unknown_events(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown journal event"):
+        Journal(tmp_path / "j").record("finish", agent_id="a", batch_id="b", accepted=True)
