@@ -71,7 +71,14 @@ class StateStore(Protocol):
         """assigned|running in this batch on this agent -> final status."""
 
     def requeue_job(
-        self, job: Job, batch_id: str, now: float, *, count_attempt: bool, reason: str
+        self,
+        job: Job,
+        batch_id: str,
+        now: float,
+        *,
+        count_attempt: bool,
+        reason: str,
+        retry_of_batch: str | None = None,
     ) -> Job | None:
         """assigned|running in this batch -> back in the backlog (or error when out of attempts)."""
 

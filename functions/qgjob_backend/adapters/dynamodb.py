@@ -113,6 +113,7 @@ def job_to_item(job: Job) -> Item:
         "message": job.message,
         "output_excerpt": job.output_excerpt,
         "output_key": job.output_key,
+        "retry_of_batch": job.retry_of_batch,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = UNADMITTED_SHARD
@@ -144,6 +145,7 @@ def job_from_item(item: Item) -> Job:
         message=item.get("message"),
         output_excerpt=item.get("output_excerpt"),
         output_key=item.get("output_key"),
+        retry_of_batch=item.get("retry_of_batch"),
     )
 
 
@@ -440,14 +442,18 @@ class DynamoStateStore:
             "output_excerpt": outcome.output_excerpt,
             "output_key": outcome.output_key,
         }
+        # A result replaces everything an earlier attempt left behind.
+        removes = ["retry_of_batch"]
         for name, value in optional.items():
-            if value is not None:
+            if value is None:
+                removes.append(name)
+            else:
                 sets.append(f"{name} = :{name}")
                 values[name] = value
         item = self._update(
             self._jobs,
             {"job_id": job_id},
-            UpdateExpression="SET " + ", ".join(sets),
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=_values(**values),
@@ -455,7 +461,14 @@ class DynamoStateStore:
         return job_from_item(item) if item else None
 
     def requeue_job(
-        self, job: Job, batch_id: str, now: float, *, count_attempt: bool, reason: str
+        self,
+        job: Job,
+        batch_id: str,
+        now: float,
+        *,
+        count_attempt: bool,
+        reason: str,
+        retry_of_batch: str | None = None,
     ) -> Job | None:
         attempts = job.attempts + (1 if count_attempt else 0)
         common = _values(
@@ -481,13 +494,20 @@ class DynamoStateStore:
             )
         else:
             requeued = replace(job, status=JobStatus.QUEUED)
+            # Only an agent's own error report marks the job, so its retried delivery is
+            # recognised; a requeue by the reaper clears the mark.
+            if retry_of_batch:
+                marker, removed = "retry_of_batch = :retry_of, ", ""
+                extra = _values(retry_of=retry_of_batch)
+            else:
+                marker, removed, extra = "", ", retry_of_batch", {}
             item = self._update(
                 self._jobs,
                 {"job_id": job.job_id},
                 UpdateExpression=(
                     "SET #s = :queued, attempts = :attempts, updated_at = :now, message = :reason, "
-                    "backlog_target = :target, backlog_key = :bk "
-                    "REMOVE batch_id, agent_id, started_at"
+                    f"{marker}backlog_target = :target, backlog_key = :bk "
+                    f"REMOVE batch_id, agent_id, started_at{removed}"
                 ),
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#s": "status"},
@@ -498,6 +518,7 @@ class DynamoStateStore:
                         target=job.target.value,
                         bk=backlog_sort_key(requeued),
                     ),
+                    **extra,
                 },
             )
         return job_from_item(item) if item else None
@@ -523,13 +544,18 @@ class DynamoStateStore:
             "now": now,
             "idle": AgentStatus.IDLE.value,
         }
+        # What the device holds is what the agent says now: after a restart with nothing
+        # to report, the next batch installs again rather than trust a wiped device.
+        clear = ""
         if installed is not None:
             sets += ["installed_org = :iorg", "installed_app = :iapp"]
             values.update(iorg=installed.org_id, iapp=installed.app_version_id)
+        else:
+            clear = " REMOVE installed_org, installed_app"
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
-            UpdateExpression="SET " + ", ".join(sets),
+            UpdateExpression="SET " + ", ".join(sets) + clear,
             ConditionExpression="attribute_not_exists(batch_id)",
             ExpressionAttributeNames={"#t": "target", "#s": "status"},
             ExpressionAttributeValues=_values(**values),

@@ -70,6 +70,9 @@ class Job:
     message: str | None = None
     output_excerpt: str | None = None
     output_key: str | None = None
+    # The batch whose agent reported an infrastructure error that put this job back:
+    # lets a retried delivery of that same report be recognised as a replay.
+    retry_of_batch: str | None = None
 
     @property
     def group_key(self) -> str:

@@ -138,7 +138,12 @@ class AgentService:
         if status is JobStatus.ERROR and current.attempts + 1 < current.max_attempts:
             # Infrastructure errors are retried; the test itself did not fail.
             retried = self._store.requeue_job(
-                current, batch_id, now, count_attempt=True, reason=message or "agent error"
+                current,
+                batch_id,
+                now,
+                count_attempt=True,
+                reason=message or "agent error",
+                retry_of_batch=batch_id,
             )
             if retried is not None:
                 logger.info("job errored; requeued", extra={"job_id": job_id})
@@ -161,6 +166,8 @@ class AgentService:
         replay = self._store.get_job(job_id)
         if replay and replay.batch_id == batch_id and replay.status is status:
             return replay  # the same report delivered twice
+        if replay and status is JobStatus.ERROR and replay.retry_of_batch == batch_id:
+            return replay  # the same error report, which already put the job back
         logger.warning(
             "late report rejected",
             extra={"job_id": job_id, "agent_id": agent_id, "batch_id": batch_id},

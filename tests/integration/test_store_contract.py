@@ -1,0 +1,644 @@
+"""The StateStore contract, run against the in-memory fake AND DynamoDB (moto).
+
+Every precondition the services rely on is asserted here for both implementations, which
+is what lets the unit tests trust ``tests/unit/fakes.MemoryStateStore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import boto3
+import pytest
+
+from qgjob_backend.adapters.dynamodb import DynamoStateStore, DynamoTokenStore
+from qgjob_backend.config import Config
+from qgjob_backend.domain.models import (
+    Agent,
+    AgentStatus,
+    AppRef,
+    Batch,
+    BatchState,
+    Job,
+    Run,
+    group_key_for,
+)
+from qgjob_backend.ports import JobOutcome, StateStore, TokenRecord, TokenStore
+from qgjob_backend.schema import JobStatus, Target
+from tests.unit.fakes import MemoryStateStore, MemoryTokenStore
+
+T0 = 1_000.0
+LEASE = 60.0
+
+
+@pytest.fixture(params=["memory", "dynamo"])
+def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStateStore()
+        return
+    config: Config = request.getfixturevalue("config")
+    session: boto3.Session = request.getfixturevalue("aws_session")
+    yield DynamoStateStore(
+        session.client("dynamodb"),
+        jobs_table=config.jobs_table,
+        runs_table=config.runs_table,
+        agents_table=config.agents_table,
+        batches_table=config.batches_table,
+    )
+
+
+@pytest.fixture(params=["memory", "dynamo"])
+def token_store(request: pytest.FixtureRequest) -> TokenStore:
+    if request.param == "memory":
+        return MemoryTokenStore()
+    config: Config = request.getfixturevalue("config")
+    session: boto3.Session = request.getfixturevalue("aws_session")
+    return DynamoTokenStore(session.client("dynamodb"), config.tokens_table)
+
+
+# ------------------------------------------------------------------ builders
+def make_job(job_id: str, **overrides: Any) -> Job:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "run_id": "run-1",
+        "org_id": "acme",
+        "app_version_id": "v1",
+        "target": Target.EMULATOR,
+        "test_path": f"tests/{job_id}.spec.js",
+        "priority": 5,
+        "status": JobStatus.QUEUED,
+        "created_at": T0,
+        "updated_at": T0,
+        "timeout_s": 600,
+        "max_attempts": 3,
+    }
+    fields.update(overrides)
+    return Job(**fields)
+
+
+def make_batch(batch_id: str, agent_id: str, job_ids: list[str], **overrides: Any) -> Batch:
+    fields: dict[str, Any] = {
+        "batch_id": batch_id,
+        "agent_id": agent_id,
+        "group_key": group_key_for("acme", "v1", Target.EMULATOR),
+        "org_id": "acme",
+        "app_version_id": "v1",
+        "target": Target.EMULATOR,
+        "job_ids": job_ids,
+        "state": BatchState.ACTIVE,
+        "created_at": T0,
+        "lease_expires_at": T0 + LEASE,
+        "install_required": True,
+    }
+    fields.update(overrides)
+    return Batch(**fields)
+
+
+def queued(store: StateStore, *job_ids: str, **overrides: Any) -> list[Job]:
+    """Jobs written and admitted into the backlog."""
+    jobs = [make_job(j, position=i, **overrides) for i, j in enumerate(job_ids)]
+    store.create_jobs(jobs)
+    admitted = [store.admit_job(j, T0) for j in jobs]
+    assert all(a is not None for a in admitted)
+    return [a for a in admitted if a is not None]
+
+
+def agent(store: StateStore, agent_id: str = "emulator-d1", **kwargs: Any) -> Agent:
+    target = kwargs.pop("target", Target.EMULATOR)
+    installed = kwargs.pop("installed", None)
+    now = kwargs.pop("now", T0)
+    return store.register_agent(agent_id, target, agent_id.split("-", 1)[-1], installed, now)
+
+
+def assigned(
+    store: StateStore, *job_ids: str, batch_id: str = "b1", agent_id: str = "a-1"
+) -> Batch:
+    """Queued jobs committed to a fresh batch on a fresh idle agent."""
+    queued(store, *job_ids)
+    agent(store, agent_id)
+    batch = make_batch(batch_id, agent_id, list(job_ids))
+    assert store.commit_batch(batch, T0)
+    return batch
+
+
+def get_job(store: StateStore, job_id: str) -> Job:
+    job = store.get_job(job_id)
+    assert job is not None
+    return job
+
+
+def get_agent(store: StateStore, agent_id: str) -> Agent:
+    found = store.get_agent(agent_id)
+    assert found is not None
+    return found
+
+
+def get_batch(store: StateStore, batch_id: str) -> Batch:
+    found = store.get_batch(batch_id)
+    assert found is not None
+    return found
+
+
+def backlog_ids(store: StateStore, target: Target = Target.EMULATOR) -> list[str]:
+    return [j.job_id for j in store.backlog(target)]
+
+
+PASSED = JobOutcome(JobStatus.PASSED, 2.5, "ok", "tail", "results/acme/j1/b1.log")
+
+
+# ================================================================== runs and jobs
+def test_a_run_is_created_once(store: StateStore) -> None:
+    run = Run("run-1", "acme", "v1", Target.DEVICE, 3, ["j1", "j2"], "fp", T0)
+
+    assert store.create_run(run) is True
+    assert store.create_run(replace(run, fingerprint="other")) is False
+    assert store.get_run("run-1") == run
+    assert store.get_run("run-unknown") is None
+
+
+def test_create_jobs_adds_only_missing_ones(store: StateStore) -> None:
+    queued(store, "j1")
+    store.create_jobs([make_job("j1", test_path="changed.js"), make_job("j2", position=1)])
+
+    first, second = store.get_jobs(["j1", "j2"])
+    assert (first.test_path, first.admitted) == ("tests/j1.spec.js", True)
+    assert (second.status, second.admitted, second.position) == (JobStatus.QUEUED, False, 1)
+
+
+def test_jobs_read_back_in_the_order_asked_without_duplicates(store: StateStore) -> None:
+    store.create_jobs([make_job(j) for j in ("j1", "j2", "j3")])
+    store.create_jobs([make_job("x1", run_id="run-2")])
+
+    assert [j.job_id for j in store.get_jobs(["j3", "missing", "j1", "j3"])] == ["j3", "j1"]
+    assert store.get_jobs([]) == []
+    assert [j.job_id for j in store.list_run_jobs("run-1")] == ["j1", "j2", "j3"]
+    assert store.list_run_jobs("run-unknown") == []
+    assert store.get_job("missing") is None
+
+
+def test_a_job_reads_back_as_written(store: StateStore) -> None:
+    job = make_job("j1", target=Target.BROWSERSTACK, priority=1, position=7, max_attempts=1)
+    store.create_jobs([job])
+
+    assert store.get_job("j1") == job
+
+
+def test_returned_objects_are_copies(store: StateStore) -> None:
+    queued(store, "j1")
+    job = get_job(store, "j1")
+    job.status = JobStatus.PASSED
+
+    assert get_job(store, "j1").status is JobStatus.QUEUED
+
+
+# ================================================================== admit and backlog
+def test_a_job_is_admitted_only_once(store: StateStore) -> None:
+    job = make_job("j1")
+    store.create_jobs([job])
+
+    admitted = store.admit_job(job, T0 + 5)
+    assert admitted is not None
+    assert (admitted.admitted, admitted.updated_at) == (True, T0 + 5)
+    assert store.admit_job(job, T0 + 9) is None
+    assert get_job(store, "j1").updated_at == T0 + 5
+    assert store.admit_job(make_job("unknown"), T0) is None
+
+
+def test_the_backlog_holds_admitted_queued_jobs_of_one_target_in_order(store: StateStore) -> None:
+    store.create_jobs(
+        [
+            make_job("late", created_at=T0 + 1),
+            make_job("urgent", priority=1, created_at=T0 + 2),
+            make_job("second", position=1),
+            make_job("first", position=0),
+            make_job("device", target=Target.DEVICE),
+            make_job("never-admitted"),
+        ]
+    )
+    for job_id in ("late", "urgent", "second", "first", "device"):
+        assert store.admit_job(get_job(store, job_id), T0) is not None
+
+    assert backlog_ids(store) == ["urgent", "first", "second", "late"]
+    assert backlog_ids(store, Target.DEVICE) == ["device"]
+    assert backlog_ids(store, Target.BROWSERSTACK) == []
+
+
+def test_unadmitted_jobs_are_found_until_admitted(store: StateStore) -> None:
+    store.create_jobs([make_job("j1", created_at=T0), make_job("j2", created_at=T0 + 10)])
+
+    assert store.unadmitted_job_ids(T0) == []  # strictly older than the cutoff
+    assert store.unadmitted_job_ids(T0 + 10) == ["j1"]
+    assert store.unadmitted_job_ids(T0 + 11) == ["j1", "j2"]
+    store.admit_job(get_job(store, "j1"), T0)
+    assert store.unadmitted_job_ids(T0 + 11) == ["j2"]
+
+
+def test_only_queued_jobs_are_cancelled(store: StateStore) -> None:
+    queued(store, "j1")
+    store.create_jobs([make_job("j2")])
+    assigned(store, "j3")
+
+    cancelled = store.cancel_job("j1", T0 + 3)
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.finished_at) == (JobStatus.CANCELLED, T0 + 3)
+    assert store.cancel_job("j2", T0 + 3) is not None
+    assert store.cancel_job("j1", T0 + 4) is None
+    assert store.cancel_job("j3", T0 + 4) is None
+    assert store.cancel_job("unknown", T0) is None
+    assert backlog_ids(store) == []
+    assert store.unadmitted_job_ids(T0 + 100) == []
+    assert store.admit_job(get_job(store, "j2"), T0) is None
+    assert get_job(store, "j3").status is JobStatus.ASSIGNED
+
+
+# ================================================================== commit_batch
+def test_commit_batch_assigns_jobs_and_makes_the_agent_busy(store: StateStore) -> None:
+    batch = assigned(store, "j1", "j2", batch_id="b1", agent_id="a-1")
+
+    for job in store.get_jobs(["j1", "j2"]):
+        assert (job.status, job.batch_id, job.agent_id) == (JobStatus.ASSIGNED, "b1", "a-1")
+    assert (get_agent(store, "a-1").status, get_agent(store, "a-1").batch_id) == (
+        AgentStatus.BUSY,
+        "b1",
+    )
+    assert get_batch(store, "b1") == batch
+    assert backlog_ids(store) == []
+
+
+def test_commit_batch_is_all_or_nothing_when_a_job_was_taken(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    queued(store, "j2")
+    agent(store, "a-2")
+    before = [get_job(store, "j1"), get_job(store, "j2"), get_agent(store, "a-2")]
+
+    assert store.commit_batch(make_batch("b2", "a-2", ["j2", "j1"]), T0 + 1) is False
+
+    assert [get_job(store, "j1"), get_job(store, "j2"), get_agent(store, "a-2")] == before
+    assert store.get_batch("b2") is None
+    assert backlog_ids(store) == ["j2"]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda s: s.deregister_agent("a-2", T0), id="agent-offline"),
+        pytest.param(
+            lambda s: s.commit_batch(make_batch("b0", "a-2", ["j9"]), T0), id="agent-busy"
+        ),
+        pytest.param(lambda s: s.cancel_job("j2", T0), id="job-cancelled"),
+        pytest.param(lambda s: s.create_jobs([make_job("j3")]), id="job-not-admitted"),
+    ],
+)
+def test_commit_batch_checks_every_precondition(
+    store: StateStore, spoil: Callable[[StateStore], object]
+) -> None:
+    queued(store, "j2", "j9")
+    agent(store, "a-2")
+    spoil(store)
+    jobs = ["j2", "j3"] if store.get_job("j3") else ["j2"]
+    before = [get_agent(store, "a-2"), *store.get_jobs(jobs)]
+
+    assert store.commit_batch(make_batch("b1", "a-2", jobs), T0) is False
+
+    assert [get_agent(store, "a-2"), *store.get_jobs(jobs)] == before
+    assert store.get_batch("b1") is None
+
+
+def test_commit_batch_refuses_an_unknown_agent_or_job_or_a_reused_batch_id(
+    store: StateStore,
+) -> None:
+    queued(store, "j1", "j2")
+    agent(store, "a-1")
+    agent(store, "a-2")
+
+    assert store.commit_batch(make_batch("b1", "a-unknown", ["j1"]), T0) is False
+    assert store.commit_batch(make_batch("b1", "a-1", ["j1", "missing"]), T0) is False
+    assert store.commit_batch(make_batch("b1", "a-1", ["j1"]), T0) is True
+    assert store.commit_batch(make_batch("b1", "a-2", ["j2"]), T0) is False
+    assert get_batch(store, "b1").agent_id == "a-1"
+    assert get_agent(store, "a-2").status is AgentStatus.IDLE
+    assert backlog_ids(store) == ["j2"]
+
+
+def test_a_batch_larger_than_one_transaction_is_refused(store: StateStore) -> None:
+    agent(store, "a-1")
+
+    with pytest.raises(ValueError, match="at most 98"):
+        store.commit_batch(make_batch("b1", "a-1", [f"j{i}" for i in range(99)]), T0)
+    assert get_agent(store, "a-1").batch_id is None
+
+
+# ================================================================== start / finish / requeue
+def test_start_and_finish_only_for_the_owning_batch_and_agent(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+
+    assert store.start_job("j1", "a-2", "b1", T0) is None
+    assert store.start_job("j1", "a-1", "b2", T0) is None
+    assert store.finish_job("j1", "a-2", "b1", PASSED, T0) is None
+    started = store.start_job("j1", "a-1", "b1", T0 + 1)
+    assert started is not None
+    assert (started.status, started.started_at) == (JobStatus.RUNNING, T0 + 1)
+    assert store.start_job("j1", "a-1", "b1", T0 + 2) is not None  # a retried start
+
+    finished = store.finish_job("j1", "a-1", "b1", PASSED, T0 + 5)
+
+    assert finished is not None
+    assert (finished.status, finished.finished_at, finished.duration_s) == (
+        JobStatus.PASSED,
+        T0 + 5,
+        2.5,
+    )
+    assert (finished.message, finished.output_excerpt, finished.output_key) == (
+        "ok",
+        "tail",
+        "results/acme/j1/b1.log",
+    )
+    assert store.finish_job("j1", "a-1", "b1", PASSED, T0 + 6) is None
+    assert store.start_job("j1", "a-1", "b1", T0 + 6) is None
+    assert get_job(store, "j1") == finished
+
+
+def test_finish_replaces_what_an_earlier_attempt_left(store: StateStore) -> None:
+    assigned(store, "j1")
+    job = get_job(store, "j1")
+    store.requeue_job(job, "b1", T0, count_attempt=False, reason="retry")
+    assert store.commit_batch(make_batch("b2", "a-1", ["j1"]), T0) is False  # a-1 still busy
+    assert get_job(store, "j1").message == "retry"
+
+    agent(store, "a-2")
+    assert store.commit_batch(make_batch("b2", "a-2", ["j1"]), T0)
+    bare = JobOutcome(JobStatus.FAILED, 1.0, None, None, None)
+    finished = store.finish_job("j1", "a-2", "b2", bare, T0 + 1)
+
+    assert finished is not None
+    assert (finished.message, finished.output_excerpt, finished.output_key) == (None, None, None)
+
+
+def test_requeue_returns_a_job_to_the_backlog_once(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    running = store.start_job("j1", "a-1", "b1", T0)
+    assert running is not None
+
+    requeued = store.requeue_job(running, "b1", T0 + 1, count_attempt=True, reason="lost")
+
+    assert requeued is not None
+    assert (requeued.status, requeued.attempts, requeued.message) == (JobStatus.QUEUED, 1, "lost")
+    assert (requeued.batch_id, requeued.agent_id, requeued.started_at) == (None, None, None)
+    assert backlog_ids(store) == ["j1"]
+    assert store.requeue_job(running, "b1", T0 + 2, count_attempt=True, reason="again") is None
+    assert get_job(store, "j1") == requeued
+
+
+def test_requeue_without_counting_an_attempt(store: StateStore) -> None:
+    assigned(store, "j1")
+
+    requeued = store.requeue_job(get_job(store, "j1"), "b1", T0, count_attempt=False, reason="r")
+
+    assert requeued is not None
+    assert requeued.attempts == 0
+
+
+def test_requeue_out_of_attempts_is_a_final_error(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    job = replace(get_job(store, "j1"), attempts=2)  # the third of three attempts
+
+    ended = store.requeue_job(job, "b1", T0 + 1, count_attempt=True, reason="agent lost")
+
+    assert ended is not None
+    assert (ended.status, ended.attempts, ended.finished_at, ended.message) == (
+        JobStatus.ERROR,
+        3,
+        T0 + 1,
+        "agent lost",
+    )
+    assert ended.batch_id == "b1"  # it ended in that batch
+    assert backlog_ids(store) == []
+    assert store.requeue_job(job, "b1", T0 + 2, count_attempt=True, reason="again") is None
+
+
+def test_requeue_only_from_the_batch_holding_the_job(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1")
+    queued(store, "j2")
+    job = get_job(store, "j1")
+
+    assert store.requeue_job(job, "b-other", T0, count_attempt=True, reason="r") is None
+    assert store.requeue_job(get_job(store, "j2"), "b1", T0, count_attempt=True, reason="r") is None
+    store.finish_job("j1", "a-1", "b1", PASSED, T0)
+    assert store.requeue_job(job, "b1", T0, count_attempt=True, reason="r") is None
+    assert get_job(store, "j1").status is JobStatus.PASSED
+
+
+# ================================================================== agents
+def test_register_creates_and_revives_an_agent(store: StateStore) -> None:
+    created = agent(store, "device-d1", target=Target.DEVICE, now=T0)
+    assert (created.status, created.batch_id, created.installed) == (AgentStatus.IDLE, None, None)
+    assert (created.target, created.device_id, created.last_seen) == (Target.DEVICE, "d1", T0)
+
+    store.deregister_agent("device-d1", T0 + 1)
+    app = AppRef("acme", "v1")
+    revived = agent(store, "device-d1", target=Target.DEVICE, installed=app, now=T0 + 2)
+
+    assert (revived.status, revived.installed, revived.registered_at) == (
+        AgentStatus.IDLE,
+        app,
+        T0 + 2,
+    )
+
+
+def test_register_without_an_app_forgets_the_old_install(store: StateStore) -> None:
+    agent(store, "a-1", installed=AppRef("acme", "v1"))
+
+    assert agent(store, "a-1", installed=None).installed is None
+    assert agent(store, "a-1", installed=AppRef("acme", "v2")).installed == AppRef("acme", "v2")
+
+
+def test_register_keeps_an_agents_batch(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+
+    again = agent(store, "a-1", installed=AppRef("acme", "v9"), now=T0 + 30)
+
+    assert (again.status, again.batch_id, again.last_seen) == (AgentStatus.BUSY, "b1", T0 + 30)
+    assert again.installed is None
+    assert again.registered_at == T0
+
+
+def test_touch_only_a_known_agent_not_offline(store: StateStore) -> None:
+    agent(store, "a-1")
+    agent(store, "a-2")
+    store.deregister_agent("a-2", T0)
+
+    touched = store.touch_agent("a-1", T0 + 9)
+    assert touched is not None
+    assert touched.last_seen == T0 + 9
+    assert store.touch_agent("a-2", T0 + 9) is None
+    assert store.touch_agent("unknown", T0 + 9) is None
+
+
+def test_agents_are_listed_by_target(store: StateStore) -> None:
+    agent(store, "emulator-b")
+    agent(store, "emulator-a")
+    agent(store, "device-c", target=Target.DEVICE)
+
+    assert [a.agent_id for a in store.list_agents(Target.EMULATOR)] == ["emulator-a", "emulator-b"]
+    assert [a.agent_id for a in store.list_agents(Target.BROWSERSTACK)] == []
+    assert sorted(a.agent_id for a in store.list_all_agents()) == [
+        "device-c",
+        "emulator-a",
+        "emulator-b",
+    ]
+
+
+def test_an_install_is_recorded_only_while_holding_the_batch(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    agent(store, "a-2")
+    app = AppRef("acme", "v1")
+
+    assert store.record_install("a-2", "b1", app, T0) is False
+    assert store.record_install("a-1", "b-other", app, T0) is False
+    assert store.record_install("a-1", "b1", app, T0 + 1) is True
+    assert store.record_install("a-1", "b1", app, T0 + 2) is True
+
+    assert get_agent(store, "a-1").installed == app
+    assert get_agent(store, "a-2").installed is None
+    assert get_batch(store, "b1").installed_at == T0 + 1  # the first install counts
+    store.release_agent("a-1", "b1", offline=False, now=T0 + 3)
+    assert store.record_install("a-1", "b1", AppRef("acme", "v2"), T0 + 4) is False
+    assert get_agent(store, "a-1").installed == app
+
+
+def test_release_frees_the_agent_only_from_its_batch(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assigned(store, "j2", batch_id="b2", agent_id="a-2")
+
+    assert store.release_agent("a-1", "b-other", offline=False, now=T0) is False
+    assert store.release_agent("a-1", "b1", offline=False, now=T0) is True
+    assert store.release_agent("a-1", "b1", offline=False, now=T0) is False
+    assert store.release_agent("a-2", "b2", offline=True, now=T0) is True
+    assert store.release_agent("unknown", "b1", offline=True, now=T0) is False
+
+    one, two = get_agent(store, "a-1"), get_agent(store, "a-2")
+    assert (one.status, one.batch_id) == (AgentStatus.IDLE, None)
+    assert (two.status, two.batch_id) == (AgentStatus.OFFLINE, None)
+
+
+def test_only_a_silent_idle_agent_is_marked_offline(store: StateStore) -> None:
+    agent(store, "a-idle", now=T0)
+    assigned(store, "j1", agent_id="a-busy")
+
+    assert store.mark_agent_offline("a-idle", T0, T0 + 100) is False  # not strictly older
+    assert store.mark_agent_offline("a-busy", T0 + 50, T0 + 100) is False
+    assert store.mark_agent_offline("unknown", T0 + 50, T0 + 100) is False
+    assert store.mark_agent_offline("a-idle", T0 + 50, T0 + 100) is True
+    assert store.mark_agent_offline("a-idle", T0 + 50, T0 + 100) is False
+
+    assert get_agent(store, "a-idle").status is AgentStatus.OFFLINE
+    assert get_agent(store, "a-busy").status is AgentStatus.BUSY
+
+
+def test_deregister_only_an_agent_without_a_batch(store: StateStore) -> None:
+    agent(store, "a-idle")
+    assigned(store, "j1", agent_id="a-busy")
+
+    assert store.deregister_agent("a-idle", T0) is True
+    assert store.deregister_agent("a-busy", T0) is False
+    assert store.deregister_agent("unknown", T0) is False
+    assert get_agent(store, "a-idle").status is AgentStatus.OFFLINE
+    assert get_agent(store, "a-busy").batch_id == "b1"
+    assert store.get_agent("unknown") is None
+
+
+# ================================================================== leases
+def test_extend_lease_only_for_the_active_owner(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+
+    assert store.extend_lease("b1", "a-1", T0 + 100) is True
+    assert get_batch(store, "b1").lease_expires_at == T0 + 100
+    assert store.extend_lease("b1", "a-1", T0 + 80) is True  # a longer lease already stands
+    assert get_batch(store, "b1").lease_expires_at == T0 + 100
+    assert store.extend_lease("b1", "a-2", T0 + 200) is False
+    assert store.extend_lease("unknown", "a-1", T0 + 200) is False
+    assert get_batch(store, "b1").lease_expires_at == T0 + 100
+
+
+def test_expire_batch_only_once_the_lease_lapsed(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1")
+
+    assert store.expire_batch("b1", T0 + LEASE) is False  # not strictly after
+    assert get_batch(store, "b1").state is BatchState.ACTIVE
+    assert store.expire_batch("b1", T0 + LEASE + 1) is True
+    assert store.expire_batch("b1", T0 + LEASE + 2) is False
+    assert store.expire_batch("unknown", T0 + LEASE + 2) is False
+    assert get_batch(store, "b1").state is BatchState.EXPIRED
+
+
+def test_extend_lease_is_refused_after_expiry(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assert store.expire_batch("b1", T0 + LEASE + 1)
+
+    assert store.extend_lease("b1", "a-1", T0 + 500) is False
+    assert get_batch(store, "b1").lease_expires_at == T0 + LEASE
+
+
+def test_lapsed_batches_until_they_are_closed(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b-early", agent_id="a-1")
+    assigned(store, "j2", batch_id="b-late", agent_id="a-2")
+    assert store.extend_lease("b-late", "a-2", T0 + 2 * LEASE)
+
+    assert store.lapsed_batches(T0 + LEASE) == []
+    assert [b.batch_id for b in store.lapsed_batches(T0 + LEASE + 1)] == ["b-early"]
+    assert [b.batch_id for b in store.lapsed_batches(T0 + 3 * LEASE)] == ["b-early", "b-late"]
+
+    store.expire_batch("b-early", T0 + LEASE + 1)
+    lapsed = store.lapsed_batches(T0 + LEASE + 1)
+    assert [(b.batch_id, b.state) for b in lapsed] == [("b-early", BatchState.EXPIRED)]
+
+    assert store.close_batch(lapsed[0], T0 + LEASE + 2) is True
+    assert store.lapsed_batches(T0 + LEASE + 5) == []
+
+
+def test_close_batch_once_from_the_state_read(store: StateStore) -> None:
+    active = assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assigned(store, "j2", batch_id="b2", agent_id="a-2")
+    store.expire_batch("b2", T0 + LEASE + 1)
+    expired = get_batch(store, "b2")
+
+    assert store.close_batch(replace(expired, state=BatchState.ACTIVE), T0) is False  # stale
+    assert store.close_batch(active, T0 + 5) is True
+    assert store.close_batch(active, T0 + 6) is False
+    assert store.close_batch(expired, T0 + 7) is True
+    assert store.close_batch(expired, T0 + 8) is False
+
+    done, cleaned = get_batch(store, "b1"), get_batch(store, "b2")
+    assert (done.state, done.finished_at) == (BatchState.DONE, T0 + 5)
+    assert (cleaned.state, cleaned.finished_at) == (BatchState.EXPIRED, T0 + 7)
+    assert store.lapsed_batches(T0 + 10 * LEASE) == []
+
+
+# ================================================================== metrics and tokens
+def test_org_metrics_count_only_that_org(store: StateStore) -> None:
+    assigned(store, "j1", "j2", batch_id="b1", agent_id="a-1")
+    store.record_install("a-1", "b1", AppRef("acme", "v1"), T0)
+    store.finish_job("j1", "a-1", "b1", PASSED, T0)
+    store.create_jobs([make_job("g1", org_id="globex", run_id="run-g")])
+
+    metrics = store.org_metrics("acme")
+
+    assert metrics.jobs_by_status == {"passed": 1, "assigned": 1}
+    assert (metrics.batches, metrics.installs, metrics.agent_app_pairs) == (1, 1, 1)
+    other = store.org_metrics("globex")
+    assert (other.jobs_by_status, other.batches) == ({"queued": 1}, 0)
+    assert store.org_metrics("nobody").jobs_by_status == {}
+
+
+def test_a_token_hash_is_stored_once(token_store: TokenStore) -> None:
+    record = TokenRecord("h1", "org", "acme", T0, "ci")
+
+    assert token_store.put(record) is True
+    assert token_store.put(replace(record, org_id="globex")) is False
+    assert token_store.get("h1") == record
+    assert token_store.get("unknown") is None
+    agent_record = TokenRecord("h2", "agent", None, T0)
+    assert token_store.put(agent_record) is True
+    assert token_store.get("h2") == agent_record

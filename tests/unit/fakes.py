@@ -1,0 +1,569 @@
+"""In-memory fakes of qgjob's ports, for unit tests of the services (no network, no mocks).
+
+``MemoryStateStore`` honours exactly the preconditions of ``DynamoStateStore``: every
+method mirrors one conditional expression (or one transaction) of the DynamoDB adapter,
+including the secondary attributes the conditions read (``unadmitted_shard``,
+``backlog_target``, ``lease_shard``). ``tests/integration/test_store_contract.py`` runs
+the same contract against both implementations, which is what makes this fake trustworthy.
+
+Every value goes in and out as a deep copy, so a caller mutating a returned object never
+changes the stored state (as with a real database).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+from qgjob_backend.domain.models import (
+    Agent,
+    AgentStatus,
+    AppRef,
+    Batch,
+    BatchState,
+    Job,
+    Run,
+)
+from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.ports import JobOutcome, OrgMetrics, TokenRecord
+from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.agents import AgentService
+from qgjob_backend.services.auth import TokenService
+from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
+from qgjob_backend.services.reaper import ReaperService, ReaperSettings
+from qgjob_backend.services.submission import SubmissionService
+
+T = TypeVar("T")
+
+# DynamoDB's TransactWriteItems limit, mirrored by commit_batch (agent + batch + jobs).
+TRANSACTION_LIMIT = 100
+_IN_PROGRESS = (JobStatus.ASSIGNED, JobStatus.RUNNING)
+
+
+def _copy(value: T) -> T:
+    return copy.deepcopy(value)
+
+
+def backlog_sort_key(job: Job) -> str:
+    """The backlog index's sort key, as the DynamoDB adapter writes it."""
+    return f"{job.group_key}#{job.priority:02d}#{job.created_at:020.6f}#{job.position:05d}"
+
+
+class FakeClock:
+    """A settable clock: ``clock()`` returns the current fake time (epoch seconds)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+    def set(self, now: float) -> None:
+        self.now = float(now)
+
+
+class SequentialIds:
+    """Deterministic replacement for uuid-based ids: id-0001, id-0002, ..."""
+
+    def __init__(self, prefix: str = "id") -> None:
+        self._prefix = prefix
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):04d}"
+
+
+# ------------------------------------------------------------------------ state store
+class MemoryStateStore:
+    """A faithful in-memory StateStore (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+        self.jobs: dict[str, Job] = {}
+        self.agents: dict[str, Agent] = {}
+        self.batches: dict[str, Batch] = {}
+        # Secondary attributes that DynamoDB conditions read, kept as in the adapter.
+        self._unadmitted: set[str] = set()  # jobs carrying unadmitted_shard
+        self._backlog: dict[str, tuple[Target, str]] = {}  # backlog_target, backlog_key
+        self._leased: set[str] = set()  # batches carrying lease_shard
+        # Fault injection: method name -> exception raised (once) before the method runs.
+        self._faults: dict[str, BaseException] = {}
+
+    # ---------------------------------------------------------- test helpers
+    def fail_next(self, method: str, error: BaseException) -> None:
+        """The next call of ``method`` raises ``error`` without writing anything."""
+        self._faults[method] = error
+
+    def _maybe_fail(self, method: str) -> None:
+        error = self._faults.pop(method, None)
+        if error is not None:
+            raise error
+
+    def drop_job(self, job_id: str) -> None:
+        """Deletes a job, as if the write that created it never happened."""
+        self.jobs.pop(job_id, None)
+        self._unadmitted.discard(job_id)
+        self._backlog.pop(job_id, None)
+
+    def in_backlog(self, job_id: str) -> bool:
+        return job_id in self._backlog
+
+    def in_lease_index(self, batch_id: str) -> bool:
+        return batch_id in self._leased
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything stored, for 'nothing changed' assertions."""
+        return _copy(
+            {
+                "runs": self.runs,
+                "jobs": self.jobs,
+                "agents": self.agents,
+                "batches": self.batches,
+                "unadmitted": self._unadmitted,
+                "backlog": self._backlog,
+                "leased": self._leased,
+            }
+        )
+
+    # ------------------------------------------------------------------ runs
+    def get_run(self, run_id: str) -> Run | None:
+        return _copy(self.runs.get(run_id))
+
+    def create_run(self, run: Run) -> bool:
+        self._maybe_fail("create_run")
+        if run.run_id in self.runs:
+            return False
+        self.runs[run.run_id] = _copy(run)
+        return True
+
+    def create_jobs(self, jobs: Sequence[Job]) -> None:
+        self._maybe_fail("create_jobs")
+        for job in jobs:
+            if job.job_id in self.jobs:
+                continue
+            self.jobs[job.job_id] = _copy(job)
+            if job.status is JobStatus.QUEUED and not job.admitted:
+                self._unadmitted.add(job.job_id)
+
+    # ------------------------------------------------------------------ jobs
+    def get_job(self, job_id: str) -> Job | None:
+        return _copy(self.jobs.get(job_id))
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        unique = list(dict.fromkeys(job_ids))
+        return [_copy(self.jobs[j]) for j in unique if j in self.jobs]
+
+    def list_run_jobs(self, run_id: str) -> list[Job]:
+        ids = sorted(j.job_id for j in self.jobs.values() if j.run_id == run_id)
+        return self.get_jobs(ids)
+
+    def admit_job(self, job: Job, now: float) -> Job | None:
+        self._maybe_fail("admit_job")
+        stored = self.jobs.get(job.job_id)
+        if stored is None or job.job_id not in self._unadmitted:
+            return None
+        if stored.status is not JobStatus.QUEUED:
+            return None
+        stored.admitted = True
+        stored.updated_at = now
+        self._backlog[job.job_id] = (job.target, backlog_sort_key(job))
+        self._unadmitted.discard(job.job_id)
+        return _copy(stored)
+
+    def backlog(self, target: Target) -> list[Job]:
+        entries = sorted((key, job_id) for job_id, (t, key) in self._backlog.items() if t is target)
+        return [_copy(self.jobs[job_id]) for _, job_id in entries]
+
+    def unadmitted_job_ids(self, created_before: float) -> list[str]:
+        found = [
+            (self.jobs[j].created_at, j)
+            for j in self._unadmitted
+            if self.jobs[j].created_at < created_before
+        ]
+        return [job_id for _, job_id in sorted(found)]
+
+    def cancel_job(self, job_id: str, now: float) -> Job | None:
+        stored = self.jobs.get(job_id)
+        if stored is None or stored.status is not JobStatus.QUEUED:
+            return None
+        stored.status = JobStatus.CANCELLED
+        stored.finished_at = now
+        stored.updated_at = now
+        stored.message = "cancelled before it started"
+        self._backlog.pop(job_id, None)
+        self._unadmitted.discard(job_id)
+        return _copy(stored)
+
+    def _owned(self, job_id: str, agent_id: str, batch_id: str) -> Job | None:
+        stored = self.jobs.get(job_id)
+        if stored is None:
+            return None
+        if stored.batch_id != batch_id or stored.agent_id != agent_id:
+            return None
+        if stored.status not in _IN_PROGRESS:
+            return None
+        return stored
+
+    def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
+        stored = self._owned(job_id, agent_id, batch_id)
+        if stored is None:
+            return None
+        stored.status = JobStatus.RUNNING
+        stored.started_at = now
+        stored.updated_at = now
+        return _copy(stored)
+
+    def finish_job(
+        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+    ) -> Job | None:
+        self._maybe_fail("finish_job")
+        stored = self._owned(job_id, agent_id, batch_id)
+        if stored is None:
+            return None
+        stored.status = outcome.status
+        stored.finished_at = now
+        stored.updated_at = now
+        stored.duration_s = outcome.duration_s
+        # Like the adapter: a result replaces whatever an earlier attempt left behind.
+        stored.message = outcome.message
+        stored.output_excerpt = outcome.output_excerpt
+        stored.output_key = outcome.output_key
+        stored.retry_of_batch = None
+        return _copy(stored)
+
+    def requeue_job(
+        self,
+        job: Job,
+        batch_id: str,
+        now: float,
+        *,
+        count_attempt: bool,
+        reason: str,
+        retry_of_batch: str | None = None,
+    ) -> Job | None:
+        stored = self.jobs.get(job.job_id)
+        if stored is None or stored.batch_id != batch_id or stored.status not in _IN_PROGRESS:
+            return None
+        # As in the adapter, the attempt count and limit come from the caller's copy.
+        attempts = job.attempts + (1 if count_attempt else 0)
+        stored.attempts = attempts
+        stored.updated_at = now
+        stored.message = reason
+        if attempts >= job.max_attempts:
+            stored.status = JobStatus.ERROR
+            stored.finished_at = now
+        else:
+            stored.status = JobStatus.QUEUED
+            stored.batch_id = None
+            stored.agent_id = None
+            stored.started_at = None
+            stored.retry_of_batch = retry_of_batch
+            requeued = replace(job, status=JobStatus.QUEUED)
+            self._backlog[job.job_id] = (job.target, backlog_sort_key(requeued))
+        return _copy(stored)
+
+    # ---------------------------------------------------------------- agents
+    def get_agent(self, agent_id: str) -> Agent | None:
+        return _copy(self.agents.get(agent_id))
+
+    def register_agent(
+        self, agent_id: str, target: Target, device_id: str, installed: AppRef | None, now: float
+    ) -> Agent:
+        stored = self.agents.get(agent_id)
+        if stored is None:
+            stored = Agent(
+                agent_id=agent_id,
+                target=target,
+                device_id=device_id,
+                status=AgentStatus.IDLE,
+                last_seen=now,
+                registered_at=now,
+                installed=installed,
+            )
+            self.agents[agent_id] = stored
+        elif stored.batch_id is None:
+            stored.target = target
+            stored.device_id = device_id
+            stored.last_seen = now
+            stored.registered_at = now
+            stored.status = AgentStatus.IDLE
+            stored.installed = installed
+        else:
+            # It still holds a batch: it restarted mid-batch and will resume it.
+            stored.last_seen = now
+            stored.status = AgentStatus.BUSY
+        return _copy(stored)
+
+    def touch_agent(self, agent_id: str, now: float) -> Agent | None:
+        stored = self.agents.get(agent_id)
+        if stored is None or stored.status is AgentStatus.OFFLINE:
+            return None
+        stored.last_seen = now
+        return _copy(stored)
+
+    def list_agents(self, target: Target) -> list[Agent]:
+        return [_copy(a) for _, a in sorted(self.agents.items()) if a.target is target]
+
+    def list_all_agents(self) -> list[Agent]:
+        return [_copy(a) for _, a in sorted(self.agents.items())]
+
+    def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.batch_id != batch_id:
+            return False
+        agent.installed = app
+        agent.last_seen = now
+        batch = self.batches.get(batch_id)
+        if batch is not None and batch.agent_id == agent_id and batch.installed_at is None:
+            batch.installed_at = now
+        return True
+
+    def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.batch_id != batch_id:
+            return False
+        agent.status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
+        agent.batch_id = None
+        return True
+
+    def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.status is not AgentStatus.IDLE:
+            return False
+        if not agent.last_seen < silent_since or agent.batch_id is not None:
+            return False
+        agent.status = AgentStatus.OFFLINE
+        return True
+
+    def deregister_agent(self, agent_id: str, now: float) -> bool:
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.batch_id is not None:
+            return False
+        agent.status = AgentStatus.OFFLINE
+        return True
+
+    # --------------------------------------------------------------- batches
+    def commit_batch(self, batch: Batch, now: float) -> bool:
+        if len(batch.job_ids) + 2 > TRANSACTION_LIMIT:
+            raise ValueError(f"a batch holds at most {TRANSACTION_LIMIT - 2} jobs")
+        if len(set(batch.job_ids)) != len(batch.job_ids):
+            # DynamoDB rejects a transaction touching one item twice (ValidationException).
+            raise ValueError("a batch names a job twice")
+        self._maybe_fail("commit_batch")
+        agent = self.agents.get(batch.agent_id)
+        if agent is None or agent.status is not AgentStatus.IDLE or agent.batch_id is not None:
+            return False
+        if batch.batch_id in self.batches:
+            return False
+        for job_id in batch.job_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED or job_id not in self._backlog:
+                return False
+        # Every precondition holds: apply all writes (all or nothing).
+        agent.status = AgentStatus.BUSY
+        agent.batch_id = batch.batch_id
+        self.batches[batch.batch_id] = _copy(replace(batch, requeued=[]))
+        if batch.state is BatchState.ACTIVE:
+            self._leased.add(batch.batch_id)
+        for job_id in batch.job_ids:
+            job = self.jobs[job_id]
+            job.status = JobStatus.ASSIGNED
+            job.batch_id = batch.batch_id
+            job.agent_id = batch.agent_id
+            job.updated_at = now
+            del self._backlog[job_id]
+        return True
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        return _copy(self.batches.get(batch_id))
+
+    def extend_lease(self, batch_id: str, agent_id: str, until: float) -> bool:
+        batch = self.batches.get(batch_id)
+        if batch is None or batch.state is not BatchState.ACTIVE or batch.agent_id != agent_id:
+            return False
+        if batch.lease_expires_at < until:
+            batch.lease_expires_at = until
+        # Not extended: fine if it is still ours and active (a longer lease already stands).
+        return True
+
+    def lapsed_batches(self, now: float) -> list[Batch]:
+        lapsed = [self.batches[b] for b in self._leased if self.batches[b].lease_expires_at < now]
+        lapsed.sort(key=lambda b: (b.lease_expires_at, b.batch_id))
+        return [_copy(b) for b in lapsed]
+
+    def expire_batch(self, batch_id: str, now: float) -> bool:
+        batch = self.batches.get(batch_id)
+        if batch is None or batch.state is not BatchState.ACTIVE:
+            return False
+        if not batch.lease_expires_at < now:
+            return False
+        batch.state = BatchState.EXPIRED
+        return True
+
+    def close_batch(self, batch: Batch, now: float) -> bool:
+        stored = self.batches.get(batch.batch_id)
+        if stored is None or stored.state is not batch.state:
+            return False
+        if batch.batch_id not in self._leased:
+            return False
+        stored.state = BatchState.DONE if batch.state is BatchState.ACTIVE else BatchState.EXPIRED
+        stored.finished_at = now
+        self._leased.discard(batch.batch_id)
+        return True
+
+    # --------------------------------------------------------------- metrics
+    def org_metrics(self, org_id: str) -> OrgMetrics:
+        statuses = Counter(j.status.value for j in self.jobs.values() if j.org_id == org_id)
+        batches = [b for b in self.batches.values() if b.org_id == org_id]
+        installs = sum(1 for b in batches if b.installed_at is not None)
+        pairs = {(b.agent_id, b.app_version_id, b.target.value) for b in batches}
+        return OrgMetrics(dict(statuses), len(batches), installs, len(pairs))
+
+
+# ------------------------------------------------------------------ other ports
+class MemoryJobQueue:
+    """Records every job sent; can be told to fail (raise, or report some ids as failed)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Job] = []
+        self.error: BaseException | None = None  # raised by every send while set
+        # Jobs it matches are reported as failed (and not recorded as sent).
+        self.failing: Callable[[Job], bool] = lambda job: False
+
+    @property
+    def sent_ids(self) -> list[str]:
+        return [j.job_id for j in self.sent]
+
+    def send(self, jobs: Sequence[Job]) -> list[str]:
+        if self.error is not None:
+            raise self.error
+        failed = [j.job_id for j in jobs if self.failing(j)]
+        self.sent.extend(_copy(j) for j in jobs if j.job_id not in failed)
+        return failed
+
+
+class MemoryArtifactStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, str] = {}
+        self.puts = 0
+
+    def put_text(self, key: str, text: str) -> None:
+        self.puts += 1
+        self.objects[key] = text
+
+
+class MemoryTokenStore:
+    def __init__(self) -> None:
+        self.records: dict[str, TokenRecord] = {}
+        self.gets = 0
+
+    def put(self, record: TokenRecord) -> bool:
+        if record.token_hash in self.records:
+            return False
+        self.records[record.token_hash] = record
+        return True
+
+    def get(self, token_hash: str) -> TokenRecord | None:
+        self.gets += 1
+        return self.records.get(token_hash)
+
+
+# ------------------------------------------------------------------------ wiring
+class ServiceSettings(Protocol):
+    """The part of ``qgjob_backend.config.Config`` the services need."""
+
+    @property
+    def lease_seconds(self) -> float: ...
+
+    @property
+    def batch_max_jobs(self) -> int: ...
+
+    @property
+    def resend_grace_seconds(self) -> float: ...
+
+    @property
+    def agent_offline_seconds(self) -> float: ...
+
+    @property
+    def aging_seconds(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class FakeSettings:
+    lease_seconds: float = 120.0
+    batch_max_jobs: int = 25
+    resend_grace_seconds: float = 30.0
+    agent_offline_seconds: float = 360.0
+    aging_seconds: float = 120.0
+
+
+@dataclass
+class MemoryServices:
+    settings: ServiceSettings
+    clock: FakeClock
+    store: MemoryStateStore
+    queue: MemoryJobQueue
+    artifacts: MemoryArtifactStore
+    token_store: MemoryTokenStore
+    tokens: TokenService
+    submissions: SubmissionService
+    dispatcher: DispatchService
+    agents: AgentService
+    reaper: ReaperService
+    new_id: Callable[[], str] = field(default_factory=SequentialIds)
+
+
+def build_memory_services(
+    settings: ServiceSettings | None = None, clock: FakeClock | None = None
+) -> MemoryServices:
+    """The real services over the in-memory fakes, wired like ``wiring.build_services``."""
+    settings = settings or FakeSettings()
+    clock = clock or FakeClock()
+    store = MemoryStateStore()
+    queue = MemoryJobQueue()
+    artifacts = MemoryArtifactStore()
+    token_store = MemoryTokenStore()
+    new_id = SequentialIds()
+    dispatcher = DispatchService(
+        store,
+        clock,
+        new_id,
+        DispatchSettings(
+            lease_seconds=settings.lease_seconds,
+            agent_offline_seconds=settings.agent_offline_seconds,
+            policy=PlanningPolicy(
+                max_batch_jobs=settings.batch_max_jobs, aging_seconds=settings.aging_seconds
+            ),
+        ),
+    )
+    return MemoryServices(
+        settings=settings,
+        clock=clock,
+        store=store,
+        queue=queue,
+        artifacts=artifacts,
+        token_store=token_store,
+        tokens=TokenService(token_store, clock),
+        submissions=SubmissionService(store, queue, clock, new_id),
+        dispatcher=dispatcher,
+        agents=AgentService(store, artifacts, dispatcher, clock, settings.lease_seconds),
+        reaper=ReaperService(
+            store,
+            queue,
+            dispatcher,
+            clock,
+            ReaperSettings(
+                agent_offline_seconds=settings.agent_offline_seconds,
+                resend_grace_seconds=settings.resend_grace_seconds,
+            ),
+        ),
+        new_id=new_id,
+    )

@@ -1,0 +1,911 @@
+"""The use cases (submit, dispatch, agent protocol, reaper) over in-memory fakes, fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from qgjob_backend.domain.models import AgentStatus, AppRef, BatchState, Job
+from qgjob_backend.schema import JobStatus, SuiteSubmission, Target
+from qgjob_backend.services.agents import LeasedBatch, agent_id_for
+from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
+from qgjob_backend.services.reaper import SweepReport
+from qgjob_backend.services.submission import SubmitResult
+from tests.unit.fakes import FakeClock, FakeSettings, MemoryServices, build_memory_services
+
+LEASE = 60.0
+GRACE = 30.0
+OFFLINE = 180.0
+SETTINGS = FakeSettings(
+    lease_seconds=LEASE,
+    batch_max_jobs=25,
+    resend_grace_seconds=GRACE,
+    agent_offline_seconds=OFFLINE,
+    aging_seconds=120.0,
+)
+PATHS = ("tests/login.spec.js", "tests/cart.spec.js", "tests/pay.spec.js")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_000_000.0)
+
+
+@pytest.fixture
+def svc(clock: FakeClock) -> MemoryServices:
+    return build_memory_services(SETTINGS, clock)
+
+
+# ------------------------------------------------------------------ helpers
+def suite(**overrides: Any) -> SuiteSubmission:
+    fields: dict[str, Any] = {
+        "org_id": "acme",
+        "app_version_id": "v1",
+        "target": "emulator",
+        "priority": 5,
+        "test_paths": list(PATHS),
+    }
+    fields.update(overrides)
+    return SuiteSubmission(**fields)
+
+
+def submit(svc: MemoryServices, **overrides: Any) -> SubmitResult:
+    submission = suite(**overrides)
+    return svc.submissions.submit(submission.org_id, submission)
+
+
+def submit_and_admit(svc: MemoryServices, **overrides: Any) -> list[str]:
+    result = submit(svc, **overrides)
+    for job in result.jobs:
+        assert svc.dispatcher.admit(job.job_id) is not None
+    return [j.job_id for j in result.jobs]
+
+
+def register(
+    svc: MemoryServices,
+    device_id: str = "d1",
+    target: Target = Target.EMULATOR,
+    installed: AppRef | None = None,
+) -> str:
+    return svc.agents.register(target, device_id, installed).agent_id
+
+
+def lease(svc: MemoryServices, agent_id: str) -> LeasedBatch:
+    leased = svc.agents.lease(agent_id)
+    assert leased is not None, f"{agent_id} got no batch"
+    return leased
+
+
+def job(svc: MemoryServices, job_id: str) -> Job:
+    found = svc.store.get_job(job_id)
+    assert found is not None
+    return found
+
+
+def statuses(svc: MemoryServices, job_ids: Sequence[str]) -> list[JobStatus]:
+    return [job(svc, j).status for j in job_ids]
+
+
+def report(
+    svc: MemoryServices,
+    agent_id: str,
+    job_id: str,
+    batch_id: str,
+    status: JobStatus = JobStatus.PASSED,
+    message: str | None = None,
+    output: str | None = None,
+) -> Job:
+    return svc.agents.report(agent_id, job_id, batch_id, status, 1.5, message, output)
+
+
+def run_to_end(svc: MemoryServices, agent_id: str, leased: LeasedBatch) -> None:
+    batch_id = leased.batch.batch_id
+    for queued in leased.jobs:
+        svc.agents.start(agent_id, queued.job_id, batch_id)
+        report(svc, agent_id, queued.job_id, batch_id)
+    svc.agents.complete(agent_id, batch_id)
+
+
+# ================================================================== submit
+def test_submit_writes_a_run_of_queued_jobs_and_sends_each(svc: MemoryServices) -> None:
+    result = submit(svc, retries=3, timeout_s=90)
+
+    assert result.created is True
+    assert result.run.job_ids == [j.job_id for j in result.jobs]
+    assert [j.test_path for j in result.jobs] == list(PATHS)
+    assert [j.position for j in result.jobs] == [0, 1, 2]
+    for stored in svc.store.get_jobs(result.run.job_ids):
+        assert stored.status is JobStatus.QUEUED
+        assert stored.admitted is False
+        assert stored.max_attempts == 4
+        assert stored.timeout_s == 90
+        assert stored.run_id == result.run.run_id
+    assert svc.queue.sent_ids == result.run.job_ids
+
+
+def test_ids_derive_from_the_idempotency_key(svc: MemoryServices) -> None:
+    first = submit(svc, idempotency_key="ci-build-42")
+    again = submit(svc, idempotency_key="ci-build-42")
+
+    assert again.created is False
+    assert again.run.run_id == first.run.run_id
+    assert [j.job_id for j in again.jobs] == first.run.job_ids
+    assert len(svc.store.runs) == 1
+    assert len(svc.store.jobs) == 3
+
+
+def test_the_same_key_in_another_org_is_another_run(svc: MemoryServices) -> None:
+    ours = submit(svc, idempotency_key="build-1")
+    theirs = submit(svc, org_id="globex", idempotency_key="build-1")
+
+    assert theirs.created is True
+    assert theirs.run.run_id != ours.run.run_id
+    assert set(theirs.run.job_ids).isdisjoint(ours.run.job_ids)
+
+
+def test_without_a_key_every_submission_is_a_new_run(svc: MemoryServices) -> None:
+    first = submit(svc)
+    second = submit(svc)
+
+    assert first.run.run_id != second.run.run_id
+    assert len(svc.store.jobs) == 6
+
+
+def test_a_reused_key_with_another_payload_is_a_conflict(svc: MemoryServices) -> None:
+    submit(svc, idempotency_key="k1")
+    before = svc.store.snapshot()
+
+    with pytest.raises(Conflict, match="idempotency_key"):
+        submit(svc, idempotency_key="k1", priority=1)
+
+    assert svc.store.snapshot() == before
+
+
+def test_a_replay_after_admission_sends_nothing_again(svc: MemoryServices) -> None:
+    first = submit(svc, idempotency_key="k1")
+    for queued in first.jobs:
+        svc.dispatcher.admit(queued.job_id)
+    sent = len(svc.queue.sent)
+
+    again = submit(svc, idempotency_key="k1")
+
+    assert len(svc.queue.sent) == sent
+    assert all(j.admitted for j in again.jobs)
+
+
+def test_replay_heals_a_crash_between_the_run_and_its_jobs(svc: MemoryServices) -> None:
+    svc.store.fail_next("create_jobs", RuntimeError("lambda killed"))
+    with pytest.raises(RuntimeError):
+        submit(svc, idempotency_key="k1")
+    (run,) = svc.store.runs.values()
+    assert svc.store.get_jobs(run.job_ids) == []
+    assert svc.queue.sent == []
+
+    healed = submit(svc, idempotency_key="k1")
+
+    assert healed.created is False
+    assert [j.job_id for j in healed.jobs] == run.job_ids
+    assert statuses(svc, run.job_ids) == [JobStatus.QUEUED] * 3
+    assert svc.queue.sent_ids == run.job_ids
+
+
+def test_replay_writes_only_the_missing_jobs(svc: MemoryServices, clock: FakeClock) -> None:
+    first = submit(svc, idempotency_key="k1")
+    kept, lost = first.run.job_ids[:2], first.run.job_ids[2]
+    for job_id in kept:
+        svc.dispatcher.admit(job_id)
+    svc.store.drop_job(lost)  # as if the write of the last job never happened
+    kept_before = svc.store.get_jobs(kept)
+    svc.queue.sent.clear()
+    clock.advance(5)
+
+    healed = submit(svc, idempotency_key="k1")
+
+    assert [j.job_id for j in healed.jobs] == first.run.job_ids
+    assert svc.store.get_jobs(kept) == kept_before  # existing jobs untouched
+    restored = job(svc, lost)
+    assert (restored.status, restored.position, restored.test_path) == (
+        JobStatus.QUEUED,
+        2,
+        PATHS[2],
+    )
+    assert restored.created_at == first.run.created_at
+    assert svc.queue.sent_ids == [lost]  # only the job never admitted is sent
+
+
+def test_a_queue_outage_still_accepts_and_the_reaper_resends_after_grace(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    svc.queue.error = ConnectionError("sqs unreachable")
+
+    result = submit(svc)
+
+    assert result.created is True
+    assert statuses(svc, result.run.job_ids) == [JobStatus.QUEUED] * 3
+    svc.queue.error = None
+
+    clock.advance(GRACE)  # not yet older than the grace period
+    assert svc.reaper.sweep().resent_jobs == 0
+    assert svc.queue.sent == []
+
+    clock.advance(1)
+    assert svc.reaper.sweep().resent_jobs == 3
+    assert sorted(svc.queue.sent_ids) == sorted(result.run.job_ids)
+
+    for job_id in result.run.job_ids:
+        svc.dispatcher.admit(job_id)
+    svc.queue.sent.clear()
+    assert svc.reaper.sweep().resent_jobs == 0
+    assert svc.queue.sent == []
+
+
+def test_partly_failed_sends_still_accept_and_get_resent(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    svc.queue.failing = lambda job: job.position == 1
+
+    result = submit(svc)
+
+    assert result.created is True
+    lost = result.run.job_ids[1]
+    assert lost not in svc.queue.sent_ids
+    svc.queue.failing = lambda job: False
+    svc.queue.sent.clear()
+    for job_id in result.run.job_ids:
+        if job_id != lost:
+            svc.dispatcher.admit(job_id)
+
+    clock.advance(GRACE + 1)
+    assert svc.reaper.sweep().resent_jobs == 1
+    assert svc.queue.sent_ids == [lost]
+    assert svc.dispatcher.admit(lost) is not None
+
+
+def test_submitting_for_another_org_is_forbidden_and_writes_nothing(svc: MemoryServices) -> None:
+    with pytest.raises(Forbidden, match="org_id"):
+        svc.submissions.submit("globex", suite(org_id="acme"))
+
+    assert svc.store.runs == {}
+    assert svc.store.jobs == {}
+    assert svc.queue.sent == []
+
+
+def test_another_orgs_job_and_run_are_not_found(svc: MemoryServices) -> None:
+    result = submit(svc)
+
+    with pytest.raises(NotFound):
+        svc.submissions.job("globex", result.run.job_ids[0])
+    with pytest.raises(NotFound):
+        svc.submissions.run("globex", result.run.run_id)
+    with pytest.raises(NotFound):
+        svc.submissions.cancel("globex", result.run.job_ids[0])
+    assert svc.submissions.job("acme", result.run.job_ids[0]).job_id == result.run.job_ids[0]
+    run, jobs = svc.submissions.run("acme", result.run.run_id)
+    assert [j.job_id for j in jobs] == run.job_ids
+
+
+# ================================================================== admit and plan
+def test_admitting_twice_is_a_no_op(svc: MemoryServices, clock: FakeClock) -> None:
+    job_id = submit(svc).run.job_ids[0]
+
+    admitted = svc.dispatcher.admit(job_id)
+    assert admitted is not None
+    assert admitted.admitted is True
+    assert svc.store.in_backlog(job_id)
+    before = svc.store.snapshot()
+    clock.advance(10)
+
+    assert svc.dispatcher.admit(job_id) is None
+    assert svc.store.snapshot() == before
+
+
+def test_admit_ignores_unknown_and_cancelled_jobs(svc: MemoryServices) -> None:
+    job_id = submit(svc).run.job_ids[0]
+    svc.submissions.cancel("acme", job_id)
+
+    assert svc.dispatcher.admit("job-unknown") is None
+    assert svc.dispatcher.admit(job_id) is None
+    assert not svc.store.in_backlog(job_id)
+
+
+def test_unadmitted_jobs_are_never_planned(svc: MemoryServices) -> None:
+    submit(svc)
+    register(svc)
+
+    assert svc.dispatcher.plan() == []
+
+
+def test_jobs_wait_in_the_backlog_until_an_agent_of_their_target_comes(
+    svc: MemoryServices,
+) -> None:
+    job_ids = submit_and_admit(svc, target="device")
+    register(svc, "e1", Target.EMULATOR)
+
+    assert svc.dispatcher.plan() == []
+    assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3
+
+    agent_id = register(svc, "d1", Target.DEVICE)
+    (batch,) = svc.dispatcher.plan()
+    assert batch.agent_id == agent_id == "device-d1"
+    assert batch.job_ids == job_ids
+
+
+# ================================================================== agent protocol
+def test_happy_path_lease_install_start_report_complete(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    assert agent_id == agent_id_for(Target.EMULATOR, "d1")
+
+    leased = lease(svc, agent_id)
+    batch = leased.batch
+    assert [j.job_id for j in leased.jobs] == job_ids
+    assert batch.install_required is True
+    assert batch.lease_expires_at == clock() + LEASE
+    assert (batch.org_id, batch.app_version_id, batch.target) == ("acme", "v1", Target.EMULATOR)
+    assert statuses(svc, job_ids) == [JobStatus.ASSIGNED] * 3
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert (agent.status, agent.batch_id) == (AgentStatus.BUSY, batch.batch_id)
+
+    svc.agents.record_install(agent_id, batch.batch_id)
+    stored_agent = svc.store.get_agent(agent_id)
+    assert stored_agent is not None
+    assert stored_agent.installed == AppRef("acme", "v1")
+
+    clock.advance(2)
+    started = svc.agents.start(agent_id, job_ids[0], batch.batch_id)
+    assert started.status is JobStatus.RUNNING
+    assert started.started_at == clock()
+
+    output = "line\n" * 1000
+    clock.advance(3)
+    done = report(svc, agent_id, job_ids[0], batch.batch_id, output=output, message="ok")
+    assert done.status is JobStatus.PASSED
+    assert done.finished_at == clock()
+    assert done.duration_s == 1.5
+    assert done.message == "ok"
+    assert done.output_key == f"results/acme/{job_ids[0]}/{batch.batch_id}.log"
+    assert svc.artifacts.objects[done.output_key] == output
+    assert done.output_excerpt == output[-2000:]
+
+    failed_id = job_ids[1]
+    svc.agents.start(agent_id, failed_id, batch.batch_id)
+    assert report(svc, agent_id, failed_id, batch.batch_id, JobStatus.FAILED).status is (
+        JobStatus.FAILED
+    )
+    svc.agents.start(agent_id, job_ids[2], batch.batch_id)
+    report(svc, agent_id, job_ids[2], batch.batch_id)
+
+    assert svc.agents.complete(agent_id, batch.batch_id) == 0
+    closed = svc.store.get_batch(batch.batch_id)
+    assert closed is not None
+    assert closed.state is BatchState.DONE
+    assert not svc.store.in_lease_index(batch.batch_id)
+    idle = svc.store.get_agent(agent_id)
+    assert idle is not None
+    assert (idle.status, idle.batch_id) == (AgentStatus.IDLE, None)
+    metrics = svc.submissions.metrics("acme")
+    assert metrics.jobs_by_status == {"passed": 2, "failed": 1}
+    assert (metrics.batches, metrics.installs, metrics.agent_app_pairs) == (1, 1, 1)
+    assert svc.submissions.metrics("globex").batches == 0
+
+
+def test_lease_resumes_the_same_batch_after_a_restart(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    first = lease(svc, agent_id)
+    svc.agents.start(agent_id, job_ids[0], first.batch.batch_id)
+    report(svc, agent_id, job_ids[0], first.batch.batch_id)
+
+    # The process restarts: it registers again and asks for work.
+    restarted = svc.agents.register(Target.EMULATOR, "d1", None)
+    assert restarted.status is AgentStatus.BUSY
+    assert restarted.batch_id == first.batch.batch_id
+    resumed = lease(svc, agent_id)
+
+    assert resumed.batch.batch_id == first.batch.batch_id
+    assert [j.job_id for j in resumed.jobs] == job_ids[1:]  # finished jobs are not handed out
+
+
+def test_install_is_recorded_once_and_the_next_batch_of_that_app_needs_none(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    submit_and_admit(svc)
+    agent_id = register(svc)
+    first = lease(svc, agent_id)
+    svc.agents.record_install(agent_id, first.batch.batch_id)
+    installed_at = svc.store.batches[first.batch.batch_id].installed_at
+    clock.advance(5)
+    svc.agents.record_install(agent_id, first.batch.batch_id)  # a retried request
+    assert svc.store.batches[first.batch.batch_id].installed_at == installed_at
+    run_to_end(svc, agent_id, first)
+
+    submit_and_admit(svc, test_paths=["tests/again.spec.js"])
+    second = lease(svc, agent_id)
+
+    assert second.batch.install_required is False
+    metrics = svc.submissions.metrics("acme")
+    assert (metrics.batches, metrics.installs, metrics.agent_app_pairs) == (2, 1, 1)
+
+
+def test_another_app_version_needs_an_install(svc: MemoryServices) -> None:
+    submit_and_admit(svc)
+    agent_id = register(svc)
+    first = lease(svc, agent_id)
+    svc.agents.record_install(agent_id, first.batch.batch_id)
+    run_to_end(svc, agent_id, first)
+
+    submit_and_admit(svc, app_version_id="v2")
+    assert lease(svc, agent_id).batch.install_required is True
+
+
+def test_install_of_someone_elses_or_a_released_batch_is_refused(svc: MemoryServices) -> None:
+    submit_and_admit(svc)
+    agent_id = register(svc)
+    other = register(svc, "d2")
+    leased = lease(svc, agent_id)
+
+    with pytest.raises(NotFound):
+        svc.agents.record_install(other, leased.batch.batch_id)
+    svc.agents.complete(agent_id, leased.batch.batch_id)
+    with pytest.raises(Conflict):
+        svc.agents.record_install(agent_id, leased.batch.batch_id)
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert agent.installed is None
+
+
+def test_start_is_refused_for_another_agent_or_batch(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    other = register(svc, "d2")
+    leased = lease(svc, agent_id)
+
+    with pytest.raises(Conflict):
+        svc.agents.start(other, job_ids[0], leased.batch.batch_id)
+    with pytest.raises(Conflict):
+        svc.agents.start(agent_id, job_ids[0], "batch-other")
+    assert job(svc, job_ids[0]).status is JobStatus.ASSIGNED
+
+
+def test_a_late_report_after_the_reaper_took_the_job_is_rejected(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    job_ids = submit_and_admit(svc)
+    old_agent = register(svc, "d1")
+    old = lease(svc, old_agent)
+    svc.agents.start(old_agent, job_ids[0], old.batch.batch_id)
+    clock.advance(LEASE + 1)  # d1 goes silent; d2 is ready
+    new_agent = register(svc, "d2")
+
+    sweep = svc.reaper.sweep()
+
+    assert (sweep.expired_batches, sweep.requeued_jobs, sweep.assigned_batches) == (1, 3, 1)
+    taken = job(svc, job_ids[0])
+    assert taken.agent_id == new_agent
+    assert taken.batch_id != old.batch.batch_id
+    before = svc.store.snapshot()
+
+    for status in (JobStatus.PASSED, JobStatus.ERROR):
+        with pytest.raises(Conflict, match="lease"):
+            report(svc, old_agent, job_ids[0], old.batch.batch_id, status, output="late")
+
+    assert svc.store.snapshot() == before
+    assert job(svc, job_ids[0]) == taken
+
+
+def test_a_late_report_for_a_requeued_job_leaves_it_queued(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    leased = lease(svc, agent_id)
+    svc.agents.start(agent_id, job_ids[0], leased.batch.batch_id)
+    clock.advance(LEASE + 1)
+    svc.reaper.sweep()
+    requeued = job(svc, job_ids[0])
+    assert requeued.status is JobStatus.QUEUED
+
+    with pytest.raises(Conflict):
+        report(svc, agent_id, job_ids[0], leased.batch.batch_id)
+
+    assert job(svc, job_ids[0]) == requeued
+    assert svc.store.in_backlog(job_ids[0])
+
+
+def test_the_same_report_delivered_twice_is_applied_once(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+    first = report(svc, agent_id, job_ids[0], batch_id, JobStatus.FAILED, "assertion")
+    clock.advance(7)
+
+    again = report(svc, agent_id, job_ids[0], batch_id, JobStatus.FAILED, "assertion")
+
+    assert again == first  # accepted, but nothing was written the second time
+    assert job(svc, job_ids[0]).finished_at == first.finished_at
+
+
+def test_a_different_second_result_for_a_finished_job_is_rejected(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    first = report(svc, agent_id, job_ids[0], batch_id, JobStatus.PASSED)
+
+    with pytest.raises(Conflict):
+        report(svc, agent_id, job_ids[0], batch_id, JobStatus.FAILED)
+    assert job(svc, job_ids[0]) == first
+
+
+def test_an_error_with_retries_left_requeues_the_job(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc, retries=1)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+
+    retried = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "adb died")
+
+    assert retried.status is JobStatus.QUEUED
+    assert retried.attempts == 1
+    assert (retried.batch_id, retried.agent_id, retried.started_at) == (None, None, None)
+    assert retried.message == "adb died"
+    assert svc.store.in_backlog(job_ids[0])
+    assert svc.agents.complete(agent_id, batch_id) == 2  # the two untouched jobs
+
+    # Second and last attempt: the error is final.
+    again = lease(svc, agent_id)
+    assert job_ids[0] in [j.job_id for j in again.jobs]
+    svc.agents.start(agent_id, job_ids[0], again.batch.batch_id)
+    final = report(svc, agent_id, job_ids[0], again.batch.batch_id, JobStatus.ERROR, "adb died")
+    assert final.status is JobStatus.ERROR
+    assert final.finished_at is not None
+    assert not svc.store.in_backlog(job_ids[0])
+
+
+def test_an_error_without_retries_is_final(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc, retries=0)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+
+    final = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "no device")
+
+    assert final.status is JobStatus.ERROR
+    assert final.message == "no device"
+    assert final.finished_at is not None
+    assert not svc.store.in_backlog(job_ids[0])
+
+
+def test_a_retried_error_report_is_accepted_once(svc: MemoryServices, clock: FakeClock) -> None:
+    """The agent's HTTP client retries a result after a lost response (5xx/timeout).
+
+    The duplicate must neither count a second attempt nor be answered with 409, which
+    tells the agent its lease was lost and makes it abandon the rest of its batch.
+    """
+    job_ids = submit_and_admit(svc, retries=2)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+    first = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "adb died")
+    clock.advance(1)
+
+    again = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "adb died")
+
+    assert again.status is JobStatus.QUEUED
+    assert job(svc, job_ids[0]).attempts == first.attempts == 1
+
+
+def test_complete_requeues_unfinished_jobs_and_keeps_results(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+    report(svc, agent_id, job_ids[0], batch_id)
+    svc.agents.start(agent_id, job_ids[1], batch_id)  # running when the agent stops
+
+    assert svc.agents.complete(agent_id, batch_id) == 2
+
+    assert statuses(svc, job_ids) == [JobStatus.PASSED, JobStatus.QUEUED, JobStatus.QUEUED]
+    assert [job(svc, j).attempts for j in job_ids] == [0, 1, 0]
+    assert [svc.store.in_backlog(j) for j in job_ids] == [False, True, True]
+    batch = svc.store.get_batch(batch_id)
+    assert batch is not None
+    assert batch.state is BatchState.DONE
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert (agent.status, agent.batch_id) == (AgentStatus.IDLE, None)
+    # Completing again changes nothing.
+    before = svc.store.snapshot()
+    assert svc.agents.complete(agent_id, batch_id) == 0
+    assert svc.store.snapshot() == before
+
+
+def test_complete_of_another_agents_batch_is_not_found(svc: MemoryServices) -> None:
+    submit_and_admit(svc)
+    agent_id = register(svc)
+    other = register(svc, "d2")
+    batch_id = lease(svc, agent_id).batch.batch_id
+    before = svc.store.snapshot()
+
+    with pytest.raises(NotFound):
+        svc.agents.complete(other, batch_id)
+    assert svc.store.snapshot() == before
+
+
+def test_deregister_releases_the_batch(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+
+    assert svc.agents.deregister(agent_id) == 3
+
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert (agent.status, agent.batch_id) == (AgentStatus.OFFLINE, None)
+    assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3
+    batch = svc.store.get_batch(batch_id)
+    assert batch is not None
+    assert batch.state is BatchState.DONE
+    with pytest.raises(NotFound):
+        svc.agents.lease(agent_id)  # offline until it registers again
+    with pytest.raises(NotFound):
+        svc.agents.deregister("emulator-unknown")
+
+    register(svc)
+    assert [j.job_id for j in lease(svc, agent_id).jobs] == job_ids
+
+
+def test_deregister_of_an_idle_agent_marks_it_offline(svc: MemoryServices) -> None:
+    agent_id = register(svc)
+
+    assert svc.agents.deregister(agent_id) == 0
+
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert agent.status is AgentStatus.OFFLINE
+
+
+def test_heartbeat_extends_the_lease(svc: MemoryServices, clock: FakeClock) -> None:
+    submit_and_admit(svc)
+    agent_id = register(svc)
+    batch = lease(svc, agent_id).batch
+    clock.advance(LEASE - 10)
+
+    beat = svc.agents.heartbeat(agent_id)
+
+    assert beat.lease_expires_at == clock() + LEASE
+    clock.advance(20)  # past the first lease, within the extended one
+    assert svc.reaper.sweep().expired_batches == 0
+    stored = svc.store.get_batch(batch.batch_id)
+    assert stored is not None
+    assert stored.state is BatchState.ACTIVE
+
+
+def test_heartbeat_without_a_batch_has_no_lease(svc: MemoryServices) -> None:
+    agent_id = register(svc)
+
+    beat = svc.agents.heartbeat(agent_id)
+
+    assert (beat.agent.agent_id, beat.lease_expires_at) == (agent_id, None)
+    with pytest.raises(NotFound):
+        svc.agents.heartbeat("emulator-ghost")
+
+
+# ================================================================== reaper
+def _lapsed_batch_with_mixed_progress(
+    svc: MemoryServices, clock: FakeClock
+) -> tuple[str, str, list[str]]:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    batch_id = lease(svc, agent_id).batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+    report(svc, agent_id, job_ids[0], batch_id)
+    svc.agents.start(agent_id, job_ids[1], batch_id)  # job 2 never started
+    clock.advance(LEASE + 1)
+    return agent_id, batch_id, job_ids
+
+
+def test_reaper_expires_a_lapsed_lease_and_requeues_unfinished_jobs(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    agent_id, batch_id, job_ids = _lapsed_batch_with_mixed_progress(svc, clock)
+    passed = job(svc, job_ids[0])
+
+    sweep = svc.reaper.sweep()
+
+    assert (sweep.expired_batches, sweep.requeued_jobs) == (1, 2)
+    batch = svc.store.get_batch(batch_id)
+    assert batch is not None
+    assert batch.state is BatchState.EXPIRED
+    assert not svc.store.in_lease_index(batch_id)
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert (agent.status, agent.batch_id) == (AgentStatus.OFFLINE, None)
+    assert job(svc, job_ids[0]) == passed  # a finished result is kept
+    running, assigned = job(svc, job_ids[1]), job(svc, job_ids[2])
+    assert (running.status, running.attempts) == (JobStatus.QUEUED, 1)
+    assert (assigned.status, assigned.attempts) == (JobStatus.QUEUED, 0)
+    assert svc.store.in_backlog(job_ids[1])
+    assert svc.store.in_backlog(job_ids[2])
+    assert "heartbeat" in (running.message or "")
+
+
+def test_reaper_leaves_a_live_lease_alone(svc: MemoryServices, clock: FakeClock) -> None:
+    submit_and_admit(svc)
+    agent_id = register(svc)
+    lease(svc, agent_id)
+    clock.advance(LEASE - 1)
+    before = svc.store.snapshot()
+
+    sweep = svc.reaper.sweep()
+
+    assert (sweep.expired_batches, sweep.requeued_jobs, sweep.offline_agents) == (0, 0, 0)
+    assert svc.store.snapshot() == before
+
+
+def test_a_heartbeat_after_the_reaper_ran_is_not_found(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    agent_id, _, _ = _lapsed_batch_with_mixed_progress(svc, clock)
+    svc.reaper.sweep()
+
+    with pytest.raises(NotFound, match="register again"):
+        svc.agents.heartbeat(agent_id)
+
+
+def test_a_heartbeat_on_a_fenced_batch_is_a_conflict(svc: MemoryServices, clock: FakeClock) -> None:
+    agent_id, batch_id, _ = _lapsed_batch_with_mixed_progress(svc, clock)
+    # The reaper fenced the batch, then crashed before cleaning up.
+    assert svc.store.expire_batch(batch_id, clock())
+
+    with pytest.raises(Conflict, match="lease lost"):
+        svc.agents.heartbeat(agent_id)
+    assert svc.agents.lease(agent_id) is None  # no resuming an expired batch
+
+    # The next sweep finishes the cleanup.
+    sweep = svc.reaper.sweep()
+    assert (sweep.expired_batches, sweep.requeued_jobs) == (0, 2)
+    assert not svc.store.in_lease_index(batch_id)
+
+
+def test_running_the_reaper_twice_changes_nothing_the_second_time(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    _lapsed_batch_with_mixed_progress(svc, clock)
+    register(svc, "idle-one")
+    clock.advance(OFFLINE + 1)
+    first = svc.reaper.sweep()
+    assert first.expired_batches == 1
+    assert first.offline_agents == 1
+    before = svc.store.snapshot()
+
+    second = svc.reaper.sweep()
+
+    assert second == SweepReport(0, 0, 0, 0, 0)
+    assert svc.store.snapshot() == before
+
+
+def test_a_silent_idle_agent_goes_offline_and_gets_no_work(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    agent_id = register(svc)
+    clock.advance(OFFLINE + 1)
+    job_ids = submit_and_admit(svc)
+
+    assert svc.dispatcher.plan() == []  # too quiet to trust, even before the reaper runs
+    assert svc.reaper.sweep().offline_agents == 1
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert agent.status is AgentStatus.OFFLINE
+    assert svc.dispatcher.plan() == []
+    assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3
+    with pytest.raises(NotFound):
+        svc.agents.lease(agent_id)
+
+
+def test_an_agent_seen_recently_stays_online(svc: MemoryServices, clock: FakeClock) -> None:
+    agent_id = register(svc)
+    clock.advance(OFFLINE - 1)
+    svc.agents.heartbeat(agent_id)
+    clock.advance(OFFLINE - 1)
+
+    assert svc.reaper.sweep().offline_agents == 0
+    agent = svc.store.get_agent(agent_id)
+    assert agent is not None
+    assert agent.status is AgentStatus.IDLE
+
+
+def test_repeated_lease_loss_exhausts_the_attempts(svc: MemoryServices, clock: FakeClock) -> None:
+    (job_id,) = submit_and_admit(svc, retries=1, test_paths=["tests/crashy.spec.js"])
+
+    for attempt in (1, 2):
+        agent_id = register(svc)
+        leased = lease(svc, agent_id)
+        assert [j.job_id for j in leased.jobs] == [job_id]
+        svc.agents.start(agent_id, job_id, leased.batch.batch_id)
+        clock.advance(LEASE + 1)
+        svc.reaper.sweep()
+        assert job(svc, job_id).attempts == attempt
+
+    final = job(svc, job_id)
+    assert final.status is JobStatus.ERROR
+    assert final.finished_at is not None
+    assert not svc.store.in_backlog(job_id)
+    register(svc)
+    assert svc.agents.lease(agent_id) is None
+
+
+def test_lease_loss_before_start_does_not_count_an_attempt(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    (job_id,) = submit_and_admit(svc, retries=0, test_paths=["tests/a.spec.js"])
+
+    for _ in range(3):
+        agent_id = register(svc)
+        lease(svc, agent_id)
+        clock.advance(LEASE + 1)
+        svc.reaper.sweep()
+
+    assert (job(svc, job_id).status, job(svc, job_id).attempts) == (JobStatus.QUEUED, 0)
+
+
+# ================================================================== cancel
+def test_cancel_only_queued_jobs(svc: MemoryServices, clock: FakeClock) -> None:
+    job_ids = submit_and_admit(svc)
+    clock.advance(3)
+
+    cancelled = svc.submissions.cancel("acme", job_ids[2])
+
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.finished_at == clock()
+    assert not svc.store.in_backlog(job_ids[2])
+    assert svc.submissions.cancel("acme", job_ids[2]).status is JobStatus.CANCELLED  # repeat
+
+    agent_id = register(svc)
+    leased = lease(svc, agent_id)
+    assert [j.job_id for j in leased.jobs] == job_ids[:2]  # the cancelled job is not handed out
+    with pytest.raises(Conflict, match="only queued"):
+        svc.submissions.cancel("acme", job_ids[0])
+    assert job(svc, job_ids[0]).status is JobStatus.ASSIGNED
+    svc.agents.start(agent_id, job_ids[0], leased.batch.batch_id)
+    report(svc, agent_id, job_ids[0], leased.batch.batch_id)
+    with pytest.raises(Conflict):
+        svc.submissions.cancel("acme", job_ids[0])
+    assert job(svc, job_ids[0]).status is JobStatus.PASSED
+
+
+def test_a_cancelled_never_admitted_job_is_not_resent(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    svc.queue.error = ConnectionError("down")
+    job_ids = submit(svc).run.job_ids
+    svc.queue.error = None
+    svc.submissions.cancel("acme", job_ids[0])
+    clock.advance(GRACE + 1)
+
+    svc.reaper.sweep()
+
+    assert sorted(svc.queue.sent_ids) == sorted(job_ids[1:])
+
+
+# ================================================================== the fake itself
+def test_the_fake_store_hands_out_copies(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    copy = job(svc, job_ids[0])
+    copy.status = JobStatus.PASSED
+    run = svc.store.get_run(copy.run_id)
+    assert run is not None
+    run.job_ids.clear()
+
+    assert job(svc, job_ids[0]).status is JobStatus.QUEUED
+    stored_run = svc.store.get_run(copy.run_id)
+    assert stored_run is not None
+    assert stored_run.job_ids == job_ids
