@@ -16,6 +16,7 @@ from qgjob_backend.adapters.s3 import S3ArtifactStore
 from qgjob_backend.adapters.sqs import SqsJobQueue
 from qgjob_backend.config import Config
 from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.ports import ArtifactStore, JobQueue, StateStore, TokenStore
 from qgjob_backend.services.agents import AgentService
 from qgjob_backend.services.auth import TokenService
 from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
@@ -51,19 +52,17 @@ def build_token_service(config: Config, session: Any | None = None) -> TokenServ
     )
 
 
-def build_services(
-    config: Config, session: Any | None = None, clock: Callable[[], float] = time.time
+def assemble_services(
+    config: Config,
+    *,
+    store: StateStore,
+    queue: JobQueue,
+    artifacts: ArtifactStore,
+    token_store: TokenStore,
+    clock: Callable[[], float],
+    new_id: Callable[[], str] = new_id,
 ) -> Services:
-    dynamodb = _client("dynamodb", session)
-    store = DynamoStateStore(
-        dynamodb,
-        jobs_table=config.jobs_table,
-        runs_table=config.runs_table,
-        agents_table=config.agents_table,
-        batches_table=config.batches_table,
-    )
-    queue = SqsJobQueue(_client("sqs", session), config.jobs_queue_url)
-    artifacts = S3ArtifactStore(_client("s3", session), config.artifacts_bucket)
+    """Wires the services over any implementation of the ports (boto3 adapters or fakes)."""
     dispatcher = DispatchService(
         store,
         clock,
@@ -78,7 +77,7 @@ def build_services(
     )
     return Services(
         config=config,
-        tokens=TokenService(DynamoTokenStore(dynamodb, config.tokens_table), clock),
+        tokens=TokenService(token_store, clock),
         submissions=SubmissionService(store, queue, clock, new_id),
         dispatcher=dispatcher,
         agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds),
@@ -92,6 +91,27 @@ def build_services(
                 resend_grace_seconds=config.resend_grace_seconds,
             ),
         ),
+    )
+
+
+def build_services(
+    config: Config, session: Any | None = None, clock: Callable[[], float] = time.time
+) -> Services:
+    """The production wiring: boto3 clients (honouring AWS_ENDPOINT_URL) behind the ports."""
+    dynamodb = _client("dynamodb", session)
+    return assemble_services(
+        config,
+        store=DynamoStateStore(
+            dynamodb,
+            jobs_table=config.jobs_table,
+            runs_table=config.runs_table,
+            agents_table=config.agents_table,
+            batches_table=config.batches_table,
+        ),
+        queue=SqsJobQueue(_client("sqs", session), config.jobs_queue_url),
+        artifacts=S3ArtifactStore(_client("s3", session), config.artifacts_bucket),
+        token_store=DynamoTokenStore(dynamodb, config.tokens_table),
+        clock=clock,
     )
 
 

@@ -16,9 +16,10 @@ import copy
 import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
+from qgjob_backend.config import Config
 from qgjob_backend.domain.models import (
     Agent,
     AgentStatus,
@@ -28,14 +29,14 @@ from qgjob_backend.domain.models import (
     Job,
     Run,
 )
-from qgjob_backend.domain.planner import PlanningPolicy
 from qgjob_backend.ports import JobOutcome, OrgMetrics, TokenRecord
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.agents import AgentService
 from qgjob_backend.services.auth import TokenService
-from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
-from qgjob_backend.services.reaper import ReaperService, ReaperSettings
+from qgjob_backend.services.dispatch import DispatchService
+from qgjob_backend.services.reaper import ReaperService
 from qgjob_backend.services.submission import SubmissionService
+from qgjob_backend.wiring import assemble_services
 
 T = TypeVar("T")
 
@@ -477,37 +478,23 @@ class MemoryTokenStore:
 
 
 # ------------------------------------------------------------------------ wiring
-class ServiceSettings(Protocol):
-    """The part of ``qgjob_backend.config.Config`` the services need."""
-
-    @property
-    def lease_seconds(self) -> float: ...
-
-    @property
-    def batch_max_jobs(self) -> int: ...
-
-    @property
-    def resend_grace_seconds(self) -> float: ...
-
-    @property
-    def agent_offline_seconds(self) -> float: ...
-
-    @property
-    def aging_seconds(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class FakeSettings:
-    lease_seconds: float = 120.0
-    batch_max_jobs: int = 25
-    resend_grace_seconds: float = 30.0
-    agent_offline_seconds: float = 360.0
-    aging_seconds: float = 120.0
+def fake_config(**overrides: Any) -> Config:
+    """A Config for the services; table and queue names are unused by the fakes."""
+    names = {
+        "jobs_table": "jobs",
+        "runs_table": "runs",
+        "agents_table": "agents",
+        "batches_table": "batches",
+        "tokens_table": "tokens",
+        "jobs_queue_url": "memory://jobs.fifo",
+        "artifacts_bucket": "artifacts",
+    }
+    return Config(**{**names, **overrides})
 
 
 @dataclass
 class MemoryServices:
-    settings: ServiceSettings
+    settings: Config
     clock: FakeClock
     store: MemoryStateStore
     queue: MemoryJobQueue
@@ -518,31 +505,26 @@ class MemoryServices:
     dispatcher: DispatchService
     agents: AgentService
     reaper: ReaperService
-    new_id: Callable[[], str] = field(default_factory=SequentialIds)
 
 
 def build_memory_services(
-    settings: ServiceSettings | None = None, clock: FakeClock | None = None
+    settings: Config | None = None, clock: FakeClock | None = None
 ) -> MemoryServices:
-    """The real services over the in-memory fakes, wired like ``wiring.build_services``."""
-    settings = settings or FakeSettings()
+    """The real services over the in-memory fakes, through the production wiring."""
+    settings = settings or fake_config()
     clock = clock or FakeClock()
     store = MemoryStateStore()
     queue = MemoryJobQueue()
     artifacts = MemoryArtifactStore()
     token_store = MemoryTokenStore()
-    new_id = SequentialIds()
-    dispatcher = DispatchService(
-        store,
-        clock,
-        new_id,
-        DispatchSettings(
-            lease_seconds=settings.lease_seconds,
-            agent_offline_seconds=settings.agent_offline_seconds,
-            policy=PlanningPolicy(
-                max_batch_jobs=settings.batch_max_jobs, aging_seconds=settings.aging_seconds
-            ),
-        ),
+    services = assemble_services(
+        settings,
+        store=store,
+        queue=queue,
+        artifacts=artifacts,
+        token_store=token_store,
+        clock=clock,
+        new_id=SequentialIds(),
     )
     return MemoryServices(
         settings=settings,
@@ -551,19 +533,9 @@ def build_memory_services(
         queue=queue,
         artifacts=artifacts,
         token_store=token_store,
-        tokens=TokenService(token_store, clock),
-        submissions=SubmissionService(store, queue, clock, new_id),
-        dispatcher=dispatcher,
-        agents=AgentService(store, artifacts, dispatcher, clock, settings.lease_seconds),
-        reaper=ReaperService(
-            store,
-            queue,
-            dispatcher,
-            clock,
-            ReaperSettings(
-                agent_offline_seconds=settings.agent_offline_seconds,
-                resend_grace_seconds=settings.resend_grace_seconds,
-            ),
-        ),
-        new_id=new_id,
+        tokens=services.tokens,
+        submissions=services.submissions,
+        dispatcher=services.dispatcher,
+        agents=services.agents,
+        reaper=services.reaper,
     )

@@ -13,12 +13,12 @@ from qgjob_backend.services.agents import LeasedBatch, agent_id_for
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
 from qgjob_backend.services.reaper import SweepReport
 from qgjob_backend.services.submission import SubmitResult
-from tests.unit.fakes import FakeClock, FakeSettings, MemoryServices, build_memory_services
+from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
 
 LEASE = 60.0
 GRACE = 30.0
 OFFLINE = 180.0
-SETTINGS = FakeSettings(
+SETTINGS = fake_config(
     lease_seconds=LEASE,
     batch_max_jobs=25,
     resend_grace_seconds=GRACE,
