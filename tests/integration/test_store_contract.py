@@ -642,3 +642,12 @@ def test_a_token_hash_is_stored_once(token_store: TokenStore) -> None:
     agent_record = TokenRecord("h2", "agent", None, T0)
     assert token_store.put(agent_record) is True
     assert token_store.get("h2") == agent_record
+
+
+def test_an_agent_holding_a_batch_names_its_group_until_released(store: StateStore) -> None:
+    batch = assigned(store, "j1", "j2")
+
+    assert get_agent(store, "a-1").batch_group == batch.group_key
+    assert store.release_agent("a-1", "b1", offline=False, now=T0 + 1)
+    released = get_agent(store, "a-1")
+    assert (released.batch_id, released.batch_group) == (None, None)

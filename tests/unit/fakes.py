@@ -333,6 +333,7 @@ class MemoryStateStore:
             return False
         agent.status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
         agent.batch_id = None
+        agent.batch_group = None
         return True
 
     def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
@@ -371,6 +372,7 @@ class MemoryStateStore:
         # Every precondition holds: apply all writes (all or nothing).
         agent.status = AgentStatus.BUSY
         agent.batch_id = batch.batch_id
+        agent.batch_group = batch.group_key
         self.batches[batch.batch_id] = _copy(replace(batch, requeued=[]))
         if batch.state is BatchState.ACTIVE:
             self._leased.add(batch.batch_id)

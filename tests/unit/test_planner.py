@@ -343,3 +343,31 @@ def test_random_backlogs_keep_every_planning_invariant() -> None:
         leftover_targets = {index[j].target for j in set(index) - set(planned)}
         idle_targets = {a.target for a in agents if a.agent_id not in busy}
         assert not leftover_targets & idle_targets
+
+
+def test_a_group_a_busy_agent_is_running_waits_for_it_instead_of_a_second_install() -> None:
+    tail = [
+        BacklogJob(f"j{i}", "acme/v1/emulator", "acme", "v1", "emulator", 5, 0.0, i)
+        for i in range(3)
+    ]
+    cold = [IdleAgent("emulator-2", "emulator", None)]
+    policy = PlanningPolicy(max_batch_jobs=25)
+
+    assert plan_batches(tail, cold, 0.0, policy, busy_groups={"acme/v1/emulator"}) == []
+    assert len(plan_batches(tail, cold, 0.0, policy)) == 1
+
+
+def test_a_busy_group_with_a_full_batch_waiting_is_still_split() -> None:
+    backlog = [
+        BacklogJob(f"j{i}", "acme/v1/emulator", "acme", "v1", "emulator", 5, 0.0, i)
+        for i in range(4)
+    ]
+    cold = [IdleAgent("emulator-2", "emulator", None)]
+
+    plan = plan_batches(
+        backlog, cold, 0.0, PlanningPolicy(max_batch_jobs=4), busy_groups={"acme/v1/emulator"}
+    )
+
+    assert [(p.agent_id, len(p.job_ids), p.install_required) for p in plan] == [
+        ("emulator-2", 4, True)
+    ]

@@ -188,6 +188,7 @@ def agent_from_item(item: Item) -> Agent:
         registered_at=float(item["registered_at"]),
         installed=installed,
         batch_id=item.get("batch_id"),
+        batch_group=item.get("batch_group"),
     )
 
 
@@ -624,7 +625,7 @@ class DynamoStateStore:
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
-            UpdateExpression="SET #s = :status, updated_at = :now REMOVE batch_id",
+            UpdateExpression="SET #s = :status, updated_at = :now REMOVE batch_id, batch_group",
             ConditionExpression="batch_id = :b",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=_values(status=status.value, now=now, b=batch_id),
@@ -669,13 +670,16 @@ class DynamoStateStore:
                 "Update": {
                     "TableName": self._agents,
                     "Key": serialize({"agent_id": batch.agent_id}),
-                    "UpdateExpression": "SET #s = :busy, batch_id = :b, updated_at = :now",
+                    "UpdateExpression": (
+                        "SET #s = :busy, batch_id = :b, batch_group = :g, updated_at = :now"
+                    ),
                     "ConditionExpression": "#s = :idle AND attribute_not_exists(batch_id)",
                     "ExpressionAttributeNames": {"#s": "status"},
                     "ExpressionAttributeValues": _values(
                         busy=AgentStatus.BUSY.value,
                         idle=AgentStatus.IDLE.value,
                         b=batch.batch_id,
+                        g=batch.group_key,
                         now=now,
                     ),
                 }

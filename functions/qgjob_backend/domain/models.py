@@ -103,6 +103,7 @@ class Agent:
     registered_at: float
     installed: AppRef | None = None
     batch_id: str | None = None
+    batch_group: str | None = None  # the group of the batch it holds
 
 
 class BatchState(StrEnum):

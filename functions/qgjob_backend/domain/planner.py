@@ -6,7 +6,9 @@ the lease endpoint and the simulator all call this same function.
 Policy:
 1. Warm first: an idle agent that already holds a group's app version takes that
    group's next batch, so it installs nothing.
-2. Then every group still waiting is handed, most urgent first, to a cold agent.
+2. Then every group still waiting is handed, most urgent first, to a cold agent,
+   except a group that a busy agent is already running with less than a full batch
+   waiting: that agent holds the app and will take the rest when it is free.
 3. Agents left over split the largest remaining groups (an extra install buys
    parallelism only when a group has more work than one batch).
 A batch holds jobs of one group only (one org, one app version, one target), most
@@ -17,7 +19,7 @@ low-priority group cannot starve.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from qgjob_backend.domain.models import AppRef
@@ -93,8 +95,12 @@ def plan_batches(
     agents: Sequence[IdleAgent],
     now: float,
     policy: PlanningPolicy,
+    busy_groups: Collection[str] = (),
 ) -> list[PlannedBatch]:
-    """Assigns at most one batch to each idle agent. Targets never mix."""
+    """Assigns at most one batch to each idle agent. Targets never mix.
+
+    ``busy_groups`` are the groups that busy agents are running right now.
+    """
     by_target: dict[str, dict[str, list[BacklogJob]]] = {}
     for job in backlog:
         by_target.setdefault(job.target, {}).setdefault(job.group_key, []).append(job)
@@ -105,12 +111,12 @@ def plan_batches(
             (_Group(jobs, now, policy) for jobs in grouped.values()), key=lambda g: g.rank
         )
         pool = sorted((a for a in agents if a.target == target), key=lambda a: a.agent_id)
-        plan.extend(_plan_pool(groups, pool, policy))
+        plan.extend(_plan_pool(groups, pool, policy, frozenset(busy_groups)))
     return plan
 
 
 def _plan_pool(
-    groups: list[_Group], pool: list[IdleAgent], policy: PlanningPolicy
+    groups: list[_Group], pool: list[IdleAgent], policy: PlanningPolicy, busy: frozenset[str]
 ) -> list[PlannedBatch]:
     planned: list[PlannedBatch] = []
     free: list[IdleAgent] = []
@@ -122,13 +128,19 @@ def _plan_pool(
         else:
             planned.append(_batch(agent, warm, policy, install_required=False))
 
+    def worth_another_install(group: _Group) -> bool:
+        # A warm busy agent will take a short tail itself; a cold agent pays an install.
+        return group.first.group_key not in busy or group.remaining >= policy.max_batch_jobs
+
     for agent in free:
-        unserved = [g for g in groups if g.remaining and g.batches_planned == 0]
+        unserved = [
+            g for g in groups if g.remaining and g.batches_planned == 0 and worth_another_install(g)
+        ]
         if unserved:
             chosen = unserved[0]
         else:
             # Splitting costs one more install: only worth it for work beyond one batch.
-            splittable = [g for g in groups if g.remaining > 0]
+            splittable = [g for g in groups if g.remaining > 0 and worth_another_install(g)]
             if not splittable:
                 break
             chosen = max(splittable, key=lambda g: (g.remaining, [-x for x in g.rank[:2]]))

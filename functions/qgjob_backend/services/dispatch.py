@@ -80,14 +80,18 @@ class DispatchService:
             return []
         now = self._clock()
         fresh_after = now - self._settings.agent_offline_seconds
+        agents = [a for a in self._store.list_agents(target) if a.last_seen >= fresh_after]
         idle = [
             IdleAgent(a.agent_id, a.target.value, a.installed)
-            for a in self._store.list_agents(target)
-            if a.status is AgentStatus.IDLE and a.batch_id is None and a.last_seen >= fresh_after
+            for a in agents
+            if a.status is AgentStatus.IDLE and a.batch_id is None
         ]
         if not idle:
             return []
-        planned = plan_batches([backlog_view(j) for j in backlog], idle, now, self._settings.policy)
+        busy_groups = {a.batch_group for a in agents if a.batch_id and a.batch_group}
+        planned = plan_batches(
+            [backlog_view(j) for j in backlog], idle, now, self._settings.policy, busy_groups
+        )
         committed = []
         for plan in planned:
             batch = self._to_batch(plan, now)
