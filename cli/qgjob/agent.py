@@ -147,6 +147,9 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+STOP_CHECK_S = 0.1
+
+
 class Agent:
     """Runs batches on one device until stopped (or until `max_batches` batches are done)."""
 
@@ -188,7 +191,9 @@ class Agent:
         self._log = log
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        self._stop = threading.Event()
+        # A plain flag, not an Event: a signal handler runs on the main thread, which may
+        # already hold an Event's internal lock inside wait(); setting it there deadlocks.
+        self._stop_requested = False
         self._stop_logged = False
         self._heartbeat_stop = threading.Event()
         self._batch_lost = threading.Event()
@@ -198,11 +203,11 @@ class Agent:
 
     def stop(self) -> None:
         """Asks the agent to finish the current test and exit (safe in a signal handler)."""
-        self._stop.set()
+        self._stop_requested = True
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop_requested
 
     def run(self) -> int:
         """Runs until stopped; returns the process exit code (0 on a clean stop)."""
@@ -470,7 +475,7 @@ class Agent:
         self.log(f"job {job_id} {test_path} {status} in {outcome.duration_s:.2f}s{detail}")
 
     def _should_stop_test(self) -> bool:
-        return self._stop.is_set() or self._batch_lost.is_set()
+        return self._stop_requested or self._batch_lost.is_set()
 
     def _lease_lost(self, batch_id: str, job_id: str | None, detail: str) -> None:
         self._record("lease_lost", batch_id, job_id=job_id, accepted=False)
@@ -536,8 +541,14 @@ class Agent:
     def _wait(self, seconds: float) -> None:
         if self._sleep is not None:
             self._sleep(seconds)
-        else:
-            self._stop.wait(seconds)
+            return
+        # Short slices so a stop request is seen within STOP_CHECK_S.
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(STOP_CHECK_S, remaining))
 
     @staticmethod
     def _app_label(app: tuple[str, str] | None) -> str:

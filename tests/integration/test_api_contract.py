@@ -8,7 +8,10 @@ from typing import Any
 import boto3
 import pytest
 
+from infra.events import HttpRequest, LambdaContext, build_proxy_event
 from qgjob_backend.config import Config
+from qgjob_backend.handlers import api
+from qgjob_backend.wiring import Services
 from tests.integration.conftest import ApiCaller, receive_all
 
 VALID = {
@@ -175,3 +178,36 @@ def test_unknown_route_is_404_naming_it(client: ApiCaller) -> None:
 
     assert response.status == 404
     assert "GET /nope" in response.body["message"]
+
+
+def test_no_token_is_401_before_the_body_is_even_read(client: ApiCaller) -> None:
+    for path, body in (("/runs", {"x": 1}), ("/agents/register", {"x": 1}), ("/jobs", None)):
+        response = client.post(path, body, token=None)
+        assert response.status == 401, (path, response.body)
+    assert client.post("/jobs", raw_body=b"{", token=None).status == 401
+
+
+def test_a_json_body_is_read_as_json_whatever_the_content_type(
+    client: ApiCaller, services: Services, org_token: str
+) -> None:
+    event = build_proxy_event(
+        HttpRequest(
+            "POST",
+            "/v1/jobs",
+            [
+                ("Host", "localhost"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", f"Bearer {org_token}"),
+            ],
+            json.dumps(VALID).encode(),
+            "127.0.0.1",
+        ),
+        stage="v1",
+        request_id="r-1",
+        account_id="123456789012",
+        api_id="local",
+    )
+
+    result = api.lambda_handler(event, LambdaContext("ApiFunction", "us-east-1", "123456789012"))
+
+    assert result["statusCode"] == 201, result["body"]

@@ -64,13 +64,8 @@ def _error(status: int, message: str, **extra: Any) -> Response[Any]:
 
 
 def _org() -> str:
-    principal = services().tokens.authenticate(app.current_event.headers.get("Authorization"))
-    return require_org(principal)
-
-
-def _agent() -> None:
-    principal = services().tokens.authenticate(app.current_event.headers.get("Authorization"))
-    require_agent(principal)
+    org_id: str = app.context["org_id"]
+    return org_id
 
 
 def _created(result: SubmitResult, single: bool) -> Response[SubmitResponse]:
@@ -151,6 +146,7 @@ def metrics() -> MetricsView:
 
 
 # --------------------------------------------------------------- agents
+# lambda_handler has already checked these callers hold an agent token.
 def _agent_view(agent: Agent, lease_expires_at: float | None = None) -> AgentView:
     config = services().config
     return AgentView.of(agent, config.lease_seconds, config.heartbeat_seconds, lease_expires_at)
@@ -158,7 +154,6 @@ def _agent_view(agent: Agent, lease_expires_at: float | None = None) -> AgentVie
 
 @app.post("/agents/register", summary="Register (or re-register) a device agent")
 def register_agent(request: RegisterAgentRequest) -> AgentView:
-    _agent()
     installed = (
         AppRef(request.installed.org_id, request.installed.app_version_id)
         if request.installed
@@ -170,34 +165,29 @@ def register_agent(request: RegisterAgentRequest) -> AgentView:
 
 @app.post("/agents/<agent_id>/heartbeat", summary="Keep the agent's lease")
 def heartbeat(agent_id: str) -> AgentView:
-    _agent()
     beat = services().agents.heartbeat(agent_id)
     return _agent_view(beat.agent, beat.lease_expires_at)
 
 
 @app.post("/agents/<agent_id>/lease", summary="The agent's batch: current one, or a new one")
 def lease(agent_id: str) -> LeaseResponse:
-    _agent()
     leased = services().agents.lease(agent_id)
     return LeaseResponse(batch=BatchView.of(leased.batch, leased.jobs) if leased else None)
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")
 def installed(agent_id: str, batch_id: str) -> RequeueView:
-    _agent()
     services().agents.record_install(agent_id, batch_id)
     return RequeueView(requeued=0)
 
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/start", summary="A test starts")
 def start_job(agent_id: str, job_id: str, request: BatchRef) -> JobView:
-    _agent()
     return JobView.of(services().agents.start(agent_id, job_id, request.batch_id))
 
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/result", summary="A test's result")
 def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView:
-    _agent()
     if request.status not in (
         JobStatus.PASSED,
         JobStatus.FAILED,
@@ -219,13 +209,11 @@ def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/complete", summary="Batch done; frees the agent")
 def complete_batch(agent_id: str, batch_id: str) -> RequeueView:
-    _agent()
     return RequeueView(requeued=services().agents.complete(agent_id, batch_id))
 
 
 @app.post("/agents/<agent_id>/deregister", summary="Agent going away; its batch is released")
 def deregister(agent_id: str) -> RequeueView:
-    _agent()
     return RequeueView(requeued=services().agents.deregister(agent_id))
 
 
@@ -266,6 +254,47 @@ def on_aws_error(error: Exception) -> Response[Any]:
 
 
 # --------------------------------------------------------------- entry
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def _authenticate(event: dict[str, Any]) -> dict[str, Any]:
+    """Who is calling, checked before the body is even validated (no token -> 401).
+
+    Agent routes need an agent token; every other route an org token.
+    """
+    path = event.get("path") or "/"
+    if path in PUBLIC_PATHS:
+        return {}
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    principal = services().tokens.authenticate(headers.get("authorization"))
+    if path.startswith("/agents/") or path == "/agents":
+        require_agent(principal)
+        return {}
+    return {"org_id": require_org(principal)}
+
+
+def _as_json(event: dict[str, Any]) -> dict[str, Any]:
+    """The API speaks only JSON: a body is parsed as JSON whatever Content-Type says."""
+    headers = {k: v for k, v in (event.get("headers") or {}).items() if k.lower() != "content-type"}
+    multi = {
+        k: v
+        for k, v in (event.get("multiValueHeaders") or {}).items()
+        if k.lower() != "content-type"
+    }
+    headers["Content-Type"] = "application/json"
+    multi["Content-Type"] = ["application/json"]
+    return {**event, "headers": headers, "multiValueHeaders": multi}
+
+
+def _reply(status: int, message: str) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps({"message": message}),
+        "isBase64Encoded": False,
+    }
+
+
 def _body_size(event: dict[str, Any]) -> int:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
@@ -275,14 +304,14 @@ def _body_size(event: dict[str, Any]) -> int:
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        identity = _authenticate(event)
+    except ServiceError as error:
+        return _reply(error.status_code, error.message)
     if _body_size(event) > MAX_BODY_BYTES:
-        return {
-            "statusCode": 413,
-            "headers": {"Content-Type": "application/json"},
-            "body": json.dumps({"message": f"body: larger than {MAX_BODY_BYTES} bytes"}),
-            "isBase64Encoded": False,
-        }
-    return app.resolve(event, context)
+        return _reply(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+    app.append_context(**identity)
+    return app.resolve(_as_json(event), context)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Local stack, demo and deployment helpers for qgjob (not shipped to Lambda)."""

@@ -1,0 +1,375 @@
+"""The AWS side of running Lambda functions locally: invocation, API Gateway, SQS, schedules.
+
+- `LambdaFunction`: a handler invoked with a Lambda context, one invocation at a time.
+- `ApiGatewayShim`: a threaded HTTP server behaving like the REST API's ``/{proxy+}``
+  resource (proxy events in, proxy results out, 403/413/502 like API Gateway).
+- `SqsEventSource`: Lambda's SQS event-source mapping with ReportBatchItemFailures.
+- `Schedule`: an EventBridge rule invoking a function with Scheduled Events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from infra import events
+
+log = logging.getLogger("qgjob.local")
+
+HOST = "127.0.0.1"
+# API Gateway rejects payloads above 10 MB before the function sees them.
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+# ------------------------------------------------------------------- functions
+
+
+class LambdaFunction:
+    """One function of the template, invoked in-process with a Lambda context.
+
+    A lock serializes invocations: the handlers keep per-invocation state on module-level
+    objects (as a single Lambda container may), so two concurrent calls would interfere.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        timeout_s: float,
+        memory_mb: int,
+        region: str,
+        account_id: str,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._timeout_s = timeout_s
+        self._memory_mb = memory_mb
+        self._region = region
+        self._account_id = account_id
+        self._lock = threading.Lock()
+
+    def invoke(self, event: dict[str, Any]) -> Any:
+        with self._lock:
+            context = events.LambdaContext(
+                function_name=self.name,
+                region=self._region,
+                account_id=self._account_id,
+                memory_limit_in_mb=self._memory_mb,
+                timeout_s=self._timeout_s,
+            )
+            return self._handler(event, context)
+
+
+def import_handler(dotted: str) -> Handler:
+    """``package.module.function`` (a template Handler) -> the function."""
+    module_name, _, attribute = dotted.rpartition(".")
+    handler: Handler = getattr(importlib.import_module(module_name), attribute)
+    return handler
+
+
+# ------------------------------------------------------------ API Gateway shim
+
+
+class ApiGatewayShim:
+    """A threaded HTTP server that behaves like the REST API's ``/{proxy+}`` resource."""
+
+    def __init__(self, function: LambdaFunction, *, stage: str, port: int, account_id: str) -> None:
+        self._function = function
+        self.stage = stage
+        self._account_id = account_id
+        self._api_id = "local" + uuid.uuid4().hex[:6]
+        self._server = ThreadingHTTPServer((HOST, port), _ProxyRequestHandler)
+        self._server.daemon_threads = True
+        self._server.shim = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="api-gateway", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/{self.stage}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def handle(self, request: events.HttpRequest) -> events.HttpResponse:
+        request_id = str(uuid.uuid4())
+        if events.stage_relative_path(request.raw_path, self.stage) is None:
+            # What API Gateway answers for a path no resource matches.
+            return events.error_response(403, "Missing Authentication Token", request_id)
+        event = events.build_proxy_event(
+            request,
+            stage=self.stage,
+            request_id=request_id,
+            account_id=self._account_id,
+            api_id=self._api_id,
+        )
+        try:
+            result = self._function.invoke(event)
+            return events.proxy_response_to_http(result, request_id)
+        except Exception:
+            # A crashed or malformed function is a 502 at API Gateway; the log has the trace.
+            log.exception("%s %s: the api function failed", request.method, request.raw_path)
+            return events.error_response(502, "Internal server error", request_id)
+
+
+class _ProxyRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients reuse connections
+    server_version = "qgjob-local-apigw"
+
+    def _serve(self) -> None:
+        shim: ApiGatewayShim = self.server.shim  # type: ignore[attr-defined]
+        try:
+            body = self._read_body()
+        except _PayloadTooLargeError:
+            response = events.error_response(413, "Request Too Long", str(uuid.uuid4()))
+            self.close_connection = True
+        else:
+            request = events.HttpRequest(
+                method=self.command,
+                raw_path=self.path,
+                headers=list(self.headers.items()),
+                body=body,
+                source_ip=self.client_address[0],
+            )
+            response = shim.handle(request)
+        self._write(response)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_PAYLOAD_BYTES:
+            raise _PayloadTooLargeError
+        return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                self.rfile.readline()  # the blank line after the last chunk
+                return b"".join(chunks)
+            total += size
+            if total > MAX_PAYLOAD_BYTES:
+                raise _PayloadTooLargeError
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _write(self, response: events.HttpResponse) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api %s - %s", self.client_address[0], format % args)
+
+
+class _PayloadTooLargeError(Exception):
+    pass
+
+
+# ------------------------------------------------------------ SQS event source
+
+
+class SqsEventSource:
+    """Polls a queue like Lambda's SQS event-source mapping and invokes a function.
+
+    Successes are deleted; ``batchItemFailures`` are made visible again after a short
+    backoff (instead of the queue's 6-minute VisibilityTimeout, so local retries are quick).
+    When the function raises, nothing is deleted and the whole batch comes back the same way.
+    """
+
+    def __init__(
+        self,
+        function: LambdaFunction,
+        sqs: Any,
+        *,
+        queue_url: str,
+        queue_arn: str,
+        region: str,
+        batch_size: int,
+        stop: threading.Event,
+        retry_backoff_s: float = 0.5,
+        idle_poll_s: float = 0.05,
+    ) -> None:
+        self._function = function
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._queue_arn = queue_arn
+        self._region = region
+        self._batch_size = batch_size
+        self._stop = stop
+        self._retry_backoff_s = retry_backoff_s
+        self._idle_poll_s = idle_poll_s
+        self._to_release: list[tuple[float, str]] = []  # (due, receipt handle), a heap
+        self._thread = threading.Thread(target=self._run, name=f"sqs-{function.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                received = self.poll_once()
+            except Exception:
+                log.exception("polling %s failed; retrying", self._queue_url)
+                received = 0
+                self._stop.wait(1.0)
+            if received == 0:
+                self._stop.wait(self._idle_poll_s)
+
+    def poll_once(self) -> int:
+        """Releases due retries, receives one batch and hands it to the function."""
+        self._release_due()
+        # Short polls, not long polls: moto wakes a long poll on the first message of a
+        # SendMessageBatch, so a run's jobs would reach the dispatcher one or two at a time
+        # (SQS commits a batch together); polling every few ms sees whole batches.
+        response = self._sqs.receive_message(
+            QueueUrl=self._queue_url,
+            MaxNumberOfMessages=self._batch_size,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+            WaitTimeSeconds=0,
+        )
+        messages: list[dict[str, Any]] = response.get("Messages", [])
+        if messages:
+            self._deliver(messages)
+        return len(messages)
+
+    def _deliver(self, messages: list[dict[str, Any]]) -> None:
+        event = events.build_sqs_event(messages, queue_arn=self._queue_arn, region=self._region)
+        try:
+            failed_ids = _batch_item_failures(self._function.invoke(event))
+        except Exception:
+            # Like Lambda: an error (or an unreadable response) fails the whole batch.
+            log.exception(
+                "%s failed on %d SQS messages; all will be retried",
+                self._function.name,
+                len(messages),
+            )
+            failed_ids = {m["MessageId"] for m in messages}
+        done = [m for m in messages if m["MessageId"] not in failed_ids]
+        self._delete(done)
+        for message in messages:
+            if message["MessageId"] in failed_ids:
+                self._schedule_release(message)
+
+    def _delete(self, messages: Sequence[dict[str, Any]]) -> None:
+        if not messages:
+            return
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+        ]
+        response = self._sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=entries)
+        for failure in response.get("Failed", []):
+            log.warning("could not delete an SQS message: %s", failure)
+
+    def _schedule_release(self, message: dict[str, Any]) -> None:
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        delay = min(5.0, self._retry_backoff_s * 2 ** (receives - 1))
+        heapq.heappush(self._to_release, (time.monotonic() + delay, message["ReceiptHandle"]))
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        while self._to_release and self._to_release[0][0] <= now:
+            _, receipt = heapq.heappop(self._to_release)
+            try:
+                self._sqs.change_message_visibility(
+                    QueueUrl=self._queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+                )
+            except Exception as exc:  # the message may be gone already (moved to the DLQ)
+                log.warning("could not release an SQS message for retry: %s", exc)
+
+
+def _batch_item_failures(result: Any) -> set[str]:
+    """Message ids a ReportBatchItemFailures response names; a malformed one fails all."""
+    if result is None:
+        return set()
+    if not isinstance(result, Mapping):
+        raise TypeError(f"SQS handler returned {type(result).__name__}, not a mapping")
+    return {str(item["itemIdentifier"]) for item in result.get("batchItemFailures") or []}
+
+
+# ------------------------------------------------------------------ schedules
+
+
+class Schedule:
+    """An EventBridge rule: invokes a function with a Scheduled Event every interval."""
+
+    def __init__(
+        self,
+        function: LambdaFunction,
+        *,
+        interval_s: float,
+        rule_arn: str,
+        region: str,
+        account_id: str,
+        stop: threading.Event,
+    ) -> None:
+        self._function = function
+        self._interval_s = interval_s
+        self._rule_arn = rule_arn
+        self._region = region
+        self._account_id = account_id
+        self._stop = stop
+        self._thread = threading.Thread(
+            target=self._run, name=f"schedule-{function.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            event = events.build_scheduled_event(
+                rule_arn=self._rule_arn, region=self._region, account_id=self._account_id
+            )
+            try:
+                self._function.invoke(event)
+            except Exception:
+                log.exception("scheduled %s failed", self._function.name)
+
+
+def rate_seconds(expression: str) -> float:
+    """``rate(1 minute)`` -> 60.0 (the only schedule form the template uses)."""
+    inner = expression.strip().removeprefix("rate(").removesuffix(")")
+    amount, unit = inner.split()
+    seconds = {
+        "minute": 60,
+        "minutes": 60,
+        "hour": 3600,
+        "hours": 3600,
+        "day": 86400,
+        "days": 86400,
+    }
+    return float(amount) * seconds[unit]

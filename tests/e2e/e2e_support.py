@@ -1,0 +1,270 @@
+"""Helpers for the end-to-end tests: the local stack and agents as real subprocesses.
+
+The stack is started the way a user starts it (``python -m infra.local_stack``), driven
+with the real `qgjob` CLI and real `qgjob agent` processes, and observed through the
+HTTP API, the agents' journals and (for queue drainage only) the moto endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import requests
+
+from infra.qgjob_cli import CliResult, QgjobCli
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FINAL_STATUSES = frozenset({"passed", "failed", "error", "cancelled", "timed_out"})
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.1
+) -> T:
+    """Polls ``probe`` until it returns something truthy; fails with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def repo_env(**extra: str) -> dict[str, str]:
+    """The environment `make` gives: functions/ and the repo root importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QGJOB_", "AWS_"))}
+    paths = [str(REPO_ROOT / "functions"), str(REPO_ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.update(extra)
+    return env
+
+
+# ----------------------------------------------------------------------- stack
+
+
+@dataclass
+class StackProcess:
+    """``python -m infra.local_stack`` running in a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    output_path: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, state_dir: Path, *extra_args: str, timeout_s: float = 60.0) -> StackProcess:
+        ready_file = state_dir / "ready.json"
+        output_path = state_dir / "stack.out"
+        command = [
+            sys.executable, "-m", "infra.local_stack",
+            "--no-agents",
+            "--state-dir", str(state_dir),
+            "--ready-file", str(ready_file),
+            *extra_args,
+        ]  # fmt: skip
+        with output_path.open("wb") as output:
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=repo_env(), stdin=subprocess.DEVNULL,
+                stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        stack = cls(process, state_dir, output_path)
+        try:
+            wait_until(
+                lambda: ready_file.exists() or process.poll() is not None,
+                timeout_s=timeout_s,
+                what="the local stack's ready file",
+            )
+            if process.poll() is not None:
+                raise AssertionError(f"the local stack exited early:\n{stack.output()}")
+        except BaseException:
+            stack.stop()
+            raise
+        stack.ready = json.loads(ready_file.read_text(encoding="utf-8"))
+        return stack
+
+    def output(self) -> str:
+        return self.output_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, as a user's Ctrl-C or a service manager would; kill if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"the stack ignored SIGTERM:\n{self.output()}") from None
+        return self.process.returncode
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.ready["endpoint"])
+
+    def token(self, org: str) -> str:
+        return str(self.ready["org_tokens"][org])
+
+    @property
+    def agent_token(self) -> str:
+        return str(self.ready["agent_token"])
+
+    @property
+    def cli(self) -> QgjobCli:
+        return QgjobCli(self.endpoint)
+
+    # ---- the HTTP API, for observing (the tests act through the CLI and agents)
+
+    def api(self, method: str, path: str, token: str | None, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(
+            method, f"{self.endpoint}{path}", headers=headers, timeout=30, **kwargs
+        )
+
+    def run_view(self, run_id: str, org: str) -> dict[str, Any]:
+        response = self.api("GET", f"/runs/{run_id}", self.token(org))
+        assert response.status_code == 200, response.text
+        view: dict[str, Any] = response.json()
+        return view
+
+    def metrics(self, org: str) -> dict[str, Any]:
+        response = self.api("GET", "/metrics", self.token(org))
+        assert response.status_code == 200, response.text
+        metrics: dict[str, Any] = response.json()
+        return metrics
+
+    def queue_drained(self) -> bool:
+        """True once the dispatcher has taken every message off jobs.fifo (all admitted)."""
+        sqs: Any = boto3.client(
+            "sqs",
+            endpoint_url=self.ready["moto_endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        url = next(u for u in sqs.list_queues()["QueueUrls"] if u.endswith("-jobs.fifo"))
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        return all(int(attributes[name]) == 0 for name in names)
+
+    def submit(
+        self, org: str, app_version_id: str, target: str, tests: Sequence[str], *extra: str
+    ) -> str:
+        """`qgjob submit ... --json`; returns the run id."""
+        result = self.cli.submit(
+            token=self.token(org), org_id=org, app_version_id=app_version_id, target=target,
+            test_paths=tests, extra=extra,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.describe()
+        return str(result.json()["run_id"])
+
+    def wait_run(self, run_id: str, org: str, timeout_s: float = 60.0) -> CliResult:
+        """`qgjob status --run-id R --wait --json` (exit 0 passed, 1 failed, 3 timeout)."""
+        return self.cli.run(
+            "status", "--run-id", run_id, "--wait", "--json",
+            "--poll-interval", "0.2", "--wait-timeout", str(timeout_s),
+            token=self.token(org), timeout_s=timeout_s + 30,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- agents
+
+
+@dataclass
+class Agent:
+    """A `qgjob agent --runner simulated` subprocess."""
+
+    target: str
+    device_id: str
+    process: subprocess.Popen[bytes]
+    journal: Path
+    log_path: Path
+
+    @property
+    def agent_id(self) -> str:
+        return f"{self.target}-{self.device_id}"
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.journal.exists():
+            return []
+        lines = self.journal.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+class AgentFleet:
+    """Starts agents for one test and stops whatever is left of them afterwards."""
+
+    def __init__(self, stack: StackProcess, directory: Path) -> None:
+        self._stack = stack
+        self._directory = directory
+        self.agents: list[Agent] = []
+
+    def start(self, target: str, device_id: str, *, sim_scale: float) -> Agent:
+        journal = self._directory / f"{target}-{device_id}.jsonl"
+        log_path = self._directory / f"{target}-{device_id}.log"
+        command = self._stack.cli.agent_command(
+            target=target, device_id=device_id, journal=journal, sim_scale=sim_scale,
+            poll_seconds=0.1,
+        )  # fmt: skip
+        env = self._stack.cli.env(self._stack.agent_token)
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        agent = Agent(target, device_id, process, journal, log_path)
+        self.agents.append(agent)
+        return agent
+
+    def by_id(self) -> dict[str, Agent]:
+        return {agent.agent_id: agent for agent in self.agents}
+
+    def all_events(self) -> list[dict[str, Any]]:
+        return [event for agent in self.agents for event in agent.events()]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {a.agent_id}\n{a.log()}" for a in self.agents)
+
+    def stop_all(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+
+
+def accepted_results(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """job id -> its accepted "result" journal events (exactly-once means one each)."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if event["event"] == "result" and event["accepted"]:
+            results.setdefault(str(event["job_id"]), []).append(event)
+    return results
+
+
+def jobs_of(views: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for view in views:
+        yield from view["jobs"]
