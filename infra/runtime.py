@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from infra import events
+from infra.serving import ServerThread
 
 log = logging.getLogger("qgjob.local")
 
@@ -91,22 +92,17 @@ class ApiGatewayShim:
         self._server = ThreadingHTTPServer((HOST, port), _ProxyRequestHandler)
         self._server.daemon_threads = True
         self._server.shim = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="api-gateway", daemon=True
-        )
+        self._serving = ServerThread(self._server, "api-gateway")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/{self.stage}"
+        return f"{self._serving.base_url}/{self.stage}"
 
     def start(self) -> None:
-        self._thread.start()
+        self._serving.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def handle(self, request: events.HttpRequest) -> events.HttpResponse:
         request_id = str(uuid.uuid4())

@@ -266,6 +266,19 @@ def submit(
     _finish_run_wait(ctx, state, client, run_id, poll_interval, wait_timeout, junit)
 
 
+def _as_option_problem(item: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
+    """Names the command-line option the user typed, not the JSON field behind it."""
+    location = list(item.get("loc", ()))
+    message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+    if location and location[0] == "test_paths":
+        if len(location) > 1 and isinstance(location[1], int):
+            value = fields["test_paths"][location[1]]
+            return f"--test {value!r}: {message}"
+        return f"--test: {message}"
+    name = str(location[0]) if location else "body"
+    return f"--{name.replace('_', '-')}: {message}"
+
+
 def _validated_suite(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The POST /runs body, validated with the shared schema before anything is sent."""
     from pydantic import ValidationError
@@ -275,7 +288,9 @@ def _validated_suite(fields: Mapping[str, Any]) -> dict[str, Any]:
     try:
         suite = SuiteSubmission(**fields)
     except ValidationError as error:
-        raise ConfigError(f"invalid submission: {describe_validation_error(error)}") from None
+        problems = [_as_option_problem(item, fields) for item in error.errors()]
+        detail = "; ".join(problems) or describe_validation_error(error)
+        raise ConfigError(f"invalid submission: {detail}") from None
     body: dict[str, Any] = suite.model_dump(mode="json", exclude_unset=True)
     return body
 
