@@ -124,6 +124,12 @@ class StateStore(Protocol):
     def lapsed_batches(self, now: float) -> list[Batch]:
         """Batches whose lease ran out (active ones, and expired ones not yet cleaned up)."""
 
+    def active_batches(self) -> list[Batch]:
+        """Every batch an agent holds right now."""
+
+    def time_out_job(self, job: Job, now: float) -> Job | None:
+        """running in the same batch since the same start -> timed_out."""
+
     def expire_batch(self, batch_id: str, now: float) -> bool:
         """active with a lapsed lease -> expired (a heartbeat can no longer extend it)."""
 

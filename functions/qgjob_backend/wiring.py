@@ -89,6 +89,7 @@ def assemble_services(
             ReaperSettings(
                 agent_offline_seconds=config.agent_offline_seconds,
                 resend_grace_seconds=config.resend_grace_seconds,
+                timeout_grace_seconds=config.lease_seconds,
             ),
         ),
     )

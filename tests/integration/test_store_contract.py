@@ -651,3 +651,18 @@ def test_an_agent_holding_a_batch_names_its_group_until_released(store: StateSto
     assert store.release_agent("a-1", "b1", offline=False, now=T0 + 1)
     released = get_agent(store, "a-1")
     assert (released.batch_id, released.batch_group) == (None, None)
+
+
+def test_time_out_only_the_same_running_attempt(store: StateStore) -> None:
+    assigned(store, "j1", "j2")
+    started = store.start_job("j1", "a-1", "b1", T0 + 1)
+    assert started is not None
+
+    assert [b.batch_id for b in store.active_batches()] == ["b1"]
+    assert store.time_out_job(get_job(store, "j2"), T0 + 2) is None  # never started
+    stale = replace(started, started_at=T0 - 50)
+    assert store.time_out_job(stale, T0 + 2) is None  # another attempt's start
+    timed_out = store.time_out_job(started, T0 + 2)
+    assert timed_out is not None
+    assert timed_out.status is JobStatus.TIMED_OUT
+    assert store.time_out_job(started, T0 + 3) is None

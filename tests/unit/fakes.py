@@ -402,6 +402,24 @@ class MemoryStateStore:
         lapsed.sort(key=lambda b: (b.lease_expires_at, b.batch_id))
         return [_copy(b) for b in lapsed]
 
+    def active_batches(self) -> list[Batch]:
+        active = [self.batches[b] for b in sorted(self._leased)]
+        return [_copy(b) for b in active if b.state is BatchState.ACTIVE]
+
+    def time_out_job(self, job: Job, now: float) -> Job | None:
+        stored = self.jobs.get(job.job_id)
+        if stored is None or job.batch_id is None or job.started_at is None:
+            return None
+        if stored.status is not JobStatus.RUNNING or stored.batch_id != job.batch_id:
+            return None
+        if stored.started_at != job.started_at:
+            return None
+        stored.status = JobStatus.TIMED_OUT
+        stored.finished_at = now
+        stored.updated_at = now
+        stored.message = f"no result within timeout_s={job.timeout_s}"
+        return _copy(stored)
+
     def expire_batch(self, batch_id: str, now: float) -> bool:
         batch = self.batches.get(batch_id)
         if batch is None or batch.state is not BatchState.ACTIVE:

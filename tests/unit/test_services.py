@@ -789,7 +789,7 @@ def test_running_the_reaper_twice_changes_nothing_the_second_time(
 
     second = svc.reaper.sweep()
 
-    assert second == SweepReport(0, 0, 0, 0, 0)
+    assert second == SweepReport(0, 0, 0, 0, 0, 0)
     assert svc.store.snapshot() == before
 
 
@@ -909,3 +909,30 @@ def test_the_fake_store_hands_out_copies(svc: MemoryServices) -> None:
     stored_run = svc.store.get_run(copy.run_id)
     assert stored_run is not None
     assert stored_run.job_ids == job_ids
+
+
+# ================================================================= timeouts
+def test_a_hung_job_on_a_heartbeating_agent_times_out_after_its_timeout_and_grace(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    job_ids = submit_and_admit(svc, timeout_s=100)
+    agent_id = register(svc)
+    leased = lease(svc, agent_id)
+    batch_id = leased.batch.batch_id
+    svc.agents.start(agent_id, job_ids[0], batch_id)
+
+    clock.advance(100 + LEASE - 1)
+    svc.agents.heartbeat(agent_id)  # the agent is alive; only the test hangs
+    assert svc.reaper.sweep().timed_out_jobs == 0
+    assert job(svc, job_ids[0]).status is JobStatus.RUNNING
+
+    clock.advance(2)
+    svc.agents.heartbeat(agent_id)
+    assert svc.reaper.sweep().timed_out_jobs == 1
+    hung = job(svc, job_ids[0])
+    assert hung.status is JobStatus.TIMED_OUT
+    assert "timeout_s=100" in (hung.message or "")
+    assert job(svc, job_ids[1]).status is JobStatus.ASSIGNED  # not started: untouched
+    with pytest.raises(Conflict):
+        report(svc, agent_id, job_ids[0], batch_id)
+    assert svc.reaper.sweep().timed_out_jobs == 0  # a second sweep changes nothing

@@ -752,6 +752,37 @@ class DynamoStateStore:
         )
         return [batch_from_item(item) for item in items]
 
+    def active_batches(self) -> list[Batch]:
+        items = self._query(
+            TableName=self._batches,
+            IndexName=LEASE_INDEX,
+            KeyConditionExpression="lease_shard = :shard",
+            ExpressionAttributeValues=_values(shard=ACTIVE_LEASE_SHARD),
+        )
+        return [b for b in map(batch_from_item, items) if b.state is BatchState.ACTIVE]
+
+    def time_out_job(self, job: Job, now: float) -> Job | None:
+        if job.batch_id is None or job.started_at is None:
+            return None
+        item = self._update(
+            self._jobs,
+            {"job_id": job.job_id},
+            UpdateExpression=(
+                "SET #s = :timed_out, finished_at = :now, updated_at = :now, message = :msg"
+            ),
+            ConditionExpression="#s = :running AND batch_id = :b AND started_at = :started",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_values(
+                timed_out=JobStatus.TIMED_OUT.value,
+                running=JobStatus.RUNNING.value,
+                b=job.batch_id,
+                started=job.started_at,
+                now=now,
+                msg=f"no result within timeout_s={job.timeout_s}",
+            ),
+        )
+        return job_from_item(item) if item else None
+
     def expire_batch(self, batch_id: str, now: float) -> bool:
         item = self._update(
             self._batches,

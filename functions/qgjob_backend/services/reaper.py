@@ -22,6 +22,7 @@ class SweepReport:
     requeued_jobs: int
     offline_agents: int
     resent_jobs: int
+    timed_out_jobs: int
     assigned_batches: int
 
 
@@ -29,6 +30,8 @@ class SweepReport:
 class ReaperSettings:
     agent_offline_seconds: float
     resend_grace_seconds: float
+    # Agents enforce timeout_s themselves; the reaper steps in only this much later.
+    timeout_grace_seconds: float = 60.0
 
 
 class ReaperService:
@@ -51,9 +54,10 @@ class ReaperService:
         expired, requeued = self._expire_leases(targets)
         offline = self._mark_silent_agents_offline()
         resent = self._resend_lost_messages()
+        timed_out = self._time_out_hung_jobs()
         assigned = len(self._dispatcher.plan(targets)) if targets else 0
-        report = SweepReport(expired, requeued, offline, resent, assigned)
-        if any((expired, requeued, offline, resent)):
+        report = SweepReport(expired, requeued, offline, resent, timed_out, assigned)
+        if any((expired, requeued, offline, resent, timed_out)):
             logger.info("sweep", extra=report.__dict__)
         return report
 
@@ -79,6 +83,24 @@ class ReaperService:
                 extra={"batch_id": batch.batch_id, "agent_id": batch.agent_id},
             )
         return expired, requeued
+
+    def _time_out_hung_jobs(self) -> int:
+        """A job running past its timeout on an agent that still heartbeats (a hung test)."""
+        now = self._clock()
+        grace = self._settings.timeout_grace_seconds
+        timed_out = 0
+        for batch in self._store.active_batches():
+            for job in self._store.get_jobs(batch.job_ids):
+                if job.batch_id != batch.batch_id or job.status is not JobStatus.RUNNING:
+                    continue
+                if job.started_at is None or now <= job.started_at + job.timeout_s + grace:
+                    continue
+                if self._store.time_out_job(job, now) is not None:
+                    timed_out += 1
+                    logger.warning(
+                        "job timed out", extra={"job_id": job.job_id, "agent_id": batch.agent_id}
+                    )
+        return timed_out
 
     def _mark_silent_agents_offline(self) -> int:
         now = self._clock()
