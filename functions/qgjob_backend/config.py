@@ -18,7 +18,17 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+# One batch commits in one DynamoDB transaction: 100 items, two of them agent and batch.
+MAX_BATCH_JOBS = 98
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float,
+    maximum: float = float("inf"),
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -26,8 +36,10 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"environment variable {name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(
+            f"environment variable {name} must be between {minimum} and {maximum}, got {value}"
+        )
     return value
 
 
@@ -67,7 +79,7 @@ class Config:
             jobs_queue_url=_required(env, "JOBS_QUEUE_URL"),
             artifacts_bucket=_required(env, "ARTIFACTS_BUCKET"),
             lease_seconds=lease,
-            batch_max_jobs=int(_number(env, "BATCH_MAX_JOBS", 25, 1)),
+            batch_max_jobs=int(_number(env, "BATCH_MAX_JOBS", 25, 1, MAX_BATCH_JOBS)),
             resend_grace_seconds=_number(env, "RESEND_GRACE_SECONDS", 30.0, 0.0),
             agent_offline_seconds=_number(env, "AGENT_OFFLINE_SECONDS", 3 * lease, 1.0),
             aging_seconds=_number(env, "AGING_SECONDS", 120.0, 1.0),

@@ -48,8 +48,6 @@ class StateStore(Protocol):
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job]: ...
 
-    def list_run_jobs(self, run_id: str) -> list[Job]: ...
-
     def admit_job(self, job: Job, now: float) -> Job | None:
         """queued and not yet admitted -> in its group's backlog. None when not applicable."""
 
@@ -57,13 +55,16 @@ class StateStore(Protocol):
         """Admitted queued jobs of a target (every group)."""
 
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
-        """Jobs written but never admitted (their queue message may be lost)."""
+        """Jobs written before the cutoff but never admitted (their message may be lost)."""
+
+    def claim_resend(self, job: Job, now: float) -> bool:
+        """Still unadmitted and not re-sent by anyone since ``job`` was read: count a resend."""
 
     def cancel_job(self, job_id: str, now: float) -> Job | None:
         """queued -> cancelled."""
 
     def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
-        """assigned|running in this batch on this agent -> running."""
+        """assigned|running in this batch on this agent -> running (first start time kept)."""
 
     def finish_job(
         self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float

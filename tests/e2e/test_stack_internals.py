@@ -251,7 +251,6 @@ def test_provision_creates_everything_in_the_template(moto_endpoint: str) -> Non
     assert {refs[t] for t in ("JobsTable", "RunsTable", "AgentsTable", "TokensTable")} <= tables
     description = clients["dynamodb"].describe_table(TableName=refs["JobsTable"])["Table"]
     assert {i["IndexName"] for i in description["GlobalSecondaryIndexes"]} == {
-        "run-index",
         "backlog-index",
         "unadmitted-index",
     }

@@ -211,3 +211,18 @@ def test_a_json_body_is_read_as_json_whatever_the_content_type(
     result = api.lambda_handler(event, LambdaContext("ApiFunction", "us-east-1", "123456789012"))
 
     assert result["statusCode"] == 201, result["body"]
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe{}", b"\x80abc", '{"a": "\u00e9"}'.encode("latin-1")])
+def test_a_body_that_is_not_utf8_is_a_400(client: ApiCaller, raw: bytes) -> None:
+    response = client.post("/jobs", raw_body=raw)
+
+    assert response.status == 400
+    assert "UTF-8" in response.body["message"]
+
+
+def test_an_overlong_id_in_the_path_is_a_404(client: ApiCaller) -> None:
+    response = client.get("/jobs/" + "j" * 3000)
+
+    assert response.status == 404
+    assert "path segment" in response.body["message"]

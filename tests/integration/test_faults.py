@@ -192,10 +192,15 @@ def test_redelivered_message_admits_the_job_once(
     event = build_sqs_event(messages, queue_arn=arn, region=REGION)
     context = LambdaContext("DispatcherFunction", REGION, ACCOUNT)
 
-    assert dispatcher.lambda_handler(event, context) == {"batchItemFailures": []}
-    assert dispatcher.lambda_handler(event, context) == {"batchItemFailures": []}
-
     store = _store(aws_session, config)
+    assert dispatcher.lambda_handler(event, context) == {"batchItemFailures": []}
+    first = store.get_job(job_id)
+    assert dispatcher.lambda_handler(event, context) == {"batchItemFailures": []}
+    second = store.get_job(job_id)
+
+    assert first is not None
+    assert first.admitted is True
+    assert second == first  # the redelivery wrote nothing
     backlog = store.backlog(Target.EMULATOR)
     assert [j.job_id for j in backlog] == [job_id]
 

@@ -173,8 +173,6 @@ def test_jobs_read_back_in_the_order_asked_without_duplicates(store: StateStore)
 
     assert [j.job_id for j in store.get_jobs(["j3", "missing", "j1", "j3"])] == ["j3", "j1"]
     assert store.get_jobs([]) == []
-    assert [j.job_id for j in store.list_run_jobs("run-1")] == ["j1", "j2", "j3"]
-    assert store.list_run_jobs("run-unknown") == []
     assert store.get_job("missing") is None
 
 
@@ -666,3 +664,25 @@ def test_time_out_only_the_same_running_attempt(store: StateStore) -> None:
     assert timed_out is not None
     assert timed_out.status is JobStatus.TIMED_OUT
     assert store.time_out_job(started, T0 + 3) is None
+
+
+def test_restarting_a_running_job_keeps_its_first_start(store: StateStore) -> None:
+    assigned(store, "j1")
+    first = store.start_job("j1", "a-1", "b1", T0 + 1)
+    again = store.start_job("j1", "a-1", "b1", T0 + 9)
+
+    assert first is not None
+    assert again is not None
+    assert again.started_at == first.started_at == T0 + 1
+
+
+def test_a_resend_is_claimed_once_per_read(store: StateStore) -> None:
+    store.create_jobs([make_job("j1")])
+    seen = get_job(store, "j1")
+
+    assert store.claim_resend(seen, T0 + 31) is True
+    assert store.claim_resend(seen, T0 + 31) is False  # another reaper read the same state
+    assert get_job(store, "j1").resends == 1
+    admitted = store.admit_job(get_job(store, "j1"), T0 + 32)
+    assert admitted is not None
+    assert store.claim_resend(admitted, T0 + 99) is False  # admitted: nothing to re-send

@@ -162,10 +162,6 @@ class MemoryStateStore:
         unique = list(dict.fromkeys(job_ids))
         return [_copy(self.jobs[j]) for j in unique if j in self.jobs]
 
-    def list_run_jobs(self, run_id: str) -> list[Job]:
-        ids = sorted(j.job_id for j in self.jobs.values() if j.run_id == run_id)
-        return self.get_jobs(ids)
-
     def admit_job(self, job: Job, now: float) -> Job | None:
         self._maybe_fail("admit_job")
         stored = self.jobs.get(job.job_id)
@@ -190,6 +186,13 @@ class MemoryStateStore:
             if self.jobs[j].created_at < created_before
         ]
         return [job_id for _, job_id in sorted(found)]
+
+    def claim_resend(self, job: Job, now: float) -> bool:
+        stored = self.jobs.get(job.job_id)
+        if stored is None or job.job_id not in self._unadmitted or stored.resends != job.resends:
+            return False
+        stored.resends += 1
+        return True
 
     def cancel_job(self, job_id: str, now: float) -> Job | None:
         stored = self.jobs.get(job_id)
@@ -218,7 +221,8 @@ class MemoryStateStore:
         if stored is None:
             return None
         stored.status = JobStatus.RUNNING
-        stored.started_at = now
+        if stored.started_at is None:
+            stored.started_at = now
         stored.updated_at = now
         return _copy(stored)
 

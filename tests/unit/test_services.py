@@ -613,7 +613,8 @@ def test_complete_requeues_unfinished_jobs_and_keeps_results(svc: MemoryServices
     assert svc.agents.complete(agent_id, batch_id) == 2
 
     assert statuses(svc, job_ids) == [JobStatus.PASSED, JobStatus.QUEUED, JobStatus.QUEUED]
-    assert [job(svc, j).attempts for j in job_ids] == [0, 1, 0]
+    # Handed back by a healthy agent: the interrupted job does not lose an attempt.
+    assert [job(svc, j).attempts for j in job_ids] == [0, 0, 0]
     assert [svc.store.in_backlog(j) for j in job_ids] == [False, True, True]
     batch = svc.store.get_batch(batch_id)
     assert batch is not None
@@ -936,3 +937,19 @@ def test_a_hung_job_on_a_heartbeating_agent_times_out_after_its_timeout_and_grac
     with pytest.raises(Conflict):
         report(svc, agent_id, job_ids[0], batch_id)
     assert svc.reaper.sweep().timed_out_jobs == 0  # a second sweep changes nothing
+
+
+def test_resends_back_off_while_the_queue_is_only_backed_up(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    submit(svc, test_paths=["tests/only.spec.js"])
+    start = clock()
+    sent_before = len(svc.queue.sent)
+    resent_at = []
+    for _ in range(8 * int(GRACE)):
+        clock.advance(1)
+        if svc.reaper.sweep().resent_jobs:
+            resent_at.append(round(clock() - start))
+    assert len(svc.queue.sent) > sent_before
+    # Just past grace, 3x grace, 7x grace: not every sweep.
+    assert resent_at == [int(GRACE) + 1, 3 * int(GRACE) + 1, 7 * int(GRACE) + 1]

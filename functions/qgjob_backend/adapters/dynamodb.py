@@ -31,7 +31,6 @@ from qgjob_backend.schema import JobStatus, Target
 Item = dict[str, Any]
 
 BACKLOG_INDEX = "backlog-index"
-RUN_INDEX = "run-index"
 UNADMITTED_INDEX = "unadmitted-index"
 TARGET_INDEX = "target-index"
 LEASE_INDEX = "lease-index"
@@ -42,7 +41,6 @@ TRANSACTION_LIMIT = 100
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
-_IN_PROGRESS = (JobStatus.ASSIGNED.value, JobStatus.RUNNING.value)
 
 
 def _to_dynamo(value: Any) -> Any:
@@ -114,6 +112,7 @@ def job_to_item(job: Job) -> Item:
         "output_excerpt": job.output_excerpt,
         "output_key": job.output_key,
         "retry_of_batch": job.retry_of_batch,
+        "resends": job.resends,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = UNADMITTED_SHARD
@@ -146,6 +145,7 @@ def job_from_item(item: Item) -> Job:
         output_excerpt=item.get("output_excerpt"),
         output_key=item.get("output_key"),
         retry_of_batch=item.get("retry_of_batch"),
+        resends=int(item.get("resends", 0)),
     )
 
 
@@ -341,16 +341,6 @@ class DynamoStateStore:
                 request = response.get("UnprocessedKeys") or {}
         return [found[j] for j in unique if j in found]
 
-    def list_run_jobs(self, run_id: str) -> list[Job]:
-        items = self._query(
-            TableName=self._jobs,
-            IndexName=RUN_INDEX,
-            KeyConditionExpression="run_id = :run",
-            ExpressionAttributeValues=_values(run=run_id),
-        )
-        # The index is eventually consistent; the table read is not.
-        return self.get_jobs([item["job_id"] for item in items])
-
     def admit_job(self, job: Job, now: float) -> Job | None:
         item = self._update(
             self._jobs,
@@ -389,6 +379,19 @@ class DynamoStateStore:
         )
         return [item["job_id"] for item in items]
 
+    def claim_resend(self, job: Job, now: float) -> bool:
+        item = self._update(
+            self._jobs,
+            {"job_id": job.job_id},
+            UpdateExpression="SET resends = :next, last_sent_at = :now",
+            ConditionExpression=(
+                "attribute_exists(unadmitted_shard) AND "
+                "(attribute_not_exists(resends) OR resends = :seen)"
+            ),
+            ExpressionAttributeValues=_values(next=job.resends + 1, seen=job.resends, now=now),
+        )
+        return item is not None
+
     def cancel_job(self, job_id: str, now: float) -> Job | None:
         item = self._update(
             self._jobs,
@@ -412,7 +415,11 @@ class DynamoStateStore:
         item = self._update(
             self._jobs,
             {"job_id": job_id},
-            UpdateExpression="SET #s = :running, started_at = :now, updated_at = :now",
+            # A restarted agent re-starting its running job keeps the first start, so the
+            # job's timeout still bounds a test that keeps crashing its agent.
+            UpdateExpression=(
+                "SET #s = :running, started_at = if_not_exists(started_at, :now), updated_at = :now"
+            ),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=_values(

@@ -73,6 +73,8 @@ class Job:
     # The batch whose agent reported an infrastructure error that put this job back:
     # lets a retried delivery of that same report be recognised as a replay.
     retry_of_batch: str | None = None
+    # Re-sends by the reaper of a job whose queue message never arrived (backs off).
+    resends: int = 0
 
     @property
     def group_key(self) -> str:

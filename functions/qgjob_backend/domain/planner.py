@@ -8,7 +8,8 @@ Policy:
    group's next batch, so it installs nothing.
 2. Then every group still waiting is handed, most urgent first, to a cold agent,
    except a group that a busy agent is already running with less than a full batch
-   waiting: that agent holds the app and will take the rest when it is free.
+   waiting: that agent holds the app and will take the rest when it is free (unless
+   the group has already waited ``aging_seconds``: then a cold agent takes it).
 3. Agents left over split the largest remaining groups (an extra install buys
    parallelism only when a group has more work than one batch).
 A batch holds jobs of one group only (one org, one app version, one target), most
@@ -75,6 +76,7 @@ class _Group:
         self.next_index = 0
         self.batches_planned = 0
         oldest = min(j.enqueued_at for j in jobs)
+        self.waited_s = max(0.0, now - oldest)
         best_priority = min(j.priority for j in jobs)
         waited_levels = max(0.0, now - oldest) / policy.aging_seconds
         self.rank = (best_priority - waited_levels, oldest, self.first.group_key)
@@ -130,7 +132,11 @@ def _plan_pool(
 
     def worth_another_install(group: _Group) -> bool:
         # A warm busy agent will take a short tail itself; a cold agent pays an install.
-        return group.first.group_key not in busy or group.remaining >= policy.max_batch_jobs
+        return (
+            group.first.group_key not in busy
+            or group.remaining >= policy.max_batch_jobs
+            or group.waited_s >= policy.aging_seconds
+        )
 
     for agent in free:
         unserved = [

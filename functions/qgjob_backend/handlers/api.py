@@ -188,18 +188,11 @@ def start_job(agent_id: str, job_id: str, request: BatchRef) -> JobView:
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/result", summary="A test's result")
 def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView:
-    if request.status not in (
-        JobStatus.PASSED,
-        JobStatus.FAILED,
-        JobStatus.ERROR,
-        JobStatus.TIMED_OUT,
-    ):
-        raise _BadFieldError("status: must be passed, failed, error or timed_out")
     job = services().agents.report(
         agent_id,
         job_id,
         request.batch_id,
-        request.status,
+        JobStatus(request.status),
         request.duration_s,
         request.message,
         request.output,
@@ -218,10 +211,6 @@ def deregister(agent_id: str) -> RequeueView:
 
 
 # --------------------------------------------------------------- errors
-class _BadFieldError(ServiceError):
-    status_code = 422
-
-
 @app.exception_handler(ServiceError)
 def on_service_error(error: ServiceError) -> Response[Any]:
     return _error(error.status_code, error.message)
@@ -295,20 +284,35 @@ def _reply(status: int, message: str) -> dict[str, Any]:
     }
 
 
-def _body_size(event: dict[str, Any]) -> int:
+MAX_PATH_SEGMENT = 200
+
+
+def _text_body(event: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The event with its body as text, and the body's size in bytes.
+
+    Raises ValueError when a base64 body is not valid base64 of UTF-8 text.
+    """
     body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        return len(base64.b64decode(body, validate=False))
-    return len(body.encode("utf-8"))
+    if not event.get("isBase64Encoded"):
+        return event, len(body.encode("utf-8"))
+    raw = base64.b64decode(body, validate=True)
+    return {**event, "body": raw.decode("utf-8"), "isBase64Encoded": False}, len(raw)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    path = event.get("path") or "/"
+    if any(len(segment) > MAX_PATH_SEGMENT for segment in path.split("/")):
+        return _reply(404, f"no such resource: a path segment is over {MAX_PATH_SEGMENT} chars")
     try:
         identity = _authenticate(event)
     except ServiceError as error:
         return _reply(error.status_code, error.message)
-    if _body_size(event) > MAX_BODY_BYTES:
+    try:
+        event, size = _text_body(event)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return _reply(400, "body: not UTF-8 text; send a JSON object")
+    if size > MAX_BODY_BYTES:
         return _reply(413, f"body: larger than {MAX_BODY_BYTES} bytes")
     app.append_context(**identity)
     return app.resolve(_as_json(event), context)

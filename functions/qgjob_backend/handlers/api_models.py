@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -11,10 +11,6 @@ from qgjob_backend.ports import OrgMetrics
 from qgjob_backend.schema import FINAL_STATUSES, Identifier, JobStatus, Target
 
 MAX_OUTPUT_CHARS = 64 * 1024
-
-
-class ErrorBody(BaseModel):
-    message: str
 
 
 class JobView(BaseModel):
@@ -212,14 +208,12 @@ class BatchRef(BaseModel):
 
 
 class ReportRequest(BatchRef):
-    status: JobStatus = Field(description="passed, failed, error or timed_out.")
+    status: Literal["passed", "failed", "error", "timed_out"] = Field(
+        description="The test's outcome; error means infrastructure, not the test."
+    )
     duration_s: float = Field(ge=0, le=7 * 24 * 3600)
     message: Annotated[str, StringConstraints(max_length=2000)] | None = None
     output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
-
-
-class EmptyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RequeueView(BaseModel):

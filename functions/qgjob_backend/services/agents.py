@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +17,6 @@ from qgjob_backend.services.recovery import requeue_unfinished
 logger = Logger(child=True)
 
 OUTPUT_EXCERPT_CHARS = 2000
-REPORTABLE = (JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT)
 
 
 def agent_id_for(target: Target, device_id: str) -> str:
@@ -55,9 +53,6 @@ class AgentService:
 
     def register(self, target: Target, device_id: str, installed: AppRef | None) -> Agent:
         agent_id = agent_id_for(target, device_id)
-        existing = self._store.get_agent(agent_id)
-        if existing is not None and existing.target is not target:  # pragma: no cover
-            raise Conflict(f"device_id: agent {agent_id} is registered for {existing.target}")
         agent = self._store.register_agent(agent_id, target, device_id, installed, self._clock())
         logger.info("agent registered", extra={"agent_id": agent_id, "status": agent.status})
         return agent
@@ -89,9 +84,16 @@ class AgentService:
         if agent.batch_id is None:
             return None
         batch = self._store.get_batch(agent.batch_id)
-        if batch is None or batch.state is not BatchState.ACTIVE:
+        until = self._clock() + self._lease_seconds
+        if (
+            batch is None
+            or batch.state is not BatchState.ACTIVE
+            or not self._store.extend_lease(batch.batch_id, agent_id, until)
+        ):
+            # A release that crashed half-way left the agent holding a closed batch:
+            # free it, so it neither idles forever nor blocks its group.
+            self._store.release_agent(agent_id, agent.batch_id, offline=False, now=self._clock())
             return None
-        self._store.extend_lease(batch.batch_id, agent_id, self._clock() + self._lease_seconds)
         jobs = [
             j
             for j in self._store.get_jobs(batch.job_ids)
@@ -184,10 +186,17 @@ class AgentService:
         requeued = 0
         if batch.state is BatchState.ACTIVE:
             requeued = requeue_unfinished(
-                self._store, batch, now, f"released unfinished by agent {agent_id}"
+                self._store,
+                batch,
+                now,
+                f"released unfinished by agent {agent_id}",
+                agent_lost=False,
             )
-            self._store.close_batch(batch, now)
+        # Agent first: if we crash before closing the batch, its lease lapses and the
+        # reaper closes it; the other order could leave the agent holding a closed batch.
         self._store.release_agent(agent_id, batch_id, offline=False, now=now)
+        if batch.state is BatchState.ACTIVE:
+            self._store.close_batch(batch, now)
         logger.info("batch complete", extra={"batch_id": batch_id, "requeued": requeued})
         return requeued
 
@@ -199,7 +208,3 @@ class AgentService:
         self._store.deregister_agent(agent_id, self._clock())
         logger.info("agent deregistered", extra={"agent_id": agent_id, "requeued": requeued})
         return requeued
-
-
-def valid_device_id(device_id: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9._-]{1,64}", device_id) is not None

@@ -74,7 +74,7 @@ class ReaperService:
             reason = (
                 f"agent {batch.agent_id} stopped heartbeating; lease of {batch.batch_id} lapsed"
             )
-            requeued += requeue_unfinished(self._store, batch, now, reason)
+            requeued += requeue_unfinished(self._store, batch, now, reason, agent_lost=True)
             self._store.release_agent(batch.agent_id, batch.batch_id, offline=True, now=now)
             self._store.close_batch(batch, now)
             targets.add(batch.target)
@@ -112,14 +112,25 @@ class ReaperService:
         return marked
 
     def _resend_lost_messages(self) -> int:
-        cutoff = self._clock() - self._settings.resend_grace_seconds
-        job_ids = self._store.unadmitted_job_ids(cutoff)
+        """Re-sends jobs never admitted, backing off per job (grace, 2x, 4x, ...).
+
+        While the queue is merely backed up the message is still there, and re-sends
+        past SQS's 5-minute deduplication window would add real duplicates: the
+        backoff keeps that to a handful. Each re-send is claimed with a conditional
+        write, so two reapers never both send.
+        """
+        now = self._clock()
+        grace = self._settings.resend_grace_seconds
+        job_ids = self._store.unadmitted_job_ids(now - grace)
         if not job_ids:
             return 0
         jobs = [
             j
             for j in self._store.get_jobs(job_ids)
-            if j.status is JobStatus.QUEUED and not j.admitted
+            if j.status is JobStatus.QUEUED
+            and not j.admitted
+            and now > j.created_at + grace * (2 ** (j.resends + 1) - 1)
+            and self._store.claim_resend(j, now)
         ]
         if jobs:
             failed = self._queue.send(jobs)

@@ -7,12 +7,15 @@ from qgjob_backend.ports import StateStore
 from qgjob_backend.schema import JobStatus
 
 
-def requeue_unfinished(store: StateStore, batch: Batch, now: float, reason: str) -> int:
+def requeue_unfinished(
+    store: StateStore, batch: Batch, now: float, reason: str, *, agent_lost: bool
+) -> int:
     """Returns the batch's jobs that never finished to the backlog; finished results stay.
 
-    A job that was running counts one attempt (it may be what killed the agent); one
-    never started does not. Each requeue is conditional on the job still belonging to
-    this batch, so running this twice requeues nothing twice.
+    When the agent was lost, a job that was running counts one attempt (it may be what
+    killed the agent); when the agent handed the batch back itself, nothing counts.
+    Each requeue is conditional on the job still belonging to this batch, so running
+    this twice requeues nothing twice. Returns how many jobs left the batch.
     """
     requeued = 0
     for job in store.get_jobs(batch.job_ids):
@@ -20,7 +23,7 @@ def requeue_unfinished(store: StateStore, batch: Batch, now: float, reason: str)
             continue
         if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
             continue
-        counted = job.status is JobStatus.RUNNING
+        counted = agent_lost and job.status is JobStatus.RUNNING
         if store.requeue_job(job, batch.batch_id, now, count_attempt=counted, reason=reason):
             requeued += 1
     return requeued

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,7 +148,3 @@ class SubmissionService:
 
     def metrics(self, org_id: str) -> OrgMetrics:
         return self._store.org_metrics(org_id)
-
-
-def fingerprint_of(suite: SuiteSubmission) -> str:
-    return _digest(json.dumps(suite.model_dump(mode="json", exclude={"idempotency_key"})))
