@@ -15,9 +15,16 @@ One agent drives one device slot. Its loop:
 - A 404 on heartbeat or lease means qgjob forgot the agent: it registers again.
 - Network errors and 5xx are logged and retried with backoff, so the agent survives a
   backend restart.
-- `stop()` (called from SIGTERM/SIGINT handlers) lets the current test finish (or be
-  interrupted by the runner at its next check), reports it, completes the batch (the
-  server requeues the jobs not run), deregisters and makes `run()` return 0.
+- `stop()` (called from the SIGTERM/SIGINT handlers) lets the current test run to its
+  end and reports it, then deregisters, which hands the batch back (the server requeues
+  the jobs not run), and makes `run()` return 0.
+- A second `stop()` means "stop now": the runner is asked to stop the current test at its
+  next check; an interrupted test is not reported (it was not a real outcome, so no retry
+  is spent on it): the agent deregisters (the server requeues that job too) and `run()`
+  returns 0. A test that ends before the runner sees the request
+  is reported as usual.
+- Installs happen whenever the server asks for one and whenever this process has not
+  installed the batch's app itself (after a restart the device may have been wiped).
 
 This module does not import `requests`: the API is any object with the `AgentApi` methods.
 """
@@ -135,6 +142,10 @@ class _LeaseLost(Exception):
     """The server took the batch away; stop it without reporting anything more."""
 
 
+class _StoppedNow(Exception):
+    """A second stop request interrupted the current test; it is not reported."""
+
+
 class _Fatal(Exception):
     """The agent cannot go on (bad token, rejected registration)."""
 
@@ -191,10 +202,13 @@ class Agent:
         self._log = log
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        # A plain flag, not an Event: a signal handler runs on the main thread, which may
+        # Plain flags, not Events: a signal handler runs on the main thread, which may
         # already hold an Event's internal lock inside wait(); setting it there deadlocks.
-        self._stop_requested = False
+        self._stop_requested = False  # first stop: finish the current test, then exit
+        self._stop_now = False  # second stop: interrupt the current test too
         self._stop_logged = False
+        self._stop_now_logged = False
+        self._test_interrupted = False  # the runner was told to stop for a stop request
         self._heartbeat_stop = threading.Event()
         self._batch_lost = threading.Event()
         self._needs_register = True
@@ -202,7 +216,13 @@ class Agent:
     # ------------------------------------------------------------------ control
 
     def stop(self) -> None:
-        """Asks the agent to finish the current test and exit (safe in a signal handler)."""
+        """First call: finish and report the current test, then exit. Second call: stop now
+        (the runner interrupts the current test, which is not reported).
+
+        Safe in a signal handler: it only sets plain attributes (no locks).
+        """
+        if self._stop_requested:
+            self._stop_now = True
         self._stop_requested = True
 
     @property
@@ -349,10 +369,18 @@ class Agent:
             self.batches_done += 1
 
     def _note_stop(self) -> bool:
-        if self.stopping and not self._stop_logged:
+        """True once a stop was requested; logs each stop request once (main thread only)."""
+        if self._stop_requested and not self._stop_logged:
             self._stop_logged = True
-            self.log("stop requested")
-        return self.stopping
+            if not self._stop_now:
+                self.log(
+                    "stop requested: finishing the current test, if any "
+                    "(stop again to interrupt it)"
+                )
+        if self._stop_now and not self._stop_now_logged:
+            self._stop_now_logged = True
+            self.log("stop requested again: stopping now")
+        return self._stop_requested
 
     def run_batch(self, batch: Mapping[str, Any]) -> None:
         """Installs (when needed), runs and reports the batch's jobs, then completes it."""
@@ -362,9 +390,9 @@ class Agent:
         target = str(batch.get("target") or self.target)
         jobs = list(batch.get("jobs") or [])
         app = (org_id, app_version_id)
-        need_install = bool(batch.get("install_required")) or (
-            self.installed_app is not None and self.installed_app != app
-        )
+        # The server's install_required is not enough: after a restart it may resume a batch
+        # whose app the previous process installed on a device that has been wiped since.
+        need_install = bool(batch.get("install_required")) or self.installed_app != app
         self.log(
             f"batch {batch_id} {org_id}/{app_version_id}/{target} {len(jobs)} jobs "
             f"({'install needed' if need_install else 'already installed'})"
@@ -387,6 +415,8 @@ class Agent:
                 ran += 1
         except _LeaseLost:
             pass
+        except _StoppedNow:
+            self.log(f"batch {batch_id}: {len(jobs) - ran} job(s) left to be requeued")
         except AuthError as error:
             raise _Fatal(f"refused during batch {batch_id}: {error}", EXIT_INFRA) from None
         except ApiError as error:
@@ -432,7 +462,11 @@ class Agent:
             self._record("start", batch_id, job_id=job_id, accepted=False)
             self._lease_lost(batch_id, job_id, f"job {job_id} not started: {error}")
         self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
-        if install_error is not None:
+        self._test_interrupted = False
+        if self._stop_now:
+            self._test_interrupted = True  # stop now: do not even begin the test
+            outcome = RunOutcome("error", 0.0, "interrupted: the agent is stopping")
+        elif install_error is not None:
             outcome = RunOutcome("error", 0.0, install_error)
         else:
             try:
@@ -446,6 +480,14 @@ class Agent:
                 )
             except Exception as error:
                 outcome = RunOutcome("error", 0.0, f"the runner crashed: {error!r}")
+        if self._test_interrupted:
+            # Not a real outcome: reporting it would spend one of the job's retries. The
+            # batch is completed right away and the server requeues the job.
+            self.log(
+                f"job {job_id} {test_path} interrupted after {outcome.duration_s:.2f}s "
+                "(stop requested twice): not reported; qgjob requeues it"
+            )
+            raise _StoppedNow(job_id)
         status = outcome.status
         message = outcome.message
         if status == "timed_out" and not message:
@@ -475,7 +517,16 @@ class Agent:
         self.log(f"job {job_id} {test_path} {status} in {outcome.duration_s:.2f}s{detail}")
 
     def _should_stop_test(self) -> bool:
-        return self._stop_requested or self._batch_lost.is_set()
+        """Asked by the runner during a test: True when the test must be interrupted.
+
+        A first stop request lets the test run to its end; a second one interrupts it
+        (and the outcome is then not reported). A lost lease interrupts it as well.
+        """
+        self._note_stop()
+        if self._stop_now:
+            self._test_interrupted = True
+            return True
+        return self._batch_lost.is_set()
 
     def _lease_lost(self, batch_id: str, job_id: str | None, detail: str) -> None:
         self._record("lease_lost", batch_id, job_id=job_id, accepted=False)
@@ -483,6 +534,11 @@ class Agent:
         raise _LeaseLost(detail)
 
     def _complete(self, batch_id: str, ran: int, seconds: float) -> None:
+        if self._stop_requested:
+            # Deregister hands the batch back in the same call; completing first would
+            # leave the agent idle for a moment, and the planner could give it new work.
+            self.log(f"batch {batch_id}: {ran} job(s) in {seconds:.1f}s; handing back the rest")
+            return
         try:
             answer = self._call(
                 lambda: self.api.complete_batch(self.agent_id, batch_id), "complete", limit=True

@@ -24,7 +24,6 @@ from qgjob.errors import (
     ApiError,
     ConfigError,
     QgjobError,
-    ServerError,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ class CliState:
         if not self.endpoint_url:
             raise ConfigError(
                 f"no qgjob endpoint: pass --endpoint-url URL or set {ENDPOINT_ENV} "
-                "(e.g. http://127.0.0.1:3000 for the local stack)"
+                "(the local stack prints its URL, e.g. http://127.0.0.1:PORT/v1)"
             )
         if need_token and not self.token:
             raise ConfigError(f"no token: pass --token TOKEN or set {TOKEN_ENV}")
@@ -83,6 +82,12 @@ class QgjobGroup(click.Group):
 
 class Interrupted(QgjobError):
     exit_code = EXIT_INTERRUPTED
+
+
+class NoAnswer(QgjobError):
+    """--wait gave up without a single answer from qgjob (exit 3)."""
+
+    exit_code = EXIT_INFRA
 
 
 def _state(ctx: click.Context, as_json: bool = False) -> CliState:
@@ -140,7 +145,8 @@ junit_option = click.option(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=f"""\b
 Examples:
-  export {ENDPOINT_ENV}=http://127.0.0.1:3000 {TOKEN_ENV}=<org token>
+  # the API URL and a token: `make dev` prints the local stack's (random PORT)
+  export {ENDPOINT_ENV}=http://127.0.0.1:PORT/v1 {TOKEN_ENV}=<org token>
   qgjob submit --org-id acme --app-version-id v1.4.2 --test tests/login.spec.ts --wait
   qgjob status --run-id <run id>
   qgjob --json result --job-id <job id>
@@ -306,10 +312,16 @@ def _wait_for(
     poll_interval: float,
     wait_timeout: float,
     resume_hint: str,
-) -> WaitOutcome:
+) -> tuple[dict[str, Any], bool]:
+    """Polls until done; returns the last view and whether --wait-timeout passed first.
+
+    Raises NoAnswer when not one poll got an answer before the deadline (e.g. with
+    --wait-timeout 0 and a failing first fetch): there is nothing to print.
+    """
     from qgjob.follow import wait_until
 
     last_line: list[str] = []
+    failures: list[Exception] = []
 
     def on_view(view: dict[str, Any], elapsed: float) -> None:
         line = progress(view, elapsed)
@@ -319,10 +331,11 @@ def _wait_for(
             _note(state, line)
 
     def on_failure(error: Exception) -> None:
+        failures[:] = [error]
         _note(state, f"qgjob: warning: {error}; still waiting")
 
     try:
-        return wait_until(
+        outcome: WaitOutcome = wait_until(
             fetch,
             done,
             poll_interval=poll_interval,
@@ -334,6 +347,13 @@ def _wait_for(
         )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the work goes on in qgjob: {resume_hint}") from None
+    if outcome.view is None:
+        reason = f"; last error: {failures[-1]}" if failures else ""
+        raise NoAnswer(
+            f"no answer from qgjob within {wait_timeout:g}s (--wait-timeout){reason}. "
+            f"The work goes on in qgjob: {resume_hint}"
+        )
+    return outcome.view, outcome.timed_out
 
 
 def _finish_run_wait(
@@ -347,7 +367,7 @@ def _finish_run_wait(
 ) -> None:
     from qgjob.follow import run_done
 
-    outcome = _wait_for(
+    run, timed_out = _wait_for(
         state,
         lambda: client.get_run(run_id),
         run_done,
@@ -356,20 +376,17 @@ def _finish_run_wait(
         wait_timeout,
         f"qgjob status --run-id {run_id} --wait",
     )
-    run = outcome.view
-    if run is None:  # pragma: no cover - wait_until raises before this can happen
-        raise ServerError(0, f"no answer about run {run_id}")
     if junit:
         from qgjob.junit import write_junit
 
         write_junit(junit, run, _failure_outputs(client, run))
     result: dict[str, Any] = dict(run)
-    if outcome.timed_out:
+    if timed_out:
         result["wait_timed_out"] = True
     _emit(state, result, render.run_text(run))
     if junit:
         _note(state, f"JUnit report written to {junit}")
-    if outcome.timed_out:
+    if timed_out:
         click.echo(
             f"qgjob: error: run {run_id} not finished after {wait_timeout:g}s "
             f"(--wait-timeout); it keeps going: qgjob status --run-id {run_id} --wait",
@@ -451,7 +468,7 @@ def status(
         return
     from qgjob.follow import job_done
 
-    outcome = _wait_for(
+    job, timed_out = _wait_for(
         state,
         lambda: client.get_job(job_id),
         job_done,
@@ -460,10 +477,9 @@ def status(
         wait_timeout,
         f"qgjob status --job-id {job_id} --wait",
     )
-    job = outcome.view or {}
-    data = dict(job, wait_timed_out=True) if outcome.timed_out else job
+    data = dict(job, wait_timed_out=True) if timed_out else job
     _emit(state, data, render.job_text(job))
-    if outcome.timed_out:
+    if timed_out:
         click.echo(
             f"qgjob: error: job {job_id} not finished after {wait_timeout:g}s (--wait-timeout)",
             err=True,
@@ -533,8 +549,13 @@ Examples:
       --command "npx appwright test {test_path} --project {target}"
 
 \b
-Placeholders: {test_path} {target} {app_version_id} {org_id}. SIGTERM or Ctrl-C
-finishes the current test, reports it, hands the rest of the batch back and exits 0."""
+Placeholders: {test_path} {target} {app_version_id} {org_id}.
+
+\b
+Stopping: SIGTERM or Ctrl-C lets the current test run to its end, reports it, hands
+the rest of the batch back to qgjob, deregisters and exits 0. A second SIGTERM or
+Ctrl-C stops now: the current test is interrupted and not reported (qgjob requeues
+it without spending a retry), then the agent hands the batch back and exits 0."""
 )
 @click.option("--target", required=True, type=click.Choice(TARGETS), help="Device pool.")
 @click.option(

@@ -185,7 +185,7 @@ class StackProcess:
 
 @dataclass
 class Agent:
-    """A `qgjob agent --runner simulated` subprocess."""
+    """A `qgjob agent` subprocess (simulated runner unless started with a command)."""
 
     target: str
     device_id: str
@@ -205,6 +205,15 @@ class Agent:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> None:
+        """Waits until the agent logged ``text`` (e.g. that it saw a signal)."""
+        wait_until(
+            lambda: text in self.log() or self.process.poll() is not None,
+            timeout_s=timeout_s,
+            what=f"agent {self.agent_id} to log {text!r}",
+        )
+        assert text in self.log(), f"agent {self.agent_id} exited first:\n{self.log()}"
 
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:
@@ -227,11 +236,28 @@ class AgentFleet:
 
     def start(self, target: str, device_id: str, *, sim_scale: float) -> Agent:
         journal = self._directory / f"{target}-{device_id}.jsonl"
-        log_path = self._directory / f"{target}-{device_id}.log"
         command = self._stack.cli.agent_command(
             target=target, device_id=device_id, journal=journal, sim_scale=sim_scale,
             poll_seconds=0.1,
         )  # fmt: skip
+        return self._spawn(target, device_id, command, journal)
+
+    def start_command(self, target: str, device_id: str, *, test_command: str) -> Agent:
+        """An agent with the command runner: each test runs ``test_command`` (a template)."""
+        journal = self._directory / f"{target}-{device_id}.jsonl"
+        command = self._stack.cli.command(
+            "agent",
+            "--target", target,
+            "--device-id", device_id,
+            "--runner", "command",
+            "--command", test_command,
+            "--journal", str(journal),
+            "--poll-seconds", "0.1",
+        )  # fmt: skip
+        return self._spawn(target, device_id, command, journal)
+
+    def _spawn(self, target: str, device_id: str, command: list[str], journal: Path) -> Agent:
+        log_path = self._directory / f"{target}-{device_id}.log"
         env = self._stack.cli.env(self._stack.agent_token)
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
@@ -257,12 +283,48 @@ class AgentFleet:
 
 
 def accepted_results(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """job id -> its accepted "result" journal events (exactly-once means one each)."""
-    results: dict[str, list[dict[str, Any]]] = {}
+    """job id -> its accepted "result" journal events (exactly-once means one each).
+
+    An agent journals a result only after qgjob accepted it, so an agent killed in that
+    window has one accepted result fewer in its journal than qgjob has: journals prove
+    "never twice"; the API (the run view) is the truth for "nothing lost".
+    """
+    return _events_by_job(events, "result")
+
+
+def accepted_starts(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """job id -> its accepted "start" journal events."""
+    return _events_by_job(events, "start")
+
+
+def _events_by_job(events: Iterable[dict[str, Any]], kind: str) -> dict[str, list[dict[str, Any]]]:
+    by_job: dict[str, list[dict[str, Any]]] = {}
     for event in events:
-        if event["event"] == "result" and event["accepted"]:
-            results.setdefault(str(event["job_id"]), []).append(event)
-    return results
+        if event["event"] == kind and event["accepted"]:
+            by_job.setdefault(str(event["job_id"]), []).append(event)
+    return by_job
+
+
+def assert_never_completed_twice(
+    jobs: Sequence[dict[str, Any]],
+    events: Iterable[dict[str, Any]],
+    *,
+    complete_journals: Iterable[str],
+) -> None:
+    """Journals vs. the final run view: at most one accepted result per job, by the agent
+    qgjob credits; exactly one for jobs finished by an agent in ``complete_journals``
+    (agents that exited cleanly, so their journals miss nothing)."""
+    results = accepted_results(events)
+    known = {str(job["job_id"]) for job in jobs}
+    assert set(results) <= known, f"results for unknown jobs: {set(results) - known}"
+    complete = set(complete_journals)
+    for job in jobs:
+        reported = results.get(str(job["job_id"]), [])
+        assert len(reported) <= 1, f"{job['job_id']} was completed {len(reported)} times"
+        for event in reported:
+            assert event["agent_id"] == job["agent_id"], (job, event)
+        if job["agent_id"] in complete:
+            assert len(reported) == 1, f"{job['job_id']}: no accepted result in the journal"
 
 
 def jobs_of(views: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:

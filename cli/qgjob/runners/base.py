@@ -34,6 +34,8 @@ class Runner(Protocol):
     `install` raises `InstallError` when it fails. `run` never raises for a test
     problem: it returns an outcome; it should call `should_stop()` now and then and,
     when it returns True, stop the test and return status "error" (interrupted).
+    `should_stop()` turns True only when the agent is asked to stop twice (a first stop
+    lets the test finish) or lost its lease; an interrupted outcome is not reported.
     `org_id` / `app_version_id` name the app under test (the batch's).
     """
 

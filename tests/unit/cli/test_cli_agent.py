@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from qgjob.agent import Agent, Journal
 from qgjob.errors import AuthError, Conflict, NotFound, ServerError, Unreachable
-from qgjob.runners import InstallError, RunOutcome
+from qgjob.runners import CommandRunner, InstallError, RunOutcome
 
 Json = dict[str, Any]
 
@@ -54,6 +56,7 @@ class FakeAgentApi:
         self.completed: list[tuple[str, int]] = []
         self.deregistered = 0
         self.heartbeats = 0
+        self.calls: list[str] = []  # start/result/complete/deregister, in order
         self.lose_lease_on_start: set[str] = set()
         self.lose_lease_on_result: set[str] = set()
         self.lease_errors: list[Exception] = []
@@ -108,6 +111,7 @@ class FakeAgentApi:
         return {}
 
     def start_job(self, agent_id: str, job_id: str, batch_id: str) -> Json:
+        self.calls.append(f"start {job_id}")
         if self.start_errors:
             raise self.start_errors.pop(0)
         self._own(batch_id)
@@ -127,6 +131,7 @@ class FakeAgentApi:
         message: str | None = None,
         output: str | None = None,
     ) -> Json:
+        self.calls.append(f"result {job_id}")
         if job_id in self.lose_lease_on_result or job_id in self.results:
             self.rejected.append(job_id)
             raise Conflict(409, f"job {job_id}: result rejected, the lease was lost")
@@ -140,6 +145,7 @@ class FakeAgentApi:
         return {"job_id": job_id, "status": status}
 
     def complete_batch(self, agent_id: str, batch_id: str) -> Json:
+        self.calls.append(f"complete {batch_id}")
         batch = self._own(batch_id)
         requeued = [j for j in batch["jobs"] if j["job_id"] not in self.results]
         self.completed.append((batch_id, len(requeued)))
@@ -147,8 +153,15 @@ class FakeAgentApi:
         return {"requeued": len(requeued)}
 
     def deregister(self, agent_id: str) -> Json:
+        """Like the server: a held batch is released (its unfinished jobs requeued)."""
+        self.calls.append("deregister")
         self.deregistered += 1
-        return {"requeued": 0}
+        if self.current is None:
+            return {"requeued": 0}
+        requeued = [j for j in self.current["jobs"] if j["job_id"] not in self.results]
+        self.completed.append((self.current["batch_id"], len(requeued)))
+        self.current = None
+        return {"requeued": len(requeued)}
 
 
 class FakeRunner:
@@ -181,6 +194,40 @@ class FakeRunner:
         self.should_stop = should_stop
         if self.on_run is not None:
             self.on_run(test_path)
+        return self.outcomes.get(test_path, RunOutcome("passed", 0.25, None, f"ran {test_path}"))
+
+
+class SteppingRunner(FakeRunner):
+    """A runner that honours should_stop: each test is `steps` steps, with a check before
+    each; `on_step(path, n)` runs before check n (1-based), e.g. to deliver a SIGTERM."""
+
+    def __init__(self, outcomes: Mapping[str, RunOutcome] | None = None, steps: int = 3) -> None:
+        super().__init__(outcomes)
+        self.steps = steps
+        self.on_step: Callable[[str, int], None] | None = None
+        self.steps_done: dict[str, int] = {}
+        self.stop_checks: list[tuple[str, bool]] = []
+
+    def run(
+        self,
+        test_path: str,
+        target: str,
+        timeout_s: float,
+        should_stop: Callable[[], bool],
+        *,
+        org_id: str = "",
+        app_version_id: str = "",
+    ) -> RunOutcome:
+        self.runs.append((test_path, target, timeout_s, org_id, app_version_id))
+        self.should_stop = should_stop
+        for step in range(1, self.steps + 1):
+            if self.on_step is not None:
+                self.on_step(test_path, step)
+            stop = should_stop()
+            self.stop_checks.append((test_path, stop))
+            if stop:
+                return RunOutcome("error", 0.1 * step, "interrupted: the agent is stopping")
+            self.steps_done[test_path] = step
         return self.outcomes.get(test_path, RunOutcome("passed", 0.25, None, f"ran {test_path}"))
 
 
@@ -267,6 +314,25 @@ def test_installs_when_the_local_app_differs_even_if_the_server_says_not_needed(
     assert make_agent(api, runner, max_batches=2).run() == 0
     assert runner.installs == [("acme", "v1", "emulator"), ("acme", "v2", "emulator")]
     assert api.installs == ["b1", "b2"]
+
+
+def test_a_resumed_batch_after_a_restart_installs_even_if_the_server_says_not_needed() -> None:
+    # A fresh process (installed_app unknown) resumes a batch the previous one had begun
+    # and installed for; the device may have been wiped since, so install anyway.
+    resumed = make_batch("b1", ["b.spec.ts"], install_required=False)
+    api = FakeAgentApi([resumed])
+    runner = FakeRunner()
+    logs: list[str] = []
+    agent = make_agent(api, runner, max_batches=1, logs=logs)
+    assert agent.installed_app is None
+
+    assert agent.run() == 0
+
+    assert runner.installs == [("acme", "v1", "emulator")]
+    assert api.installs == ["b1"]
+    assert api.results["b1-j1"]["status"] == "passed"
+    assert agent.installed_app == ("acme", "v1")
+    assert "agent emulator-1: batch b1 acme/v1/emulator 1 jobs (install needed)" in logs
 
 
 def test_runner_gets_the_batch_app_and_the_job_timeout() -> None:
@@ -448,13 +514,181 @@ def test_stop_finishes_current_test_completes_batch_and_deregisters(tmp_path: Pa
     assert agent.run() == 0
 
     assert [r[0] for r in runner.runs] == ["a.spec.ts", "b.spec.ts"]
-    assert sorted(api.results) == ["b1-j1", "b1-j2"]  # the interrupted test was reported
+    assert sorted(api.results) == ["b1-j1", "b1-j2"]  # the current test ran to its end
+    assert api.results["b1-j2"] == {
+        "status": "passed",
+        "duration_s": 0.25,
+        "message": None,
+        "output": "ran b.spec.ts",
+    }
+    assert runner.should_stop() is False  # one stop never interrupts a test
+    assert api.started == ["b1-j1", "b1-j2"]
     assert api.completed == [("b1", 2)]  # c and d go back to the queue
     assert api.pending
     assert api.pending[0]["batch_id"] == "b2"
     assert api.deregistered == 1
     accepted = [e["job_id"] for e in journal_lines(journal.path) if e["event"] == "result"]
     assert accepted == ["b1-j1", "b1-j2"]
+
+
+def test_one_stop_lets_a_stop_honouring_runner_finish_and_reports_the_real_status(
+    tmp_path: Path,
+) -> None:
+    tests = ["a.spec.ts", "b-fail.spec.ts", "c.spec.ts"]
+    api = FakeAgentApi([make_batch("b1", tests)])
+    runner = SteppingRunner({"b-fail.spec.ts": RunOutcome("failed", 1.5, "exit code 1", "E")})
+    journal = Journal(tmp_path / "journal.jsonl")
+    logs: list[str] = []
+    agent = make_agent(api, runner, journal=journal, logs=logs)
+
+    def sigterm_in_second_test(path: str, step: int) -> None:
+        if path == "b-fail.spec.ts" and step == 2:
+            agent.stop()
+
+    runner.on_step = sigterm_in_second_test
+
+    assert agent.run() == 0
+
+    assert runner.steps_done == {"a.spec.ts": 3, "b-fail.spec.ts": 3}  # ran to its end
+    assert not any(stop for _, stop in runner.stop_checks)
+    assert api.started == ["b1-j1", "b1-j2"]  # no further job starts
+    assert api.calls[-3:] == ["start b1-j2", "result b1-j2", "deregister"]
+    assert api.results["b1-j2"] == {
+        "status": "failed",
+        "duration_s": 1.5,
+        "message": "exit code 1",
+        "output": "E",
+    }
+    assert api.completed == [("b1", 1)]  # c goes back to the queue
+    assert api.deregistered == 1
+    events = [(e["event"], e["job_id"], e["status"]) for e in journal_lines(journal.path)]
+    assert events[-2:] == [("start", "b1-j2", "running"), ("result", "b1-j2", "failed")]
+    assert any("stop requested: finishing the current test" in line for line in logs)
+
+
+def test_two_stops_interrupt_the_test_which_is_not_reported(tmp_path: Path) -> None:
+    tests = ["a.spec.ts", "b.spec.ts", "c.spec.ts"]
+    api = FakeAgentApi([make_batch("b1", tests)])
+    runner = SteppingRunner()
+    journal = Journal(tmp_path / "journal.jsonl")
+    logs: list[str] = []
+    agent = make_agent(api, runner, journal=journal, logs=logs)
+
+    def two_sigterms_in_second_test(path: str, step: int) -> None:
+        if path == "b.spec.ts" and step == 2:
+            agent.stop()
+            assert runner.should_stop() is False  # the first one lets the test go on
+            agent.stop()
+
+    runner.on_step = two_sigterms_in_second_test
+
+    assert agent.run() == 0
+
+    assert runner.steps_done == {"a.spec.ts": 3, "b.spec.ts": 1}  # interrupted at step 2
+    assert runner.stop_checks[-1] == ("b.spec.ts", True)
+    assert api.calls == [  # b1-j2 is not reported: deregister hands the batch back
+        "start b1-j1",
+        "result b1-j1",
+        "start b1-j2",
+        "deregister",
+    ]
+    assert list(api.results) == ["b1-j1"]
+    assert api.completed == [("b1", 2)]  # the server requeues b and c
+    assert api.deregistered == 1
+    results = [e["job_id"] for e in journal_lines(journal.path) if e["event"] == "result"]
+    assert results == ["b1-j1"]
+    assert any("b1-j2 b.spec.ts interrupted" in line and "not reported" in line for line in logs)
+
+
+def test_two_stops_after_the_test_ended_still_report_its_real_outcome() -> None:
+    # The runner never saw the request (the test ended first): its outcome is real.
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    runner = FakeRunner()
+    agent = make_agent(api, runner)
+
+    def two_sigterms(path: str) -> None:
+        agent.stop()
+        agent.stop()
+
+    runner.on_run = two_sigterms
+    assert agent.run() == 0
+    assert api.results["b1-j1"]["status"] == "passed"
+    assert api.started == ["b1-j1"]
+    assert api.completed == [("b1", 1)]
+    assert api.deregistered == 1
+
+
+def _python_template(code: str) -> str:
+    return " ".join([shlex.quote(sys.executable), "-c", shlex.quote(code)])
+
+
+class StopDuringCommand:
+    """A real CommandRunner; `stops_at` maps a should_stop check number to stop() calls."""
+
+    def __init__(self, command: str, stops_at: Mapping[int, int]) -> None:
+        self.inner = CommandRunner(command)
+        self.stops_at = dict(stops_at)
+        self.agent: Agent | None = None
+        self.outcomes: list[RunOutcome] = []
+
+    def install(self, org_id: str, app_version_id: str, target: str) -> None:
+        self.inner.install(org_id, app_version_id, target)
+
+    def run(
+        self,
+        test_path: str,
+        target: str,
+        timeout_s: float,
+        should_stop: Callable[[], bool],
+        *,
+        org_id: str = "",
+        app_version_id: str = "",
+    ) -> RunOutcome:
+        checks: list[int] = []
+
+        def check() -> bool:
+            checks.append(1)
+            assert self.agent is not None
+            for _ in range(self.stops_at.get(len(checks), 0)):
+                self.agent.stop()  # what the SIGTERM handler does
+            return should_stop()
+
+        outcome = self.inner.run(test_path, target, timeout_s, check)
+        self.outcomes.append(outcome)
+        return outcome
+
+
+def test_one_stop_lets_a_command_test_finish_and_reports_its_exit_code() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    runner = StopDuringCommand(
+        _python_template("import time, sys; time.sleep(0.5); sys.exit(1)"), {2: 1}
+    )
+    agent = make_agent(api, runner)  # type: ignore[arg-type]
+    runner.agent = agent
+
+    assert agent.run() == 0
+
+    assert api.results["b1-j1"]["status"] == "failed"
+    assert api.results["b1-j1"]["message"] == "exit code 1"
+    assert api.started == ["b1-j1"]
+    assert api.completed == [("b1", 1)]
+    assert api.deregistered == 1
+
+
+def test_two_stops_kill_a_command_test_and_do_not_report_it() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    runner = StopDuringCommand(_python_template("import time; time.sleep(60)"), {2: 1, 4: 1})
+    agent = make_agent(api, runner)  # type: ignore[arg-type]
+    runner.agent = agent
+
+    assert agent.run() == 0
+
+    assert [o.status for o in runner.outcomes] == ["error"]
+    assert runner.outcomes[0].duration_s < 30  # killed, not waited for
+    assert api.calls == ["start b1-j1", "deregister"]
+    assert api.results == {}
+    assert api.completed == [("b1", 1)]
+    assert api.deregistered == 1
 
 
 def test_stop_right_after_lease_skips_install_and_hands_the_batch_back() -> None:

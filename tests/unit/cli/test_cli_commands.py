@@ -314,6 +314,40 @@ def test_wait_survives_a_few_network_errors(clock: FakeClock) -> None:
     assert result.stderr.count("still waiting") == 2
 
 
+@responses.activate
+def test_wait_timeout_0_without_any_answer_exits_3_with_a_clear_message(
+    clock: FakeClock,
+) -> None:
+    responses.post(f"{BASE}/runs", json=submitted(["j1"]), status=201)
+    for _ in range(3):  # the client's own retries of the one poll
+        responses.get(f"{BASE}/runs/r1", body=requests.ConnectionError("refused"))
+
+    result = invoke(
+        ["--json", *SUBMIT, "--test", "a.spec.ts", "--wait", "--wait-timeout", "0"], clock
+    )
+
+    assert result.exit_code == 3, result.stderr
+    assert result.stdout == ""  # --json: no run view to print
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("qgjob: error: no answer from qgjob within 0s (--wait-timeout)")
+    assert "last error: cannot reach qgjob at http://qgjob.test: refused" in error
+    assert error.endswith("The work goes on in qgjob: qgjob status --run-id r1 --wait")
+    assert "Traceback" not in result.stderr
+
+
+@responses.activate
+def test_status_job_wait_without_any_answer_exits_3(clock: FakeClock) -> None:
+    for _ in range(3):
+        responses.get(f"{BASE}/jobs/j1", json={"message": "unavailable"}, status=503)
+
+    result = invoke(["status", "--job-id", "j1", "--wait", "--wait-timeout", "0"], clock)
+
+    assert result.exit_code == 3, result.stderr
+    assert result.stdout == ""
+    assert "no answer from qgjob within 0s" in result.stderr
+    assert "qgjob status --job-id j1 --wait" in result.stderr
+
+
 # ---------------------------------------------------------------------- local validation
 
 
