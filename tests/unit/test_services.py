@@ -953,3 +953,25 @@ def test_resends_back_off_while_the_queue_is_only_backed_up(
     assert len(svc.queue.sent) > sent_before
     # Just past grace, 3x grace, 7x grace: not every sweep.
     assert resent_at == [int(GRACE) + 1, 3 * int(GRACE) + 1, 7 * int(GRACE) + 1]
+
+
+def test_deregister_also_hands_back_a_batch_assigned_while_it_ran(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    original = svc.store.deregister_agent
+    raced = []
+
+    def plan_sneaks_in(agent: str, now: float) -> bool:
+        if not raced:  # the first offline write loses to a plan that assigns a batch
+            raced.append(svc.dispatcher.plan([Target.EMULATOR]))
+        return original(agent, now)
+
+    svc.store.deregister_agent = plan_sneaks_in  # type: ignore[method-assign]
+
+    assert svc.agents.deregister(agent_id) == 3
+
+    gone = svc.store.get_agent(agent_id)
+    assert gone is not None
+    assert (gone.status, gone.batch_id) == (AgentStatus.OFFLINE, None)
+    assert len(raced[0]) == 1
+    assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3

@@ -17,6 +17,7 @@ from qgjob_backend.services.recovery import requeue_unfinished
 logger = Logger(child=True)
 
 OUTPUT_EXCERPT_CHARS = 2000
+DEREGISTER_ATTEMPTS = 3
 
 
 def agent_id_for(target: Target, device_id: str) -> str:
@@ -201,10 +202,21 @@ class AgentService:
         return requeued
 
     def deregister(self, agent_id: str) -> int:
-        agent = self._store.get_agent(agent_id)
-        if agent is None:
-            raise NotFound(f"agent {agent_id} is not registered")
-        requeued = self.complete(agent_id, agent.batch_id) if agent.batch_id else 0
-        self._store.deregister_agent(agent_id, self._clock())
-        logger.info("agent deregistered", extra={"agent_id": agent_id, "requeued": requeued})
-        return requeued
+        """Hands back any batch and marks the agent offline.
+
+        A plan may give the agent a batch between the release and the offline write
+        (the write then fails its no-batch condition): release that one too and retry.
+        """
+        requeued = 0
+        for _ in range(DEREGISTER_ATTEMPTS):
+            agent = self._store.get_agent(agent_id)
+            if agent is None:
+                raise NotFound(f"agent {agent_id} is not registered")
+            if agent.batch_id:
+                requeued += self.complete(agent_id, agent.batch_id)
+            if self._store.deregister_agent(agent_id, self._clock()):
+                logger.info(
+                    "agent deregistered", extra={"agent_id": agent_id, "requeued": requeued}
+                )
+                return requeued
+        raise Conflict(f"agent {agent_id} kept receiving batches while deregistering; retry")
