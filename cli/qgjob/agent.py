@@ -71,6 +71,8 @@ class AgentApi(Protocol):
         self, target: str, device_id: str, installed: Mapping[str, str] | None = None
     ) -> Json: ...
 
+    def use_session(self, session_id: str | None) -> None: ...
+
     def heartbeat(self, agent_id: str) -> Json: ...
 
     def lease(self, agent_id: str) -> Json | None: ...
@@ -274,6 +276,11 @@ class Agent:
         except InvalidInput as error:
             raise _Fatal(f"registration rejected: {error}", EXIT_USAGE) from None
         self.agent_id = str(answer.get("agent_id") or self.agent_id)
+        session = answer.get("session_id")
+        session = str(session) if session else None
+        self.api.use_session(session)
+        if self._heartbeat_api is not self.api:
+            self._heartbeat_api.use_session(session)
         if self.heartbeat_interval is None:
             seconds = answer.get("heartbeat_seconds")
             if isinstance(seconds, int | float) and seconds > 0:
@@ -343,6 +350,9 @@ class Agent:
                 if self._needs_register:
                     self._register()
                 batch = self.api.lease(self.agent_id)
+            except Conflict as error:
+                # Another process registered this device: two agents must not share it.
+                raise _Fatal(f"lease refused: {error}", EXIT_INFRA) from None
             except NotFound:
                 failures += 1
                 self._needs_register = True

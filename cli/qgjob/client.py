@@ -49,6 +49,9 @@ BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 30.0
 
 
+SESSION_HEADER = "X-Qgjob-Agent-Session"
+
+
 def _segment(value: str) -> str:
     """One URL path segment; ids never contain '/', but never trust that."""
     return quote(value, safe="")
@@ -95,6 +98,11 @@ class ApiClient:
         self._sleep = sleep
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._agent_session: str | None = None
+
+    def use_session(self, session_id: str | None) -> None:
+        """Agent calls carry this registration's session, so a newer one supersedes them."""
+        self._agent_session = session_id
 
     # ------------------------------------------------------------------ transport
 
@@ -108,6 +116,8 @@ class ApiClient:
         headers = {"Accept": "application/json", "User-Agent": f"qgjob-cli/{__version__}"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        if self._agent_session:
+            headers[SESSION_HEADER] = self._agent_session
         attempt = 0
         while True:
             attempt += 1

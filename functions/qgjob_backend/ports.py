@@ -87,7 +87,13 @@ class StateStore(Protocol):
     def get_agent(self, agent_id: str) -> Agent | None: ...
 
     def register_agent(
-        self, agent_id: str, target: Target, device_id: str, installed: AppRef | None, now: float
+        self,
+        agent_id: str,
+        target: Target,
+        device_id: str,
+        installed: AppRef | None,
+        now: float,
+        session_id: str | None = None,
     ) -> Agent:
         """Creates or revives an agent. An agent holding a batch keeps it (it resumes)."""
 

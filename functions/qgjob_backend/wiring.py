@@ -80,7 +80,7 @@ def assemble_services(
         tokens=TokenService(token_store, clock),
         submissions=SubmissionService(store, queue, clock, new_id),
         dispatcher=dispatcher,
-        agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds),
+        agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds, new_id),
         reaper=ReaperService(
             store,
             queue,

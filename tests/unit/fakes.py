@@ -280,7 +280,13 @@ class MemoryStateStore:
         return _copy(self.agents.get(agent_id))
 
     def register_agent(
-        self, agent_id: str, target: Target, device_id: str, installed: AppRef | None, now: float
+        self,
+        agent_id: str,
+        target: Target,
+        device_id: str,
+        installed: AppRef | None,
+        now: float,
+        session_id: str | None = None,
     ) -> Agent:
         stored = self.agents.get(agent_id)
         if stored is None:
@@ -292,6 +298,7 @@ class MemoryStateStore:
                 last_seen=now,
                 registered_at=now,
                 installed=installed,
+                session_id=session_id,
             )
             self.agents[agent_id] = stored
         elif stored.batch_id is None:
@@ -301,10 +308,12 @@ class MemoryStateStore:
             stored.registered_at = now
             stored.status = AgentStatus.IDLE
             stored.installed = installed
+            stored.session_id = session_id
         else:
             # It still holds a batch: it restarted mid-batch and will resume it.
             stored.last_seen = now
             stored.status = AgentStatus.BUSY
+            stored.session_id = session_id
         return _copy(stored)
 
     def touch_agent(self, agent_id: str, now: float) -> Agent | None:

@@ -975,3 +975,39 @@ def test_deregister_also_hands_back_a_batch_assigned_while_it_ran(svc: MemorySer
     assert (gone.status, gone.batch_id) == (AgentStatus.OFFLINE, None)
     assert len(raced[0]) == 1
     assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3
+
+
+# ============================================================ agent sessions
+def test_a_second_process_on_the_same_device_supersedes_the_first(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    first = svc.agents.register(Target.EMULATOR, "d1", None)
+    leased = svc.agents.lease(first.agent_id, first.session_id)
+    assert leased is not None
+    batch_id = leased.batch.batch_id
+    svc.agents.start(first.agent_id, job_ids[0], batch_id, first.session_id)
+
+    second = svc.agents.register(Target.EMULATOR, "d1", None)  # same device, new process
+
+    assert second.session_id != first.session_id
+    for call in (
+        lambda: svc.agents.heartbeat(first.agent_id, first.session_id),
+        lambda: svc.agents.lease(first.agent_id, first.session_id),
+        lambda: svc.agents.report(
+            first.agent_id,
+            job_ids[0],
+            batch_id,
+            JobStatus.PASSED,
+            1.0,
+            None,
+            None,
+            first.session_id,
+        ),
+        lambda: svc.agents.complete(first.agent_id, batch_id, first.session_id),
+        lambda: svc.agents.deregister(first.agent_id, first.session_id),
+    ):
+        with pytest.raises(Conflict, match="another process registered this device"):
+            call()
+    resumed = svc.agents.lease(second.agent_id, second.session_id)
+    assert resumed is not None
+    assert resumed.batch.batch_id == batch_id  # the new process resumes the batch
+    assert job(svc, job_ids[0]).status is JobStatus.RUNNING

@@ -189,6 +189,7 @@ def agent_from_item(item: Item) -> Agent:
         installed=installed,
         batch_id=item.get("batch_id"),
         batch_group=item.get("batch_group"),
+        session_id=item.get("session_id") or None,
     )
 
 
@@ -537,7 +538,13 @@ class DynamoStateStore:
         return agent_from_item(item) if item else None
 
     def register_agent(
-        self, agent_id: str, target: Target, device_id: str, installed: AppRef | None, now: float
+        self,
+        agent_id: str,
+        target: Target,
+        device_id: str,
+        installed: AppRef | None,
+        now: float,
+        session_id: str | None = None,
     ) -> Agent:
         sets = [
             "#t = :target",
@@ -545,12 +552,14 @@ class DynamoStateStore:
             "last_seen = :now",
             "registered_at = :now",
             "#s = :idle",
+            "session_id = :sid",
         ]
         values: dict[str, Any] = {
             "target": target.value,
             "device": device_id,
             "now": now,
             "idle": AgentStatus.IDLE.value,
+            "sid": session_id or "",
         }
         # What the device holds is what the agent says now: after a restart with nothing
         # to report, the next batch installs again rather than trust a wiped device.
@@ -573,13 +582,15 @@ class DynamoStateStore:
             item = self._update(
                 self._agents,
                 {"agent_id": agent_id},
-                UpdateExpression="SET last_seen = :now, #s = :busy",
+                UpdateExpression="SET last_seen = :now, #s = :busy, session_id = :sid",
                 ConditionExpression="attribute_exists(batch_id)",
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_values(now=now, busy=AgentStatus.BUSY.value),
+                ExpressionAttributeValues=_values(
+                    now=now, busy=AgentStatus.BUSY.value, sid=session_id or ""
+                ),
             )
         if item is None:
-            return self.register_agent(agent_id, target, device_id, installed, now)
+            return self.register_agent(agent_id, target, device_id, installed, now, session_id)
         return agent_from_item(item)
 
     def touch_agent(self, agent_id: str, now: float) -> Agent | None:

@@ -106,6 +106,9 @@ class Agent:
     installed: AppRef | None = None
     batch_id: str | None = None
     batch_group: str | None = None  # the group of the batch it holds
+    # Set anew by every registration: a second process registering the same device
+    # supersedes the first, whose later calls are refused.
+    session_id: str | None = None
 
 
 class BatchState(StrEnum):

@@ -147,6 +147,15 @@ def metrics() -> MetricsView:
 
 # --------------------------------------------------------------- agents
 # lambda_handler has already checked these callers hold an agent token.
+SESSION_HEADER = "X-Qgjob-Agent-Session"
+
+
+def _session() -> str | None:
+    """The registration this agent process holds (absent for older agents)."""
+    value: str | None = app.current_event.headers.get(SESSION_HEADER)
+    return value
+
+
 def _agent_view(agent: Agent, lease_expires_at: float | None = None) -> AgentView:
     config = services().config
     return AgentView.of(agent, config.lease_seconds, config.heartbeat_seconds, lease_expires_at)
@@ -160,30 +169,31 @@ def register_agent(request: RegisterAgentRequest) -> AgentView:
         else None
     )
     agent = services().agents.register(request.target, request.device_id, installed)
-    return _agent_view(agent)
+    # Only the registering process learns its session; later views never show it.
+    return _agent_view(agent).with_session(agent.session_id)
 
 
 @app.post("/agents/<agent_id>/heartbeat", summary="Keep the agent's lease")
 def heartbeat(agent_id: str) -> AgentView:
-    beat = services().agents.heartbeat(agent_id)
+    beat = services().agents.heartbeat(agent_id, _session())
     return _agent_view(beat.agent, beat.lease_expires_at)
 
 
 @app.post("/agents/<agent_id>/lease", summary="The agent's batch: current one, or a new one")
 def lease(agent_id: str) -> LeaseResponse:
-    leased = services().agents.lease(agent_id)
+    leased = services().agents.lease(agent_id, _session())
     return LeaseResponse(batch=BatchView.of(leased.batch, leased.jobs) if leased else None)
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")
 def installed(agent_id: str, batch_id: str) -> RequeueView:
-    services().agents.record_install(agent_id, batch_id)
+    services().agents.record_install(agent_id, batch_id, _session())
     return RequeueView(requeued=0)
 
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/start", summary="A test starts")
 def start_job(agent_id: str, job_id: str, request: BatchRef) -> JobView:
-    return JobView.of(services().agents.start(agent_id, job_id, request.batch_id))
+    return JobView.of(services().agents.start(agent_id, job_id, request.batch_id, _session()))
 
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/result", summary="A test's result")
@@ -196,18 +206,19 @@ def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView
         request.duration_s,
         request.message,
         request.output,
+        _session(),
     )
     return JobView.of(job)
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/complete", summary="Batch done; frees the agent")
 def complete_batch(agent_id: str, batch_id: str) -> RequeueView:
-    return RequeueView(requeued=services().agents.complete(agent_id, batch_id))
+    return RequeueView(requeued=services().agents.complete(agent_id, batch_id, _session()))
 
 
 @app.post("/agents/<agent_id>/deregister", summary="Agent going away; its batch is released")
 def deregister(agent_id: str) -> RequeueView:
-    return RequeueView(requeued=services().agents.deregister(agent_id))
+    return RequeueView(requeued=services().agents.deregister(agent_id, _session()))
 
 
 # --------------------------------------------------------------- errors

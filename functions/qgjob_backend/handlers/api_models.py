@@ -144,6 +144,10 @@ class AgentView(BaseModel):
     lease_seconds: float
     heartbeat_seconds: float
     lease_expires_at: float | None = None
+    session_id: str | None = Field(
+        default=None,
+        description="Set by register: send it back as X-Qgjob-Agent-Session on agent calls.",
+    )
 
     @classmethod
     def of(
@@ -162,6 +166,9 @@ class AgentView(BaseModel):
             heartbeat_seconds=heartbeat_seconds,
             lease_expires_at=lease_expires_at,
         )
+
+    def with_session(self, session_id: str | None) -> AgentView:
+        return self.model_copy(update={"session_id": session_id})
 
 
 class BatchJob(BaseModel):

@@ -45,29 +45,38 @@ class AgentService:
         dispatcher: DispatchService,
         clock: Callable[[], float],
         lease_seconds: float,
+        new_id: Callable[[], str],
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._dispatcher = dispatcher
         self._clock = clock
         self._lease_seconds = lease_seconds
+        self._new_id = new_id
 
     def register(self, target: Target, device_id: str, installed: AppRef | None) -> Agent:
         agent_id = agent_id_for(target, device_id)
-        agent = self._store.register_agent(agent_id, target, device_id, installed, self._clock())
+        agent = self._store.register_agent(
+            agent_id, target, device_id, installed, self._clock(), session_id=self._new_id()
+        )
         logger.info("agent registered", extra={"agent_id": agent_id, "status": agent.status})
         return agent
 
-    def _live_agent(self, agent_id: str) -> Agent:
+    def _live_agent(self, agent_id: str, session: str | None) -> Agent:
         agent = self._store.touch_agent(agent_id, self._clock())
         if agent is None:
             raise NotFound(
                 f"agent {agent_id} is not registered (or was marked offline): register again"
             )
+        _require_session(agent, session)
         return agent
 
-    def heartbeat(self, agent_id: str) -> Heartbeat:
-        agent = self._live_agent(agent_id)
+    def _check_session(self, agent_id: str, session: str | None) -> None:
+        if session is not None:
+            _require_session(self._store.get_agent(agent_id), session, agent_id)
+
+    def heartbeat(self, agent_id: str, session: str | None = None) -> Heartbeat:
+        agent = self._live_agent(agent_id, session)
         if agent.batch_id is None:
             return Heartbeat(agent, None)
         until = self._clock() + self._lease_seconds
@@ -75,9 +84,9 @@ class AgentService:
             raise Conflict(f"batch {agent.batch_id}: lease lost; stop it and lease again")
         return Heartbeat(agent, until)
 
-    def lease(self, agent_id: str) -> LeasedBatch | None:
+    def lease(self, agent_id: str, session: str | None = None) -> LeasedBatch | None:
         """The agent's current batch (resume after a restart) or a freshly planned one."""
-        agent = self._live_agent(agent_id)
+        agent = self._live_agent(agent_id, session)
         if agent.batch_id is None and agent.status is AgentStatus.IDLE:
             # An idle agent is the moment to plan: no need to wait for the schedule.
             self._dispatcher.plan([agent.target])
@@ -109,13 +118,15 @@ class AgentService:
             raise NotFound(f"batch {batch_id} not found for agent {agent_id}")
         return batch
 
-    def record_install(self, agent_id: str, batch_id: str) -> None:
+    def record_install(self, agent_id: str, batch_id: str, session: str | None = None) -> None:
+        self._check_session(agent_id, session)
         batch = self._own_batch(agent_id, batch_id)
         if not self._store.record_install(agent_id, batch_id, batch.app, self._clock()):
             raise Conflict(f"batch {batch_id}: lease lost; install not recorded")
         logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
 
-    def start(self, agent_id: str, job_id: str, batch_id: str) -> Job:
+    def start(self, agent_id: str, job_id: str, batch_id: str, session: str | None = None) -> Job:
+        self._check_session(agent_id, session)
         job = self._store.start_job(job_id, agent_id, batch_id, self._clock())
         if job is None:
             raise Conflict(
@@ -133,7 +144,9 @@ class AgentService:
         duration_s: float,
         message: str | None,
         output: str | None,
+        session: str | None = None,
     ) -> Job:
+        self._check_session(agent_id, session)
         current = self._store.get_job(job_id)
         if current is None:
             raise NotFound(f"job {job_id} not found")
@@ -180,8 +193,9 @@ class AgentService:
             "and the job was handed to another agent"
         )
 
-    def complete(self, agent_id: str, batch_id: str) -> int:
+    def complete(self, agent_id: str, batch_id: str, session: str | None = None) -> int:
         """The agent is done with the batch; anything it did not finish goes back."""
+        self._check_session(agent_id, session)
         batch = self._own_batch(agent_id, batch_id)
         now = self._clock()
         requeued = 0
@@ -201,7 +215,7 @@ class AgentService:
         logger.info("batch complete", extra={"batch_id": batch_id, "requeued": requeued})
         return requeued
 
-    def deregister(self, agent_id: str) -> int:
+    def deregister(self, agent_id: str, session: str | None = None) -> int:
         """Hands back any batch and marks the agent offline.
 
         A plan may give the agent a batch between the release and the offline write
@@ -212,6 +226,7 @@ class AgentService:
             agent = self._store.get_agent(agent_id)
             if agent is None:
                 raise NotFound(f"agent {agent_id} is not registered")
+            _require_session(agent, session)
             if agent.batch_id:
                 requeued += self.complete(agent_id, agent.batch_id)
             if self._store.deregister_agent(agent_id, self._clock()):
@@ -220,3 +235,19 @@ class AgentService:
                 )
                 return requeued
         raise Conflict(f"agent {agent_id} kept receiving batches while deregistering; retry")
+
+
+def _require_session(agent: Agent | None, session: str | None, agent_id: str = "") -> None:
+    """A call from a process whose registration another process has since replaced.
+
+    Calls without a session (older agents) are not checked.
+    """
+    if session is None:
+        return
+    if agent is None:
+        raise NotFound(f"agent {agent_id} is not registered: register again")
+    if agent.session_id != session:
+        raise Conflict(
+            f"agent {agent.agent_id}: another process registered this device since; "
+            "this process must stop (one agent process per --device-id)"
+        )

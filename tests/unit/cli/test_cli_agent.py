@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qgjob.agent import Agent, Journal
-from qgjob.errors import AuthError, Conflict, NotFound, ServerError, Unreachable
+from qgjob.errors import EXIT_INFRA, AuthError, Conflict, NotFound, ServerError, Unreachable
 from qgjob.runners import CommandRunner, InstallError, RunOutcome
 
 Json = dict[str, Any]
@@ -56,6 +56,7 @@ class FakeAgentApi:
         self.completed: list[tuple[str, int]] = []
         self.deregistered = 0
         self.heartbeats = 0
+        self.sessions: list[str | None] = []
         self.calls: list[str] = []  # start/result/complete/deregister, in order
         self.lose_lease_on_start: set[str] = set()
         self.lose_lease_on_result: set[str] = set()
@@ -72,7 +73,15 @@ class FakeAgentApi:
     ) -> Json:
         self.registrations.append(installed)
         self.known = True
-        return {"agent_id": f"{target}-{device_id}", "lease_seconds": 120, "heartbeat_seconds": 5}
+        return {
+            "agent_id": f"{target}-{device_id}",
+            "lease_seconds": 120,
+            "heartbeat_seconds": 5,
+            "session_id": f"s{len(self.registrations)}",
+        }
+
+    def use_session(self, session_id: str | None) -> None:
+        self.sessions.append(session_id)
 
     def heartbeat(self, agent_id: str) -> Json:
         self.heartbeats += 1
@@ -854,3 +863,14 @@ def test_journal_lines_have_every_field(tmp_path: Path) -> None:
 def test_journal_rejects_unknown_events(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown journal event"):
         Journal(tmp_path / "j").record("finish", agent_id="a", batch_id="b", accepted=True)
+
+
+def test_the_agent_sends_its_session_and_stops_when_another_process_supersedes_it() -> None:
+    api = FakeAgentApi()
+    api.lease_errors.append(Conflict(409, "another process registered this device since"))
+    agent = make_agent(api, FakeRunner())
+
+    code = agent.run()
+
+    assert code == EXIT_INFRA
+    assert api.sessions == ["s1"]  # the main API client carries the registration's session

@@ -252,3 +252,16 @@ def test_agent_endpoints_use_the_contract_paths_and_bodies(client: ApiClient) ->
 def test_rejects_an_endpoint_without_scheme() -> None:
     with pytest.raises(ValueError, match="http"):
         ApiClient("qgjob.test", "t")
+
+
+@responses.activate
+def test_agent_calls_carry_the_session_once_set() -> None:
+    responses.post(f"{BASE}/agents/emulator-1/heartbeat", json={"agent_id": "emulator-1"})
+    client = ApiClient(BASE, "tok", sleep=lambda _: None)
+
+    client.heartbeat("emulator-1")
+    client.use_session("sess-1")
+    client.heartbeat("emulator-1")
+
+    assert "X-Qgjob-Agent-Session" not in responses.calls[0].request.headers
+    assert responses.calls[1].request.headers["X-Qgjob-Agent-Session"] == "sess-1"
