@@ -1,0 +1,315 @@
+"""The planning policies the benchmark compares: ours (``qgjob``) and four classic ones.
+
+* ``qgjob``: the dispatcher's planning core, ``qgjob_backend.domain.planner.plan_batches``,
+  called the way ``DispatchService._plan_target`` calls it: per target pool with a waiting
+  backlog and idle agents, the backlog as ``BacklogJob`` (``enqueued_at`` = arrival,
+  ``position`` = submission order), the idle agents as ``IdleAgent`` with what they hold,
+  and ``busy_groups`` = the groups busy agents of that pool are running.
+* ``fifo``: no grouping. Each idle agent takes the oldest waiting job of its target (an idle
+  agent already holding that job's app first); it installs whenever the version differs.
+* ``group_sequential``: each family goes whole to one agent and runs to the end; families
+  in order of their oldest job (larger estimated work first on ties), an agent holding a
+  family's app takes that family first. A family a busy agent runs waits for that agent.
+* ``fixed_batch``: families cut into batches of 10 jobs (arrival order); an idle agent takes
+  a batch of the app it holds if there is one, else the oldest batch.
+* ``lpt_shards``: test sharding as CI tools do it. When jobs first show up, the new
+  families of a pool are sharded for the pool's free agents (``slots`` = idle agents minus
+  shards still queued, see ``shard_counts``): with no more families than slots, one shard
+  each and then one more for the family with the longest shards until there is one shard
+  per slot; with more families than slots, ceil(P_f / L) shards, L = new estimated work /
+  slots. Each family is cut into its shards longest-processing-time-first (longest test to
+  the least loaded shard); one install per shard. An idle agent takes a shard of the app
+  it holds if there is one, else the longest shard.
+
+Baselines see what the planner sees: estimates only, ``UNKNOWN_ESTIMATE_S`` when a test has
+none. Make a fresh policy per simulation (``make_policy``): some keep state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import inspect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.simulator import (
+    UNKNOWN_ESTIMATE_S,
+    Assignment,
+    IdleAgentView,
+    PlanningState,
+    Policy,
+    QueuedJob,
+)
+from bench.trace import App, Family
+from qgjob_backend.domain.models import AppRef, group_key_for
+from qgjob_backend.domain.planner import (
+    BacklogJob,
+    IdleAgent,
+    PlannedBatch,
+    PlanningPolicy,
+    plan_batches,
+)
+
+DEFAULT_PLANNING = PlanningPolicy(max_batch_jobs=25, aging_seconds=120.0)
+FIXED_BATCH_JOBS = 10
+Planner = Callable[..., Sequence[PlannedBatch]]
+
+# Passed through to the planner as soon as it accepts them (a BacklogJob field, or a
+# keyword parameter of the planning function), so evolving the planner needs no change here.
+OPTIONAL_JOB_FIELDS = ("estimate_s", "test_path")
+OPTIONAL_PLANNER_ARGUMENTS = ("install_s",)
+
+
+def estimate(job: QueuedJob) -> float:
+    return job.estimate_s if job.estimate_s is not None else UNKNOWN_ESTIMATE_S
+
+
+def _families(jobs: Iterable[QueuedJob]) -> dict[Family, list[QueuedJob]]:
+    """Jobs by family, families in order of their first job, jobs in the given order."""
+    grouped: dict[Family, list[QueuedJob]] = {}
+    for job in jobs:
+        grouped.setdefault(job.family, []).append(job)
+    return grouped
+
+
+def _pick(agent: IdleAgentView, candidates: Sequence[Family]) -> Family | None:
+    """The first candidate family whose app the agent holds, else its first of the target."""
+    fitting = [f for f in candidates if f.target == agent.target]
+    return next((f for f in fitting if f.app == agent.installed), fitting[0] if fitting else None)
+
+
+class QgjobPolicy:
+    """Ours: a thin adapter around the dispatcher's ``plan_batches``."""
+
+    name = "qgjob"
+    time_dependent = True  # urgency ages with the waiting time
+
+    def __init__(
+        self, planning: PlanningPolicy = DEFAULT_PLANNING, planner: Planner | None = None
+    ) -> None:
+        self._planning = planning
+        self._planner: Planner = planner if planner is not None else plan_batches
+        fields = {f.name for f in dataclasses.fields(BacklogJob)}
+        self._job_fields = tuple(name for name in OPTIONAL_JOB_FIELDS if name in fields)
+        parameters = inspect.signature(self._planner).parameters
+        self._arguments = tuple(a for a in OPTIONAL_PLANNER_ARGUMENTS if a in parameters)
+        self._views: dict[str, BacklogJob] = {}
+
+    @property
+    def planner(self) -> Planner:
+        return self._planner
+
+    def backlog_job(self, job: QueuedJob) -> BacklogJob:
+        view = self._views.get(job.job_id)
+        if view is None:
+            extra: dict[str, Any] = {name: getattr(job, name) for name in self._job_fields}
+            view = BacklogJob(
+                job_id=job.job_id,
+                group_key=group_key_for(job.org_id, job.app_version_id, job.target),
+                org_id=job.org_id,
+                app_version_id=job.app_version_id,
+                target=job.target,
+                priority=job.priority,
+                enqueued_at=job.arrival_s,
+                position=job.position,
+                **extra,
+            )
+            self._views[job.job_id] = view
+        return view
+
+    def plan(self, state: PlanningState) -> list[Assignment]:
+        planned: list[PlannedBatch] = []
+        extra: dict[str, Any] = {}
+        if "install_s" in self._arguments:
+            extra["install_s"] = dict(state.install_s)
+        for target in sorted({j.target for j in state.backlog}):
+            idle = [
+                IdleAgent(a.agent_id, a.target, _app_ref(a.installed))
+                for a in state.idle
+                if a.target == target
+            ]
+            if not idle:
+                continue
+            backlog = [self.backlog_job(j) for j in state.backlog if j.target == target]
+            busy_groups = {group_key_for(*b.family) for b in state.busy if b.target == target}
+            planned.extend(
+                self._planner(backlog, idle, state.now, self._planning, busy_groups, **extra)
+            )
+        return [
+            Assignment(p.agent_id, Family(p.org_id, p.app_version_id, p.target), p.job_ids)
+            for p in planned
+        ]
+
+
+def _app_ref(app: App | None) -> AppRef | None:
+    return None if app is None else AppRef(app.org_id, app.app_version_id)
+
+
+class FifoPolicy:
+    name = "fifo"
+    time_dependent = False
+
+    def plan(self, state: PlanningState) -> list[Assignment]:
+        free: dict[str, list[IdleAgentView]] = {}
+        for agent in state.idle:
+            free.setdefault(agent.target, []).append(agent)
+        out = []
+        for job in state.backlog:
+            agents = free.get(job.target)
+            if not agents:
+                if not any(free.values()):
+                    break
+                continue
+            agent = next((a for a in agents if a.installed == job.family.app), agents[0])
+            agents.remove(agent)
+            out.append(Assignment(agent.agent_id, job.family, (job.job_id,)))
+        return out
+
+
+class GroupSequentialPolicy:
+    name = "group_sequential"
+    time_dependent = False
+
+    def plan(self, state: PlanningState) -> list[Assignment]:
+        running = {b.family for b in state.busy}
+        grouped = _families(state.backlog)
+        order = sorted(
+            (f for f in grouped if f not in running),
+            key=lambda f: (grouped[f][0].arrival_s, -sum(map(estimate, grouped[f]))),
+        )
+        out = []
+        for agent in state.idle:
+            family = _pick(agent, order)
+            if family is not None:
+                order.remove(family)
+                out.append(
+                    Assignment(agent.agent_id, family, tuple(j.job_id for j in grouped[family]))
+                )
+        return out
+
+
+class FixedBatchPolicy:
+    name = "fixed_batch"
+    time_dependent = False
+
+    def __init__(self, batch_jobs: int = FIXED_BATCH_JOBS) -> None:
+        self._size = batch_jobs
+
+    def plan(self, state: PlanningState) -> list[Assignment]:
+        batches: list[tuple[Family, tuple[str, ...]]] = []
+        for family, jobs in _families(state.backlog).items():
+            ids = [j.job_id for j in jobs]
+            batches.extend(
+                (family, tuple(ids[i : i + self._size])) for i in range(0, len(ids), self._size)
+            )
+        out = []
+        for agent in state.idle:
+            chosen = _pick(agent, [f for f, _ in batches])
+            if chosen is not None:
+                index = next(i for i, (f, _) in enumerate(batches) if f == chosen)
+                out.append(Assignment(agent.agent_id, chosen, batches.pop(index)[1]))
+        return out
+
+
+@dataclass(frozen=True)
+class Shard:
+    family: Family
+    job_ids: tuple[str, ...]
+    load_s: float  # estimated
+    seq: int  # creation order, for ties
+
+
+def lpt_split(jobs: Sequence[QueuedJob], shards: int) -> list[tuple[list[QueuedJob], float]]:
+    """Longest-processing-time-first: each job, longest first, to the least loaded shard."""
+    bins: list[list[QueuedJob]] = [[] for _ in range(shards)]
+    heap = [(0.0, i) for i in range(shards)]
+    for job in sorted(jobs, key=lambda j: (-estimate(j), j.position)):
+        load, i = heapq.heappop(heap)
+        bins[i].append(job)
+        heapq.heappush(heap, (load + estimate(job), i))
+    loads = {i: load for load, i in heap}
+    return [(bins[i], loads[i]) for i in range(shards) if bins[i]]
+
+
+class LptShardsPolicy:
+    name = "lpt_shards"
+    time_dependent = False
+
+    def __init__(self) -> None:
+        self._queue: list[Shard] = []
+        self._sharded: set[str] = set()
+        self._made = 0
+
+    def plan(self, state: PlanningState) -> list[Assignment]:
+        new = [j for j in state.backlog if j.job_id not in self._sharded]
+        if new:
+            self._shard(new, state)
+        out = []
+        for agent in state.idle:
+            fitting = [s for s in self._queue if s.family.target == agent.target]
+            if not fitting:
+                continue
+            warm = [s for s in fitting if s.family.app == agent.installed]
+            shard = max(warm or fitting, key=lambda s: (s.load_s, -s.seq))
+            self._queue.remove(shard)
+            out.append(Assignment(agent.agent_id, shard.family, shard.job_ids))
+        return out
+
+    def _shard(self, new: Sequence[QueuedJob], state: PlanningState) -> None:
+        grouped = _families(new)
+        for target in sorted({f.target for f in grouped}):
+            families = [f for f in grouped if f.target == target]
+            queued = sum(s.family.target == target for s in self._queue)
+            idle = sum(a.target == target for a in state.idle)
+            counts = shard_counts([grouped[f] for f in families], idle - queued)
+            for family, count in zip(families, counts, strict=True):
+                for members, load in lpt_split(grouped[family], count):
+                    ids = tuple(j.job_id for j in members)
+                    self._queue.append(Shard(family, ids, load, self._made))
+                    self._made += 1
+                    self._sharded.update(ids)
+
+
+def shard_counts(families: Sequence[Sequence[QueuedJob]], slots: int) -> list[int]:
+    """Shards per family for ``slots`` free agents (never more shards than jobs).
+
+    At most as many families as slots: one shard each, then one more for the family whose
+    shards are the longest until there is one shard per slot (this minimises the longest
+    shard). More families than slots: ceil(P_f / L) shards, L = new work /
+    slots, so no shard is longer than one agent's fair share.
+    """
+    work = [sum(map(estimate, jobs)) for jobs in families]
+    if len(families) > slots:
+        fair_share = sum(work) / max(1, slots)
+        return [
+            min(len(jobs), max(1, math.ceil(w / fair_share - 1e-9)))
+            for jobs, w in zip(families, work, strict=True)
+        ]
+    counts = [1] * len(families)
+    while sum(counts) < slots:
+        open_ = [i for i in range(len(families)) if counts[i] < len(families[i])]
+        if not open_:
+            break
+        widest = max(open_, key=lambda i: (work[i] / counts[i], -i))
+        counts[widest] += 1
+    return counts
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "qgjob": QgjobPolicy,
+    "fifo": FifoPolicy,
+    "group_sequential": GroupSequentialPolicy,
+    "fixed_batch": FixedBatchPolicy,
+    "lpt_shards": LptShardsPolicy,
+}
+BASELINES = tuple(name for name in POLICIES if name != "qgjob")
+
+
+def make_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}") from None
