@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aws_lambda_powertools import Logger
 
@@ -109,7 +109,8 @@ class AgentService:
             for j in self._store.get_jobs(batch.job_ids)
             if j.batch_id == batch.batch_id and j.status in (JobStatus.ASSIGNED, JobStatus.RUNNING)
         ]
-        batch = self._store.get_batch(batch.batch_id) or batch
+        # extend_lease succeeded: the lease now ends at `until` (or later, if it already did).
+        batch = replace(batch, lease_expires_at=max(batch.lease_expires_at, until))
         return LeasedBatch(batch, jobs)
 
     def _own_batch(self, agent_id: str, batch_id: str) -> Batch:
