@@ -31,22 +31,7 @@ SHAPES = ("ci_burst", "huge_family", "many_tiny")
 def measure(scenario: str, jobs: int, agents: int, repeat: int) -> dict[str, Any]:
     trace = generate(scenario, seed=7, jobs=jobs, agents=agents, at_zero=True)
     adapter = QgjobPolicy()
-    backlog = [
-        adapter.backlog_job(
-            QueuedJob(
-                j.id,
-                j.arrival_s,
-                j.org_id,
-                j.app_version_id,
-                j.target,
-                j.test_path,
-                j.priority,
-                j.estimate_s,
-                i,
-            )
-        )
-        for i, j in enumerate(trace.jobs)
-    ]
+    backlog = [adapter.backlog_job(QueuedJob.of(j, i)) for i, j in enumerate(trace.jobs)]
     idle = [IdleAgent(a.id, a.target, None) for a in trace.agents]
     timings = []
     batches = 0

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bench.trace import App, Family, Trace
+from bench.trace import App, Family, JobSpec, Trace
 
 # Idle agents lease, and so plan, every second (qgjob agent --poll-seconds default 1.0).
 DEFAULT_TICK_S = 1.0
@@ -52,6 +52,21 @@ class QueuedJob:
     priority: int
     estimate_s: float | None
     position: int  # index in the trace: the order of submission
+
+    @classmethod
+    def of(cls, job: JobSpec, position: int) -> QueuedJob:
+        """What the planner may see of a trace job: everything but its true duration."""
+        return cls(
+            job.id,
+            job.arrival_s,
+            job.org_id,
+            job.app_version_id,
+            job.target,
+            job.test_path,
+            job.priority,
+            job.estimate_s,
+            position,
+        )
 
     @property
     def family(self) -> Family:
@@ -196,20 +211,7 @@ class _Simulation:
             a.id: _AgentState(a.id, a.target, a.installed_app) for a in self.trace.agents
         }
         self.durations = {j.id: j.duration_s for j in self.trace.jobs}
-        views = [
-            QueuedJob(
-                j.id,
-                j.arrival_s,
-                j.org_id,
-                j.app_version_id,
-                j.target,
-                j.test_path,
-                j.priority,
-                j.estimate_s,
-                i,
-            )
-            for i, j in enumerate(self.trace.jobs)
-        ]
+        views = [QueuedJob.of(j, i) for i, j in enumerate(self.trace.jobs)]
         self.arrivals = sorted(views, key=lambda v: (v.arrival_s, v.position))
 
     def run(self) -> SimResult:

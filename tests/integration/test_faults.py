@@ -11,11 +11,11 @@ import boto3
 from infra.events import LambdaContext, build_sqs_event
 from qgjob_backend.adapters.dynamodb import DynamoStateStore
 from qgjob_backend.config import Config
-from qgjob_backend.domain.models import Batch, BatchState, Job
+from qgjob_backend.domain.models import Batch, Job
 from qgjob_backend.domain.planner import IdleAgent, PlannedBatch, PlanningPolicy, plan_batches
 from qgjob_backend.handlers import dispatcher
 from qgjob_backend.schema import SuiteSubmission, Target
-from qgjob_backend.services.dispatch import DispatchService, backlog_view
+from qgjob_backend.services.dispatch import DispatchService, backlog_view, batch_of
 from qgjob_backend.services.submission import SubmissionService
 from qgjob_backend.wiring import Services, build_services, new_id
 from tests.integration.conftest import (
@@ -45,19 +45,7 @@ def _store(session: boto3.Session, config: Config) -> DynamoStateStore:
 
 
 def _batch_of(plan: PlannedBatch) -> Batch:
-    return Batch(
-        batch_id="batch-" + new_id(),
-        agent_id=plan.agent_id,
-        group_key=plan.group_key,
-        org_id=plan.org_id,
-        app_version_id=plan.app_version_id,
-        target=Target(plan.target),
-        job_ids=list(plan.job_ids),
-        state=BatchState.ACTIVE,
-        created_at=0.0,
-        lease_expires_at=60.0,
-        install_required=plan.install_required,
-    )
+    return batch_of(plan, "batch-" + new_id(), 0.0, 60.0)
 
 
 class _Clock:

@@ -34,6 +34,23 @@ def backlog_view(job: Job) -> BacklogJob:
     )
 
 
+def batch_of(plan: PlannedBatch, batch_id: str, now: float, lease_seconds: float) -> Batch:
+    """A planned batch as it is committed: active, leased from now."""
+    return Batch(
+        batch_id=batch_id,
+        agent_id=plan.agent_id,
+        group_key=plan.group_key,
+        org_id=plan.org_id,
+        app_version_id=plan.app_version_id,
+        target=Target(plan.target),
+        job_ids=list(plan.job_ids),
+        state=BatchState.ACTIVE,
+        created_at=now,
+        lease_expires_at=now + lease_seconds,
+        install_required=plan.install_required,
+    )
+
+
 @dataclass(frozen=True)
 class DispatchSettings:
     lease_seconds: float
@@ -113,16 +130,4 @@ class DispatchService:
         return committed
 
     def _to_batch(self, plan: PlannedBatch, now: float) -> Batch:
-        return Batch(
-            batch_id="batch-" + self._new_id(),
-            agent_id=plan.agent_id,
-            group_key=plan.group_key,
-            org_id=plan.org_id,
-            app_version_id=plan.app_version_id,
-            target=Target(plan.target),
-            job_ids=list(plan.job_ids),
-            state=BatchState.ACTIVE,
-            created_at=now,
-            lease_expires_at=now + self._settings.lease_seconds,
-            install_required=plan.install_required,
-        )
+        return batch_of(plan, "batch-" + self._new_id(), now, self._settings.lease_seconds)
