@@ -37,7 +37,7 @@ def measure(scenario: str, jobs: int, agents: int, repeat: int) -> dict[str, Any
     batches = 0
     for _ in range(repeat):
         started = time.perf_counter()
-        plan = plan_batches(backlog, idle, 0.0, DEFAULT_PLANNING, set())
+        plan = plan_batches(backlog, idle, 0.0, DEFAULT_PLANNING, (), dict(trace.install_s))
         timings.append(time.perf_counter() - started)
         batches = len(plan)
     return {

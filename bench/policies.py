@@ -27,13 +27,10 @@ none. Make a fresh policy per simulation (``make_policy``): some keep state.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
-import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bench.simulator import (
     UNKNOWN_ESTIMATE_S,
@@ -47,20 +44,16 @@ from bench.trace import App, Family
 from qgjob_backend.domain.models import AppRef, group_key_for
 from qgjob_backend.domain.planner import (
     BacklogJob,
+    BusyAgent,
     IdleAgent,
     PlannedBatch,
     PlanningPolicy,
     plan_batches,
 )
 
-DEFAULT_PLANNING = PlanningPolicy(max_batch_jobs=25, aging_seconds=120.0)
+DEFAULT_PLANNING = PlanningPolicy()
 FIXED_BATCH_JOBS = 10
 Planner = Callable[..., Sequence[PlannedBatch]]
-
-# Passed through to the planner as soon as it accepts them (a BacklogJob field, or a
-# keyword parameter of the planning function), so evolving the planner needs no change here.
-OPTIONAL_JOB_FIELDS = ("estimate_s", "test_path")
-OPTIONAL_PLANNER_ARGUMENTS = ("install_s",)
 
 
 def estimate(job: QueuedJob) -> float:
@@ -92,10 +85,6 @@ class QgjobPolicy:
     ) -> None:
         self._planning = planning
         self._planner: Planner = planner if planner is not None else plan_batches
-        fields = {f.name for f in dataclasses.fields(BacklogJob)}
-        self._job_fields = tuple(name for name in OPTIONAL_JOB_FIELDS if name in fields)
-        parameters = inspect.signature(self._planner).parameters
-        self._arguments = tuple(a for a in OPTIONAL_PLANNER_ARGUMENTS if a in parameters)
         self._views: dict[str, BacklogJob] = {}
 
     @property
@@ -105,7 +94,6 @@ class QgjobPolicy:
     def backlog_job(self, job: QueuedJob) -> BacklogJob:
         view = self._views.get(job.job_id)
         if view is None:
-            extra: dict[str, Any] = {name: getattr(job, name) for name in self._job_fields}
             view = BacklogJob(
                 job_id=job.job_id,
                 group_key=group_key_for(job.org_id, job.app_version_id, job.target),
@@ -115,29 +103,29 @@ class QgjobPolicy:
                 priority=job.priority,
                 enqueued_at=job.arrival_s,
                 position=job.position,
-                **extra,
+                estimate_s=job.estimate_s,
+                test_path=job.test_path,
             )
             self._views[job.job_id] = view
         return view
 
     def plan(self, state: PlanningState) -> list[Assignment]:
-        planned: list[PlannedBatch] = []
-        extra: dict[str, Any] = {}
-        if "install_s" in self._arguments:
-            extra["install_s"] = dict(state.install_s)
-        for target in sorted({j.target for j in state.backlog}):
-            idle = [
-                IdleAgent(a.agent_id, a.target, _app_ref(a.installed))
-                for a in state.idle
-                if a.target == target
-            ]
-            if not idle:
-                continue
-            backlog = [self.backlog_job(j) for j in state.backlog if j.target == target]
-            busy_groups = {group_key_for(*b.family) for b in state.busy if b.target == target}
-            planned.extend(
-                self._planner(backlog, idle, state.now, self._planning, busy_groups, **extra)
-            )
+        waiting = {j.target for j in state.backlog}
+        idle = [
+            IdleAgent(a.agent_id, a.target, _app_ref(a.installed))
+            for a in state.idle
+            if a.target in waiting
+        ]
+        if not idle:
+            return []
+        busy = [
+            BusyAgent(b.agent_id, b.target, group_key_for(*b.family), b.expected_free_s)
+            for b in state.busy
+        ]
+        backlog = [self.backlog_job(j) for j in state.backlog]
+        planned = self._planner(
+            backlog, idle, state.now, self._planning, busy, dict(state.install_s)
+        )
         return [
             Assignment(p.agent_id, Family(p.org_id, p.app_version_id, p.target), p.job_ids)
             for p in planned

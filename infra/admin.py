@@ -44,7 +44,7 @@ def create_token(kind: str, org_id: str | None, tokens_table: str, label: str | 
     # The token service reads the whole function configuration; only the tokens table
     # matters here, the rest gets placeholders that are never used.
     for name in ("JOBS_TABLE", "RUNS_TABLE", "AGENTS_TABLE", "BATCHES_TABLE",
-                 "JOBS_QUEUE_URL", "ARTIFACTS_BUCKET"):  # fmt: skip
+                 "ESTIMATES_TABLE", "JOBS_QUEUE_URL", "ARTIFACTS_BUCKET"):  # fmt: skip
         os.environ.setdefault(name, "unused-by-token-admin")
     os.environ["TOKENS_TABLE"] = tokens_table
     from qgjob_backend.config import Config

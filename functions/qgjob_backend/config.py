@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from qgjob_backend.schema import Target
+
 
 class ConfigError(RuntimeError):
     """A required setting is missing or malformed."""
@@ -50,6 +52,7 @@ class Config:
     agents_table: str
     batches_table: str
     tokens_table: str
+    estimates_table: str
     jobs_queue_url: str
     artifacts_bucket: str
     lease_seconds: float = 120.0
@@ -60,6 +63,22 @@ class Config:
     agent_offline_seconds: float = 360.0
     # Queued jobs gain one priority level per this many seconds of waiting (no starvation).
     aging_seconds: float = 120.0
+    # The planner cuts a batch at about this many estimated seconds of tests.
+    max_batch_seconds: float = 900.0
+    # What a test without any reported duration is assumed to take.
+    unknown_estimate_seconds: float = 90.0
+    # An app install on each target until agents have reported installs there.
+    default_install_seconds_emulator: float = 60.0
+    default_install_seconds_device: float = 120.0
+    default_install_seconds_browserstack: float = 90.0
+
+    @property
+    def default_install_seconds(self) -> dict[Target, float]:
+        return {
+            Target.EMULATOR: self.default_install_seconds_emulator,
+            Target.DEVICE: self.default_install_seconds_device,
+            Target.BROWSERSTACK: self.default_install_seconds_browserstack,
+        }
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -76,6 +95,7 @@ class Config:
             agents_table=_required(env, "AGENTS_TABLE"),
             batches_table=_required(env, "BATCHES_TABLE"),
             tokens_table=_required(env, "TOKENS_TABLE"),
+            estimates_table=_required(env, "ESTIMATES_TABLE"),
             jobs_queue_url=_required(env, "JOBS_QUEUE_URL"),
             artifacts_bucket=_required(env, "ARTIFACTS_BUCKET"),
             lease_seconds=lease,
@@ -83,4 +103,15 @@ class Config:
             resend_grace_seconds=_number(env, "RESEND_GRACE_SECONDS", 30.0, 0.0),
             agent_offline_seconds=_number(env, "AGENT_OFFLINE_SECONDS", 3 * lease, 1.0),
             aging_seconds=_number(env, "AGING_SECONDS", 120.0, 1.0),
+            max_batch_seconds=_number(env, "MAX_BATCH_SECONDS", 900.0, 1.0),
+            unknown_estimate_seconds=_number(env, "UNKNOWN_ESTIMATE_SECONDS", 90.0, 0.1),
+            default_install_seconds_emulator=_number(
+                env, "DEFAULT_INSTALL_SECONDS_EMULATOR", 60.0, 0.0
+            ),
+            default_install_seconds_device=_number(
+                env, "DEFAULT_INSTALL_SECONDS_DEVICE", 120.0, 0.0
+            ),
+            default_install_seconds_browserstack=_number(
+                env, "DEFAULT_INSTALL_SECONDS_BROWSERSTACK", 90.0, 0.0
+            ),
         )

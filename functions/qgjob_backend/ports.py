@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import Agent, AppRef, Batch, Job, Run
 from qgjob_backend.schema import JobStatus, Target
 
@@ -145,6 +146,36 @@ class StateStore(Protocol):
 
     # -------------------------------------------------------------- metrics
     def org_metrics(self, org_id: str) -> OrgMetrics: ...
+
+
+class EstimateConflict(RuntimeError):
+    """An estimate kept changing under a record call (concurrent writers); not recorded."""
+
+
+class EstimateStore(Protocol):
+    """Duration estimates (advisory: callers survive any failure of these methods).
+
+    A record call is one optimistic-concurrency update: read the estimate, add the sample
+    (``DurationEstimate.updated``), write it back only if nobody wrote in between (else
+    re-read and retry a few times, then raise EstimateConflict). The sample id (a job or
+    batch id) makes it idempotent: a sample already counted is not counted again.
+    """
+
+    def test_estimates(self, keys: Sequence[EstimateKey]) -> dict[EstimateKey, DurationEstimate]:
+        """The estimates that exist among ``keys`` (one batch read; missing keys left out)."""
+
+    def install_estimates(self, targets: Sequence[Target]) -> dict[Target, DurationEstimate]:
+        """The install estimates that exist among ``targets``."""
+
+    def record_test_duration(
+        self, key: EstimateKey, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        """Counts one run of a test; False when that sample id was already counted."""
+
+    def record_install_duration(
+        self, target: Target, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        """Counts one app install on a target; False when already counted."""
 
 
 class JobQueue(Protocol):

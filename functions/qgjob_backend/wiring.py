@@ -11,15 +11,20 @@ from typing import Any
 import boto3
 from botocore.config import Config as BotoConfig
 
-from qgjob_backend.adapters.dynamodb import DynamoStateStore, DynamoTokenStore
+from qgjob_backend.adapters.dynamodb import (
+    DynamoEstimateStore,
+    DynamoStateStore,
+    DynamoTokenStore,
+)
 from qgjob_backend.adapters.s3 import S3ArtifactStore
 from qgjob_backend.adapters.sqs import SqsJobQueue
 from qgjob_backend.config import Config
 from qgjob_backend.domain.planner import PlanningPolicy
-from qgjob_backend.ports import ArtifactStore, JobQueue, StateStore, TokenStore
+from qgjob_backend.ports import ArtifactStore, EstimateStore, JobQueue, StateStore, TokenStore
 from qgjob_backend.services.agents import AgentService
 from qgjob_backend.services.auth import TokenService
 from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
+from qgjob_backend.services.estimates import EstimateService
 from qgjob_backend.services.reaper import ReaperService, ReaperSettings
 from qgjob_backend.services.submission import SubmissionService
 
@@ -59,10 +64,12 @@ def assemble_services(
     queue: JobQueue,
     artifacts: ArtifactStore,
     token_store: TokenStore,
+    estimate_store: EstimateStore,
     clock: Callable[[], float],
     new_id: Callable[[], str] = new_id,
 ) -> Services:
     """Wires the services over any implementation of the ports (boto3 adapters or fakes)."""
+    estimates = EstimateService(estimate_store, config.default_install_seconds)
     dispatcher = DispatchService(
         store,
         clock,
@@ -71,16 +78,22 @@ def assemble_services(
             lease_seconds=config.lease_seconds,
             agent_offline_seconds=config.agent_offline_seconds,
             policy=PlanningPolicy(
-                max_batch_jobs=config.batch_max_jobs, aging_seconds=config.aging_seconds
+                max_batch_jobs=config.batch_max_jobs,
+                aging_seconds=config.aging_seconds,
+                max_batch_seconds=config.max_batch_seconds,
+                unknown_estimate_s=config.unknown_estimate_seconds,
             ),
         ),
+        estimates,
     )
     return Services(
         config=config,
         tokens=TokenService(token_store, clock),
         submissions=SubmissionService(store, queue, clock, new_id),
         dispatcher=dispatcher,
-        agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds, new_id),
+        agents=AgentService(
+            store, artifacts, dispatcher, clock, config.lease_seconds, new_id, estimates
+        ),
         reaper=ReaperService(
             store,
             queue,
@@ -112,6 +125,7 @@ def build_services(
         queue=SqsJobQueue(_client("sqs", session), config.jobs_queue_url),
         artifacts=S3ArtifactStore(_client("s3", session), config.artifacts_bucket),
         token_store=DynamoTokenStore(dynamodb, config.tokens_table),
+        estimate_store=DynamoEstimateStore(dynamodb, config.estimates_table),
         clock=clock,
     )
 

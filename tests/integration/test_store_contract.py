@@ -686,3 +686,42 @@ def test_a_resend_is_claimed_once_per_read(store: StateStore) -> None:
     admitted = store.admit_job(get_job(store, "j1"), T0 + 32)
     assert admitted is not None
     assert store.claim_resend(admitted, T0 + 99) is False  # admitted: nothing to re-send
+
+
+# ================================================================== duration estimates
+def test_admission_stamps_the_estimate_it_is_given(store: StateStore) -> None:
+    store.create_jobs([make_job("j1"), make_job("j2")])
+
+    stamped = store.admit_job(replace(get_job(store, "j1"), estimate_s=42.5), T0)
+    plain = store.admit_job(get_job(store, "j2"), T0)
+
+    assert stamped is not None
+    assert plain is not None
+    assert (stamped.estimate_s, plain.estimate_s) == (42.5, None)
+    assert get_job(store, "j1").estimate_s == 42.5
+    assert [j.estimate_s for j in store.backlog(Target.EMULATOR)] == [42.5, None]
+    # A second admission changes nothing, whatever estimate it carries.
+    assert store.admit_job(replace(get_job(store, "j1"), estimate_s=1.0), T0 + 1) is None
+    assert get_job(store, "j1").estimate_s == 42.5
+
+
+def test_a_batch_and_its_agent_carry_the_expected_end_until_released(store: StateStore) -> None:
+    queued(store, "j1", "j2")
+    agent(store, "a-1")
+    batch = make_batch("b1", "a-1", ["j1", "j2"], expected_end_at=T0 + 300)
+
+    assert store.commit_batch(batch, T0)
+
+    assert get_batch(store, "b1").expected_end_at == T0 + 300
+    assert get_agent(store, "a-1").batch_expected_free_at == T0 + 300
+    assert [a.batch_expected_free_at for a in store.list_agents(Target.EMULATOR)] == [T0 + 300]
+    assert store.release_agent("a-1", "b1", offline=False, now=T0 + 1)
+    assert get_agent(store, "a-1").batch_expected_free_at is None
+
+
+def test_a_batch_without_an_expected_end_leaves_none_on_the_agent(store: StateStore) -> None:
+    batch = assigned(store, "j1")
+
+    assert batch.expected_end_at is None
+    assert get_batch(store, "b1").expected_end_at is None
+    assert get_agent(store, "a-1").batch_expected_free_at is None

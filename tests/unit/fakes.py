@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from qgjob_backend.config import Config
+from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import (
     Agent,
     AgentStatus,
@@ -29,7 +30,7 @@ from qgjob_backend.domain.models import (
     Job,
     Run,
 )
-from qgjob_backend.ports import JobOutcome, OrgMetrics, TokenRecord
+from qgjob_backend.ports import EstimateConflict, JobOutcome, OrgMetrics, TokenRecord
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.agents import AgentService
 from qgjob_backend.services.auth import TokenService
@@ -171,6 +172,8 @@ class MemoryStateStore:
             return None
         stored.admitted = True
         stored.updated_at = now
+        if job.estimate_s is not None:
+            stored.estimate_s = job.estimate_s
         self._backlog[job.job_id] = (job.target, backlog_sort_key(job))
         self._unadmitted.discard(job.job_id)
         return _copy(stored)
@@ -347,6 +350,7 @@ class MemoryStateStore:
         agent.status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
         agent.batch_id = None
         agent.batch_group = None
+        agent.batch_expected_free_at = None
         return True
 
     def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
@@ -386,6 +390,7 @@ class MemoryStateStore:
         agent.status = AgentStatus.BUSY
         agent.batch_id = batch.batch_id
         agent.batch_group = batch.group_key
+        agent.batch_expected_free_at = batch.expected_end_at
         self.batches[batch.batch_id] = _copy(replace(batch, requeued=[]))
         if batch.state is BatchState.ACTIVE:
             self._leased.add(batch.batch_id)
@@ -462,6 +467,72 @@ class MemoryStateStore:
         return OrgMetrics(dict(statuses), len(batches), installs, len(pairs))
 
 
+# -------------------------------------------------------------------- estimates
+class MemoryEstimateStore:
+    """A faithful in-memory EstimateStore: the same optimistic read-modify-write loop as
+    the DynamoDB adapter, with a version check on ``samples`` before every write.
+
+    ``error`` makes every call raise (an outage); ``before_write`` runs once just before
+    the next conditional write, so a test can slip a concurrent writer in between.
+    """
+
+    UPDATE_ATTEMPTS = 4
+
+    def __init__(self) -> None:
+        self.tests: dict[EstimateKey, DurationEstimate] = {}
+        self.installs: dict[Target, DurationEstimate] = {}
+        self.error: BaseException | None = None
+        self.before_write: Callable[[], None] | None = None
+        self.reads = 0
+        self.writes = 0
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def test_estimates(self, keys: Sequence[EstimateKey]) -> dict[EstimateKey, DurationEstimate]:
+        self._check()
+        self.reads += 1
+        return {k: self.tests[k] for k in keys if k in self.tests}
+
+    def install_estimates(self, targets: Sequence[Target]) -> dict[Target, DurationEstimate]:
+        self._check()
+        self.reads += 1
+        return {t: self.installs[t] for t in targets if t in self.installs}
+
+    def record_test_duration(
+        self, key: EstimateKey, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        return self._record(self.tests, key, sample_id, duration_s)
+
+    def record_install_duration(
+        self, target: Target, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        return self._record(self.installs, target, sample_id, duration_s)
+
+    def _record(
+        self, table: dict[Any, DurationEstimate], key: Any, sample_id: str, duration_s: float
+    ) -> bool:
+        self._check()
+        for _ in range(self.UPDATE_ATTEMPTS):
+            current = table.get(key)
+            before = current or DurationEstimate()
+            after = before.updated(duration_s, sample_id)
+            if after is before:
+                return False
+            hook, self.before_write = self.before_write, None
+            if hook is not None:
+                hook()
+            stored = table.get(key)
+            seen = None if current is None else current.samples
+            if (None if stored is None else stored.samples) != seen:
+                continue  # the condition failed: someone wrote in between
+            table[key] = after
+            self.writes += 1
+            return True
+        raise EstimateConflict(f"estimate {key}: still changing")
+
+
 # ------------------------------------------------------------------ other ports
 class MemoryJobQueue:
     """Records every job sent; can be told to fail (raise, or report some ids as failed)."""
@@ -519,6 +590,7 @@ def fake_config(**overrides: Any) -> Config:
         "agents_table": "agents",
         "batches_table": "batches",
         "tokens_table": "tokens",
+        "estimates_table": "estimates",
         "jobs_queue_url": "memory://jobs.fifo",
         "artifacts_bucket": "artifacts",
     }
@@ -533,6 +605,7 @@ class MemoryServices:
     queue: MemoryJobQueue
     artifacts: MemoryArtifactStore
     token_store: MemoryTokenStore
+    estimate_store: MemoryEstimateStore
     tokens: TokenService
     submissions: SubmissionService
     dispatcher: DispatchService
@@ -550,12 +623,14 @@ def build_memory_services(
     queue = MemoryJobQueue()
     artifacts = MemoryArtifactStore()
     token_store = MemoryTokenStore()
+    estimate_store = MemoryEstimateStore()
     services = assemble_services(
         settings,
         store=store,
         queue=queue,
         artifacts=artifacts,
         token_store=token_store,
+        estimate_store=estimate_store,
         clock=clock,
         new_id=SequentialIds(),
     )
@@ -566,6 +641,7 @@ def build_memory_services(
         queue=queue,
         artifacts=artifacts,
         token_store=token_store,
+        estimate_store=estimate_store,
         tokens=services.tokens,
         submissions=services.submissions,
         dispatcher=services.dispatcher,

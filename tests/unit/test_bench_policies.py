@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -19,7 +19,13 @@ from bench.policies import (
 )
 from bench.simulator import QueuedJob, simulate, validate_schedule
 from qgjob_backend.domain import planner
-from qgjob_backend.domain.planner import BacklogJob, IdleAgent, PlannedBatch, PlanningPolicy
+from qgjob_backend.domain.planner import (
+    BacklogJob,
+    BusyAgent,
+    IdleAgent,
+    PlannedBatch,
+    PlanningPolicy,
+)
 
 
 def test_the_simulator_and_the_dispatcher_call_the_same_planning_function() -> None:
@@ -34,7 +40,7 @@ def test_the_simulator_and_the_dispatcher_call_the_same_planning_function() -> N
 def test_qgjob_policy_calls_plan_batches_like_the_dispatcher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[tuple[list[BacklogJob], list[IdleAgent], float, PlanningPolicy, set[str]]] = []
+    calls: list[dict[str, Any]] = []
     real = planner.plan_batches
 
     def spy(
@@ -42,10 +48,15 @@ def test_qgjob_policy_calls_plan_batches_like_the_dispatcher(
         agents: Sequence[IdleAgent],
         now: float,
         policy: PlanningPolicy,
-        busy_groups: Collection[str] = (),
+        busy: Sequence[BusyAgent] = (),
+        install_s: Mapping[str, float] | None = None,
     ) -> list[PlannedBatch]:
-        calls.append((list(backlog), list(agents), now, policy, set(busy_groups)))
-        return real(list(calls[-1][0]), agents, now, policy, busy_groups)
+        backlog = list(backlog)
+        calls.append(
+            {"backlog": backlog, "agents": list(agents), "now": now, "policy": policy}
+            | {"busy": list(busy), "install_s": install_s}
+        )
+        return real(backlog, agents, now, policy, busy, install_s)
 
     monkeypatch.setattr(bench.policies, "plan_batches", spy)
     trace = generate("ci_burst", 3, jobs=150, agents=6)
@@ -53,43 +64,26 @@ def test_qgjob_policy_calls_plan_batches_like_the_dispatcher(
     result = simulate(trace, QgjobPolicy())
 
     assert validate_schedule(trace, result.schedule) == []
-    assert calls
-    backlog, agents, now, policy, _ = calls[0]
-    assert now == 0.0
-    assert policy == PlanningPolicy(max_batch_jobs=25, aging_seconds=120.0)
-    # One call per target pool, like DispatchService._plan_target.
-    assert len({j.target for j in backlog}) == 1
-    assert {a.target for a in agents} == {backlog[0].target}
-    first = backlog[0]
-    job = next(j for j in trace.jobs if j.id == first.job_id)
-    assert first.group_key == f"{job.org_id}/{job.app_version_id}/{job.target}"
-    assert first.enqueued_at == job.arrival_s
-    assert any(busy for *_, busy in calls)  # busy agents' groups are passed on
-
-
-def test_qgjob_policy_passes_estimates_and_install_times_once_the_planner_takes_them() -> None:
-    seen: dict[str, Any] = {}
-
-    def planner_with_install_times(
-        backlog: Iterable[BacklogJob],
-        agents: Sequence[IdleAgent],
-        now: float,
-        policy: PlanningPolicy,
-        busy_groups: Collection[str] = (),
-        install_s: dict[str, float] | None = None,
-    ) -> list[PlannedBatch]:
-        seen["install_s"] = install_s
-        return []
-
-    policy = QgjobPolicy(planner=planner_with_install_times)
-    job = QueuedJob("j1", 0.0, "acme", "v1", "emulator", "t.spec.ts", 5, 12.0, 0)
-    from bench.simulator import IdleAgentView, PlanningState
-
-    policy.plan(
-        PlanningState(0.0, [job], [IdleAgentView("e1", "emulator", None)], [], {"emulator": 60.0})
+    first = calls[0]
+    assert first["now"] == 0.0
+    assert first["policy"] == PlanningPolicy()
+    # One call for every pool at once, like DispatchService.plan: pools end together.
+    assert {j.target for j in first["backlog"]} == {j.target for j in trace.jobs}
+    assert {a.target for a in first["agents"]} == {a.target for a in trace.agents}
+    assert first["install_s"] == dict(trace.install_s)
+    view = first["backlog"][0]
+    job = next(j for j in trace.jobs if j.id == view.job_id)
+    assert view.group_key == f"{job.org_id}/{job.app_version_id}/{job.target}"
+    assert (view.enqueued_at, view.estimate_s, view.test_path) == (
+        job.arrival_s,
+        job.estimate_s,
+        job.test_path,
     )
-
-    assert seen["install_s"] == {"emulator": 60.0}
+    # Busy agents are passed on with their group and when they should be free.
+    later = next(c for c in calls if c["busy"])
+    for agent in later["busy"]:
+        assert agent.expected_free_at > later["now"]
+        assert agent.group_key.endswith("/" + agent.target)
 
 
 def test_lpt_split_puts_the_longest_test_on_the_least_loaded_shard() -> None:

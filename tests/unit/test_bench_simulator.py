@@ -175,17 +175,17 @@ def test_qgjob_runs_the_dispatchers_planner() -> None:
     capped = simulate(trace, QgjobPolicy(PlanningPolicy(max_batch_jobs=2, aging_seconds=120)))
 
     assert lanes(whole.schedule) == lanes(simulate(trace, GroupSequentialPolicy()).schedule)
-    # Cap 2: e1 takes a1, a2; e2 takes B; when e2 is free at 60 a full batch of A is
-    # still waiting, so it installs v1 rather than wait for e1.
+    # Cap 2: e1 takes a1, a2; e2 takes B. When e2 is free at 60, installing v1 there
+    # would end A less than min_split_gain_s sooner, so e1 runs the rest of A.
     assert lanes(capped.schedule) == {
-        "e1": [("install", "v1", 0, 10), ("test", "a1", 10, 50), ("test", "a2", 50, 80)],
-        "e2": [
-            ("install", "v2", 0, 10),
-            ("test", "b1", 10, 60),
-            ("install", "v1", 60, 70),
-            ("test", "a3", 70, 90),
-            ("test", "a4", 90, 100),
+        "e1": [
+            ("install", "v1", 0, 10),
+            ("test", "a1", 10, 50),
+            ("test", "a2", 50, 80),
+            ("test", "a3", 80, 100),
+            ("test", "a4", 100, 110),
         ],
+        "e2": [("install", "v2", 0, 10), ("test", "b1", 10, 60)],
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from qgjob_backend.domain.models import AppRef, group_key_for
 from qgjob_backend.domain.planner import (
     BacklogJob,
+    BusyAgent,
     IdleAgent,
     PlannedBatch,
     PlanningPolicy,
@@ -17,6 +19,7 @@ from qgjob_backend.domain.planner import (
 
 NOW = 10_000.0
 POLICY = PlanningPolicy(max_batch_jobs=5, aging_seconds=100.0)
+INSTALL = {"emulator": 60.0, "device": 120.0, "browserstack": 90.0}
 
 
 def jobs(
@@ -28,6 +31,7 @@ def jobs(
     priority: int = 5,
     enqueued_at: float = NOW,
     prefix: str | None = None,
+    estimate_s: float | None = 60.0,
 ) -> list[BacklogJob]:
     """``count`` jobs of one group, positions 0..count-1 (suite order)."""
     name = prefix or f"{org}-{app}-{target}"
@@ -41,6 +45,8 @@ def jobs(
             priority=priority,
             enqueued_at=enqueued_at,
             position=i,
+            estimate_s=estimate_s,
+            test_path=f"tests/t{i}.spec.ts",
         )
         for i in range(count)
     ]
@@ -50,50 +56,49 @@ def agent(agent_id: str, target: str = "emulator", installed: AppRef | None = No
     return IdleAgent(agent_id=agent_id, target=target, installed=installed)
 
 
-def by_agent(plan: list[PlannedBatch]) -> dict[str, PlannedBatch]:
-    return {b.agent_id: b for b in plan}
+def busy(agent_id: str, group: str, free_in: float, target: str = "emulator") -> BusyAgent:
+    return BusyAgent(agent_id, target, group, NOW + free_in)
+
+
+def plan(
+    backlog: list[BacklogJob],
+    agents: list[IdleAgent],
+    policy: PlanningPolicy = POLICY,
+    running: list[BusyAgent] | None = None,
+) -> list[PlannedBatch]:
+    return plan_batches(backlog, agents, NOW, policy, running or [], INSTALL)
+
+
+def by_agent(batches: list[PlannedBatch]) -> dict[str, PlannedBatch]:
+    return {b.agent_id: b for b in batches}
 
 
 # ------------------------------------------------------------------ basics
 def test_empty_backlog_plans_nothing() -> None:
-    assert plan_batches([], [agent("a1"), agent("a2")], NOW, POLICY) == []
+    assert plan([], [agent("a1"), agent("a2")]) == []
 
 
 def test_no_agents_plans_nothing() -> None:
-    assert plan_batches(jobs("acme", "v1", 3), [], NOW, POLICY) == []
+    assert plan(jobs("acme", "v1", 3), []) == []
 
 
-def test_one_group_that_fits_goes_to_exactly_one_agent() -> None:
-    backlog = jobs("acme", "v1", 4)
+def test_a_small_group_goes_to_one_agent_with_one_install() -> None:
+    # Splitting 3 one-minute tests would save a minute and cost an install per agent.
+    backlog = jobs("acme", "v1", 3)
 
-    plan = plan_batches(backlog, [agent("a1"), agent("a2"), agent("a3")], NOW, POLICY)
+    batches = plan(backlog, [agent("a1"), agent("a2"), agent("a3")])
 
-    assert len(plan) == 1
-    (batch,) = plan
-    assert batch.agent_id == "a1"  # agents are taken in id order: deterministic
+    assert len(batches) == 1
+    (batch,) = batches
     assert batch.job_ids == tuple(j.job_id for j in backlog)
     assert batch.group_key == "acme/v1/emulator"
     assert (batch.org_id, batch.app_version_id, batch.target) == ("acme", "v1", "emulator")
     assert batch.install_required is True
+    assert batch.expected_s == pytest.approx(60.0 + 3 * 60.0)
 
 
-def test_group_larger_than_a_batch_is_split_across_idle_agents() -> None:
-    backlog = jobs("acme", "v1", 12)  # cap 5 -> 5 + 5 + 2
-
-    plan = plan_batches(backlog, [agent(f"a{i}") for i in range(1, 6)], NOW, POLICY)
-
-    assert [len(b.job_ids) for b in plan] == [5, 5, 2]
-    assert [b.agent_id for b in plan] == ["a1", "a2", "a3"]
-    planned = [j for b in plan for j in b.job_ids]
-    assert planned == [j.job_id for j in backlog]  # in suite order, each once
-    assert all(b.install_required for b in plan)
-
-
-def test_batches_never_exceed_the_cap_even_with_one_agent() -> None:
-    plan = plan_batches(jobs("acme", "v1", 12), [agent("a1")], NOW, POLICY)
-
-    assert len(plan) == 1
-    assert len(plan[0].job_ids) == POLICY.max_batch_jobs
+def test_agents_of_another_target_are_left_alone() -> None:
+    assert plan(jobs("acme", "v1", 3), [agent("d1", "device"), agent("b1", "browserstack")]) == []
 
 
 def test_batches_never_mix_groups_or_targets() -> None:
@@ -106,83 +111,146 @@ def test_batches_never_mix_groups_or_targets() -> None:
     agents = [agent(f"e{i}") for i in range(4)] + [agent(f"d{i}", "device") for i in range(2)]
     index = {j.job_id: j for j in backlog}
 
-    plan = plan_batches(backlog, agents, NOW, POLICY)
+    batches = plan(backlog, agents)
 
-    assert len(plan) == 4
-    for batch in plan:
+    assert len(batches) == 4
+    for batch in batches:
         members = [index[j] for j in batch.job_ids]
         assert {j.group_key for j in members} == {batch.group_key}
         assert {j.target for j in members} == {batch.target}
         assert batch.agent_id.startswith("d" if batch.target == "device" else "e")
 
 
-def test_agents_of_another_target_are_left_alone() -> None:
-    backlog = jobs("acme", "v1", 3, target="emulator")
+def test_batches_are_capped_by_count_and_by_estimated_duration() -> None:
+    backlog = jobs("acme", "v1", 30, estimate_s=100.0)
+    by_count = PlanningPolicy(max_batch_jobs=4, max_batch_seconds=10_000)
+    by_time = PlanningPolicy(max_batch_jobs=50, max_batch_seconds=450)
 
-    plan = plan_batches(backlog, [agent("d1", "device"), agent("b1", "browserstack")], NOW, POLICY)
-
-    assert plan == []
-
-
-# ------------------------------------------------------------------ warm agents
-def test_warm_agent_gets_its_group_without_install() -> None:
-    backlog = jobs("acme", "v1", 3, priority=1) + jobs("acme", "v2", 3, priority=9)
-    agents = [agent("a1"), agent("a2", installed=AppRef("acme", "v2"))]
-
-    plan = by_agent(plan_batches(backlog, agents, NOW, POLICY))
-
-    assert plan["a2"].app_version_id == "v2"
-    assert plan["a2"].install_required is False
-    assert plan["a1"].app_version_id == "v1"
-    assert plan["a1"].install_required is True
+    assert [len(b.job_ids) for b in plan(backlog, [agent("a1")], by_count)] == [4]
+    # 450 s of 100 s tests: four, plus a fifth only if it ends within half a test.
+    assert [len(b.job_ids) for b in plan(backlog, [agent("a1")], by_time)] == [5]
 
 
-def test_warm_agent_beats_a_more_urgent_group_it_would_have_to_install() -> None:
-    backlog = jobs("acme", "v1", 3, priority=1) + jobs("acme", "v2", 3, priority=9)
+def test_a_test_without_estimate_counts_the_policys_default() -> None:
+    backlog = jobs("acme", "v1", 2, estimate_s=None)
+    policy = PlanningPolicy(unknown_estimate_s=42.0)
 
-    plan = plan_batches(backlog, [agent("a1", installed=AppRef("acme", "v2"))], NOW, POLICY)
+    (batch,) = plan(backlog, [agent("a1")], policy)
 
-    assert len(plan) == 1
-    assert plan[0].app_version_id == "v2"
-    assert plan[0].install_required is False
-
-
-def test_same_app_version_of_another_org_is_not_warm() -> None:
-    backlog = jobs("acme", "v1", 3)
-
-    plan = plan_batches(backlog, [agent("a1", installed=AppRef("globex", "v1"))], NOW, POLICY)
-
-    assert len(plan) == 1
-    assert plan[0].install_required is True
+    assert batch.expected_s == pytest.approx(60.0 + 2 * 42.0)
 
 
-def test_two_warm_agents_share_a_large_group_without_installs() -> None:
+def test_install_time_comes_per_target_with_a_default() -> None:
+    backlog = jobs("acme", "v1", 1, target="device")
+    policy = PlanningPolicy(default_install_s=7.0)
+
+    (with_install,) = plan_batches(backlog, [agent("d1", "device")], NOW, policy, (), INSTALL)
+    (default,) = plan_batches(backlog, [agent("d1", "device")], NOW, policy)
+
+    assert with_install.expected_s == pytest.approx(120.0 + 60.0)
+    assert default.expected_s == pytest.approx(7.0 + 60.0)
+
+
+def test_epoch_timestamps_with_sub_second_durations_plan_fine() -> None:
+    now = 1_795_271_027.95
+    backlog = [BacklogJob("j0", "acme/v1/emulator", "acme", "v1", "emulator", 7, now - 300, 0, 3.3)]
+    idle = [agent("i0"), agent("i1")]
+
+    batches = plan_batches(backlog, idle, now, PlanningPolicy(), (), {"emulator": 2.6})
+
+    assert [b.job_ids for b in batches] == [("j0",)]
+
+
+# ------------------------------------------------------------------ splitting
+def test_a_large_group_is_split_over_every_idle_agent_when_that_ends_it_soonest() -> None:
+    # 40 x 100 s on 6 agents with a 60 s install: T = 60 + 4000 / 6, k = 6.
+    backlog = jobs("acme", "v1", 40, estimate_s=100.0)
+    policy = PlanningPolicy(max_batch_jobs=50, max_batch_seconds=10_000)
+
+    batches = plan(backlog, [agent(f"a{i}") for i in range(1, 7)], policy)
+
+    assert len(batches) == 6
+    assert all(b.install_required for b in batches)
+    # Guided self-scheduling: each takes about half its share (333 s) and comes back.
+    assert [len(b.job_ids) for b in batches] == [3] * 6
+    planned = [j for b in batches for j in b.job_ids]
+    assert len(set(planned)) == len(planned)
+
+
+def test_the_number_of_agents_follows_ceil_of_work_over_the_horizon() -> None:
+    # Two groups on 5 agents: 30 x 100 s and 10 x 100 s.  The layout that ends first
+    # gives the big group 4 agents and the small one 1 (T = 60 + 750 -> k = ceil(3000/750)).
+    backlog = jobs("acme", "big", 30, estimate_s=100.0) + jobs(
+        "acme", "small", 10, estimate_s=100.0
+    )
+    policy = PlanningPolicy(max_batch_jobs=50, max_batch_seconds=10_000)
+
+    batches = plan(backlog, [agent(f"a{i}") for i in range(1, 6)], policy)
+
+    agents_per_group = {
+        app: sum(b.app_version_id == app for b in batches) for app in ("big", "small")
+    }
+    assert agents_per_group == {"big": math.ceil(3000 / 810), "small": 1}
+
+
+def test_warm_agents_share_a_large_group_without_installs() -> None:
     backlog = jobs("acme", "v1", 8)
     warm = AppRef("acme", "v1")
 
-    plan = plan_batches(
-        backlog, [agent("a1", installed=warm), agent("a2", installed=warm)], NOW, POLICY
-    )
+    batches = plan(backlog, [agent("a1", installed=warm), agent("a2", installed=warm)])
 
-    assert [(b.agent_id, len(b.job_ids), b.install_required) for b in plan] == [
-        ("a1", 5, False),
-        ("a2", 3, False),
+    assert sorted((b.agent_id, b.install_required) for b in batches) == [
+        ("a1", False),
+        ("a2", False),
     ]
+    # Guided self-scheduling: each takes half of its half (2 of 8); the rest waits for
+    # whichever is free first.
+    assert [len(b.job_ids) for b in batches] == [2, 2]
 
 
-def test_warm_agent_without_work_for_its_app_takes_another_group() -> None:
-    backlog = jobs("acme", "v1", 2)
-    warm = AppRef("acme", "v1")
+def test_an_idle_agent_holding_a_group_keeps_working_on_it() -> None:
+    backlog = jobs("acme", "v1", 2) + jobs("acme", "v2", 2)
 
-    plan = plan_batches(
-        backlog, [agent("a1", installed=warm), agent("a2", installed=warm)], NOW, POLICY
-    )
+    batches = plan(backlog, [agent("a1", installed=AppRef("acme", "v2"))])
 
-    # a1 takes the whole group; a2 has nothing left to do (no pointless split).
-    assert [(b.agent_id, len(b.job_ids)) for b in plan] == [("a1", 2)]
+    assert [(b.app_version_id, b.install_required) for b in batches] == [("v2", False)]
 
 
-# ------------------------------------------------------------------ urgency
+def test_same_app_version_of_another_org_is_not_warm() -> None:
+    (batch,) = plan(jobs("acme", "v1", 3), [agent("a1", installed=AppRef("globex", "v1"))])
+
+    assert batch.install_required is True
+
+
+def test_a_short_tail_waits_for_the_busy_agent_holding_its_app() -> None:
+    # The busy agent is free in 30 s and holds the app: a second install buys nothing.
+    tail = jobs("acme", "v1", 3)
+    running = [busy("emulator-1", "acme/v1/emulator", free_in=30.0)]
+
+    assert plan(tail, [agent("emulator-2")], running=running) == []
+    assert len(plan(tail, [agent("emulator-2")])) == 1
+
+
+def test_a_long_backlog_behind_a_busy_agent_gets_another_agent() -> None:
+    backlog = jobs("acme", "v1", 60, estimate_s=100.0)
+    running = [busy("emulator-1", "acme/v1/emulator", free_in=300.0)]
+
+    (batch,) = plan(backlog, [agent("emulator-2")], running=running)
+
+    assert batch.install_required is True
+    assert batch.app_version_id == "v1"
+
+
+def test_an_urgent_group_takes_an_idle_agent_before_a_busy_agent_is_free() -> None:
+    backlog = jobs("acme", "urgent", 3, priority=1) + jobs("acme", "v1", 3, priority=9)
+    running = [busy("emulator-1", "acme/v1/emulator", free_in=400.0)]
+
+    (batch,) = plan(backlog, [agent("emulator-2")], running=running)
+
+    assert batch.app_version_id == "urgent"
+
+
+# ------------------------------------------------------------------ urgency and fairness
 def test_more_groups_than_agents_serves_the_most_urgent_first() -> None:
     backlog = (
         jobs("acme", "low", 2, priority=5)
@@ -190,25 +258,25 @@ def test_more_groups_than_agents_serves_the_most_urgent_first() -> None:
         + jobs("acme", "lowest", 2, priority=10)
     )
 
-    plan = plan_batches(backlog, [agent("a1"), agent("a2")], NOW, POLICY)
+    batches = plan(backlog, [agent("a1"), agent("a2")])
 
-    assert [b.app_version_id for b in plan] == ["urgent", "low"]
+    assert sorted(b.app_version_id for b in batches) == ["low", "urgent"]
 
 
-def test_equal_priority_serves_the_oldest_group_first() -> None:
-    backlog = jobs("acme", "new", 2, enqueued_at=NOW) + jobs("acme", "old", 2, enqueued_at=NOW - 5)
+def test_equal_urgency_starts_the_largest_group_first() -> None:
+    backlog = jobs("acme", "small", 2) + jobs("acme", "large", 6)
 
-    plan = plan_batches(backlog, [agent("a1")], NOW, POLICY)
+    batches = plan(backlog, [agent("a1")])
 
-    assert [b.app_version_id for b in plan] == ["old"]
+    assert [b.app_version_id for b in batches] == ["large"]
 
 
 @pytest.mark.parametrize(
     ("waited", "winner"),
     [
         (0.0, "fresh-p1"),
-        (700.0, "fresh-p1"),  # 9 - 7 levels = 2 > 1: still less urgent
-        (900.0, "old-p9"),  # 9 - 9 levels = 0 < 1: aging wins
+        (700.0, "fresh-p1"),  # 9 - 7 levels = class 2: still less urgent than 1
+        (900.0, "old-p9"),  # 9 - 9 levels: class 1, and it has waited longer
     ],
 )
 def test_aging_lets_a_long_waiting_low_priority_group_win(waited: float, winner: str) -> None:
@@ -216,51 +284,37 @@ def test_aging_lets_a_long_waiting_low_priority_group_win(waited: float, winner:
         "acme", "fresh-p1", 2, priority=1, enqueued_at=NOW
     )
 
-    plan = plan_batches(backlog, [agent("a1")], NOW, POLICY)
-
-    assert [b.app_version_id for b in plan] == [winner]
+    assert [b.app_version_id for b in plan(backlog, [agent("a1")])] == [winner]
 
 
-def test_more_urgent_jobs_of_a_mixed_group_go_first() -> None:
-    # Two runs of one app version and target share a group; the urgent run leads the batch.
-    slow = jobs("acme", "v1", 3, priority=7, prefix="slow")
-    fast = jobs("acme", "v1", 3, priority=2, prefix="fast")
+def test_inside_a_group_urgent_then_oldest_then_longest_tests_go_first() -> None:
+    slow = jobs("acme", "v1", 2, priority=7, prefix="slow")
+    fast = jobs("acme", "v1", 2, priority=2, prefix="fast")
+    long_one = jobs("acme", "v1", 1, priority=2, prefix="long", estimate_s=200.0)
+    policy = PlanningPolicy(max_batch_jobs=10)
 
-    plan = plan_batches(slow + fast, [agent("a1")], NOW, POLICY)
+    (batch,) = plan(slow + fast + long_one, [agent("a1")], policy)
 
-    assert plan[0].job_ids == (
-        "fast-000",
-        "fast-001",
-        "fast-002",
-        "slow-000",
-        "slow-001",
-    )
+    assert batch.job_ids == ("long-000", "fast-000", "fast-001", "slow-000", "slow-001")
+
+
+def test_an_org_far_above_its_fair_share_yields_to_an_org_without_agents() -> None:
+    # acme runs 5 of the pool's 6 agents (share 3, plus the 2 of slack); globex has none,
+    # so its smaller group goes first.
+    backlog = jobs("acme", "a2", 8) + jobs("globex", "g1", 3)
+    running = [busy(f"e{i}", f"acme/a{i}/emulator", 900.0) for i in range(1, 6)]
+    idle = [agent("e6")]
+
+    fair = plan(backlog, idle, running=running)
+    unfair = plan(backlog, idle, PlanningPolicy(max_batch_jobs=5, fair_share=False), running)
+    within_share = plan(backlog, idle, running=running[:4])
+
+    assert [b.org_id for b in fair] == ["globex"]
+    assert [b.org_id for b in unfair] == ["acme"]  # largest first
+    assert [b.org_id for b in within_share] == ["acme"]  # 4 < 5 / 2 + 2: no yielding
 
 
 # ------------------------------------------------------------------ order and determinism
-def test_suite_order_is_kept_inside_a_batch() -> None:
-    # Job ids sort in the opposite order of the suite: position must win over the id.
-    backlog = [
-        BacklogJob(
-            job_id=f"job-{9 - i}",
-            group_key="acme/v1/emulator",
-            org_id="acme",
-            app_version_id="v1",
-            target="emulator",
-            priority=5,
-            enqueued_at=NOW,
-            position=i,
-        )
-        for i in range(5)
-    ]
-    shuffled = list(backlog)
-    random.Random(7).shuffle(shuffled)
-
-    plan = plan_batches(shuffled, [agent("a1")], NOW, POLICY)
-
-    assert plan[0].job_ids == ("job-9", "job-8", "job-7", "job-6", "job-5")
-
-
 def test_same_input_gives_the_same_plan_whatever_the_input_order() -> None:
     backlog = (
         jobs("acme", "v1", 7, priority=3)
@@ -273,19 +327,20 @@ def test_same_input_gives_the_same_plan_whatever_the_input_order() -> None:
         agent("e3"),
         agent("d1", "device"),
     ]
-    expected = plan_batches(backlog, agents, NOW, POLICY)
+    expected = plan(backlog, agents)
 
     rng = random.Random(99)
     for _ in range(20):
         shuffled_jobs, shuffled_agents = list(backlog), list(agents)
         rng.shuffle(shuffled_jobs)
         rng.shuffle(shuffled_agents)
-        assert plan_batches(shuffled_jobs, shuffled_agents, NOW, POLICY) == expected
-    assert plan_batches(backlog, agents, NOW, POLICY) == expected
+        assert plan(shuffled_jobs, shuffled_agents) == expected
 
 
 # ------------------------------------------------------------------ properties
-def _random_backlog(rng: random.Random) -> tuple[list[BacklogJob], list[IdleAgent]]:
+def _random_state(
+    rng: random.Random,
+) -> tuple[list[BacklogJob], list[IdleAgent], list[BusyAgent]]:
     targets = ["emulator", "device", "browserstack"]
     orgs = ["acme", "globex"]
     apps = ["v1", "v2", "v3"]
@@ -304,33 +359,48 @@ def _random_backlog(rng: random.Random) -> tuple[list[BacklogJob], list[IdleAgen
                     priority=rng.randint(1, 10),
                     enqueued_at=enqueued + rng.uniform(0, 5),
                     position=i,
+                    estimate_s=rng.choice([None, rng.uniform(0.1, 400.0)]),
                 )
             )
-    agents = []
+    idle = []
     for a in range(rng.randint(0, 7)):
         installed = None
         if rng.random() < 0.5:
             installed = AppRef(rng.choice(orgs), rng.choice(apps))
-        agents.append(IdleAgent(f"agent-{a}", rng.choice(targets), installed))
-    return backlog, agents
+        idle.append(IdleAgent(f"agent-{a}", rng.choice(targets), installed))
+    running = [
+        BusyAgent(
+            f"busy-{b}",
+            rng.choice(targets),
+            group_key_for(rng.choice(orgs), rng.choice(apps), rng.choice(targets)),
+            NOW + rng.uniform(-100, 3000),
+        )
+        for b in range(rng.randint(0, 4))
+    ]
+    return backlog, idle, running
 
 
-def test_random_backlogs_keep_every_planning_invariant() -> None:
+def test_random_states_keep_every_planning_invariant() -> None:
     rng = random.Random(1234)
-    for _ in range(500):
-        backlog, agents = _random_backlog(rng)
+    for _ in range(400):
+        backlog, idle, running = _random_state(rng)
         cap = rng.randint(1, 6)
-        policy = PlanningPolicy(max_batch_jobs=cap, aging_seconds=rng.choice([30.0, 120.0]))
+        policy = PlanningPolicy(
+            max_batch_jobs=cap,
+            aging_seconds=rng.choice([30.0, 120.0]),
+            max_batch_seconds=rng.choice([60.0, 900.0]),
+        )
+        install_s = {t: rng.choice([0.5, 60.0, 300.0]) for t in INSTALL}
         index = {j.job_id: j for j in backlog}
-        agent_index = {a.agent_id: a for a in agents}
+        agent_index = {a.agent_id: a for a in idle}
 
-        plan = plan_batches(backlog, agents, NOW, policy)
+        batches = plan_batches(backlog, idle, NOW, policy, running, install_s)
 
-        planned = [job_id for b in plan for job_id in b.job_ids]
+        planned = [job_id for b in batches for job_id in b.job_ids]
         assert len(planned) == len(set(planned)), "a job was planned twice"
         assert set(planned) <= set(index), "a job that is not in the backlog was planned"
-        assert len({b.agent_id for b in plan}) == len(plan), "an agent got two batches"
-        for batch in plan:
+        assert len({b.agent_id for b in batches}) == len(batches), "an agent got two batches"
+        for batch in batches:
             assert 1 <= len(batch.job_ids) <= cap
             members = [index[j] for j in batch.job_ids]
             assert {j.group_key for j in members} == {batch.group_key}
@@ -338,36 +408,11 @@ def test_random_backlogs_keep_every_planning_invariant() -> None:
             assert agent_index[batch.agent_id].target == batch.target
             warm = agent_index[batch.agent_id].installed == members[0].app
             assert batch.install_required is not warm
-        # Work is never left waiting while an agent of its target stays idle.
-        busy = {b.agent_id for b in plan}
-        leftover_targets = {index[j].target for j in set(index) - set(planned)}
-        idle_targets = {a.target for a in agents if a.agent_id not in busy}
-        assert not leftover_targets & idle_targets
-
-
-def test_a_group_a_busy_agent_is_running_waits_for_it_instead_of_a_second_install() -> None:
-    tail = [
-        BacklogJob(f"j{i}", "acme/v1/emulator", "acme", "v1", "emulator", 5, 0.0, i)
-        for i in range(3)
-    ]
-    cold = [IdleAgent("emulator-2", "emulator", None)]
-    policy = PlanningPolicy(max_batch_jobs=25)
-
-    assert plan_batches(tail, cold, 0.0, policy, busy_groups={"acme/v1/emulator"}) == []
-    assert len(plan_batches(tail, cold, 0.0, policy)) == 1
-
-
-def test_a_busy_group_with_a_full_batch_waiting_is_still_split() -> None:
-    backlog = [
-        BacklogJob(f"j{i}", "acme/v1/emulator", "acme", "v1", "emulator", 5, 0.0, i)
-        for i in range(4)
-    ]
-    cold = [IdleAgent("emulator-2", "emulator", None)]
-
-    plan = plan_batches(
-        backlog, cold, 0.0, PlanningPolicy(max_batch_jobs=4), busy_groups={"acme/v1/emulator"}
-    )
-
-    assert [(p.agent_id, len(p.job_ids), p.install_required) for p in plan] == [
-        ("emulator-2", 4, True)
-    ]
+        waiting = {index[j].group_key for j in set(index) - set(planned)}
+        for idle_agent in idle:
+            held = idle_agent.installed and group_key_for(
+                idle_agent.installed.org_id, idle_agent.installed.app_version_id, idle_agent.target
+            )
+            # An idle agent never idles next to work for the app it already holds.
+            if held in waiting:
+                assert idle_agent.agent_id in {b.agent_id for b in batches}

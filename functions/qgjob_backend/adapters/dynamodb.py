@@ -1,4 +1,4 @@
-"""DynamoDB implementation of the StateStore and TokenStore ports.
+"""DynamoDB implementation of the StateStore, TokenStore and EstimateStore ports.
 
 Every state change is a conditional UpdateItem/PutItem or a TransactWriteItems; a
 failed condition is reported as None/False, never raised, because under at-least-once
@@ -16,6 +16,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import (
     Agent,
     AgentStatus,
@@ -25,7 +26,7 @@ from qgjob_backend.domain.models import (
     Job,
     Run,
 )
-from qgjob_backend.ports import JobOutcome, OrgMetrics, TokenRecord
+from qgjob_backend.ports import EstimateConflict, JobOutcome, OrgMetrics, TokenRecord
 from qgjob_backend.schema import JobStatus, Target
 
 Item = dict[str, Any]
@@ -84,6 +85,10 @@ def backlog_sort_key(job: Job) -> str:
     return f"{job.group_key}#{job.priority:02d}#{job.created_at:020.6f}#{job.position:05d}"
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 # --------------------------------------------------------------- item mapping
 def job_to_item(job: Job) -> Item:
     item: Item = {
@@ -113,6 +118,7 @@ def job_to_item(job: Job) -> Item:
         "output_key": job.output_key,
         "retry_of_batch": job.retry_of_batch,
         "resends": job.resends,
+        "estimate_s": job.estimate_s,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = UNADMITTED_SHARD
@@ -146,6 +152,7 @@ def job_from_item(item: Item) -> Job:
         output_key=item.get("output_key"),
         retry_of_batch=item.get("retry_of_batch"),
         resends=int(item.get("resends", 0)),
+        estimate_s=_optional_float(item.get("estimate_s")),
     )
 
 
@@ -190,6 +197,7 @@ def agent_from_item(item: Item) -> Agent:
         batch_id=item.get("batch_id"),
         batch_group=item.get("batch_group"),
         session_id=item.get("session_id") or None,
+        batch_expected_free_at=_optional_float(item.get("batch_expected_free_at")),
     )
 
 
@@ -208,6 +216,7 @@ def batch_to_item(batch: Batch) -> Item:
         "install_required": batch.install_required,
         "installed_at": batch.installed_at,
         "finished_at": batch.finished_at,
+        "expected_end_at": batch.expected_end_at,
     }
     if batch.state is BatchState.ACTIVE:
         item["lease_shard"] = ACTIVE_LEASE_SHARD
@@ -229,6 +238,7 @@ def batch_from_item(item: Item) -> Batch:
         install_required=bool(item["install_required"]),
         installed_at=item.get("installed_at"),
         finished_at=item.get("finished_at"),
+        expected_end_at=_optional_float(item.get("expected_end_at")),
     )
 
 
@@ -343,12 +353,15 @@ class DynamoStateStore:
         return [found[j] for j in unique if j in found]
 
     def admit_job(self, job: Job, now: float) -> Job | None:
+        # The estimate the dispatcher looked up rides along (kept as is when there is none).
+        estimate = "" if job.estimate_s is None else ", estimate_s = :est"
+        extra = {} if job.estimate_s is None else {"est": job.estimate_s}
         item = self._update(
             self._jobs,
             {"job_id": job.job_id},
             UpdateExpression=(
                 "SET admitted = :true, backlog_target = :target, backlog_key = :bk, "
-                "updated_at = :now REMOVE unadmitted_shard"
+                f"updated_at = :now{estimate} REMOVE unadmitted_shard"
             ),
             ConditionExpression="attribute_exists(unadmitted_shard) AND #s = :queued",
             ExpressionAttributeNames={"#s": "status"},
@@ -358,6 +371,7 @@ class DynamoStateStore:
                 bk=backlog_sort_key(job),
                 now=now,
                 queued=JobStatus.QUEUED.value,
+                **extra,
             ),
         )
         return job_from_item(item) if item else None
@@ -643,7 +657,10 @@ class DynamoStateStore:
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
-            UpdateExpression="SET #s = :status, updated_at = :now REMOVE batch_id, batch_group",
+            UpdateExpression=(
+                "SET #s = :status, updated_at = :now "
+                "REMOVE batch_id, batch_group, batch_expected_free_at"
+            ),
             ConditionExpression="batch_id = :b",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=_values(status=status.value, now=now, b=batch_id),
@@ -683,6 +700,18 @@ class DynamoStateStore:
     def commit_batch(self, batch: Batch, now: float) -> bool:
         if len(batch.job_ids) + 2 > TRANSACTION_LIMIT:
             raise ValueError(f"a batch holds at most {TRANSACTION_LIMIT - 2} jobs")
+        agent_values: dict[str, Any] = {
+            "busy": AgentStatus.BUSY.value,
+            "idle": AgentStatus.IDLE.value,
+            "b": batch.batch_id,
+            "g": batch.group_key,
+            "now": now,
+        }
+        if batch.expected_end_at is None:
+            free_at = " REMOVE batch_expected_free_at"
+        else:
+            free_at = ", batch_expected_free_at = :free"
+            agent_values["free"] = batch.expected_end_at
         items: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -690,16 +719,11 @@ class DynamoStateStore:
                     "Key": serialize({"agent_id": batch.agent_id}),
                     "UpdateExpression": (
                         "SET #s = :busy, batch_id = :b, batch_group = :g, updated_at = :now"
+                        + free_at
                     ),
                     "ConditionExpression": "#s = :idle AND attribute_not_exists(batch_id)",
                     "ExpressionAttributeNames": {"#s": "status"},
-                    "ExpressionAttributeValues": _values(
-                        busy=AgentStatus.BUSY.value,
-                        idle=AgentStatus.IDLE.value,
-                        b=batch.batch_id,
-                        g=batch.group_key,
-                        now=now,
-                    ),
+                    "ExpressionAttributeValues": _values(**agent_values),
                 }
             },
             {
@@ -892,4 +916,134 @@ class DynamoTokenStore:
             org_id=item.get("org_id"),
             created_at=float(item["created_at"]),
             label=item.get("label"),
+        )
+
+
+# ------------------------------------------------------------------ estimates
+ESTIMATE_KEY = "estimate_key"
+ESTIMATE_UPDATE_ATTEMPTS = 4
+BATCH_GET_LIMIT = 100
+
+
+def estimate_key_of_test(key: EstimateKey) -> str:
+    return f"test/{key.target.value}/{key.org_id}/{key.test_path}"
+
+
+def estimate_key_of_install(target: Target) -> str:
+    return f"install/{target.value}"
+
+
+def estimate_from_item(item: Item) -> DurationEstimate:
+    return DurationEstimate(
+        mean_s=float(item.get("mean_s", 0.0)),
+        var_s2=float(item.get("var_s2", 0.0)),
+        samples=int(item.get("samples", 0)),
+        recent_ids=tuple(item.get("recent_ids", ())),
+    )
+
+
+class DynamoEstimateStore:
+    """EstimateStore over the Estimates table (see template.yaml).
+
+    One item per estimate, keyed by ``estimate_key``:
+
+    * ``test/<target>/<org_id>/<test_path>``: one org's test on one target. Neither the org
+      id nor the target can contain ``/``, so the key is unambiguous; the planner reads many
+      with one BatchGetItem.
+    * ``install/<target>``: app installs on a target.
+
+    An update reads the item (strongly consistent), adds the sample with the pure
+    ``DurationEstimate.updated`` and writes it back on the condition that ``samples`` still
+    holds the value read (or that the item still does not exist): optimistic concurrency,
+    retried a few times. The item keeps the ids of its last samples, so a replayed report,
+    or a retry of a write whose response was lost, is not counted twice.
+    """
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._db = client
+        self._table = table
+
+    # --------------------------------------------------------------- reads
+    def _batch_get(self, keys: Sequence[str]) -> dict[str, DurationEstimate]:
+        found: dict[str, DurationEstimate] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), BATCH_GET_LIMIT):
+            chunk = [serialize({ESTIMATE_KEY: k}) for k in unique[start : start + BATCH_GET_LIMIT]]
+            request: dict[str, Any] = {self._table: {"Keys": chunk}}
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                for raw in response.get("Responses", {}).get(self._table, []):
+                    item = deserialize(raw)
+                    found[item[ESTIMATE_KEY]] = estimate_from_item(item)
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def test_estimates(self, keys: Sequence[EstimateKey]) -> dict[EstimateKey, DurationEstimate]:
+        by_key = {estimate_key_of_test(k): k for k in keys}
+        found = self._batch_get(list(by_key))
+        return {by_key[k]: estimate for k, estimate in found.items()}
+
+    def install_estimates(self, targets: Sequence[Target]) -> dict[Target, DurationEstimate]:
+        by_key = {estimate_key_of_install(t): t for t in targets}
+        found = self._batch_get(list(by_key))
+        return {by_key[k]: estimate for k, estimate in found.items()}
+
+    # -------------------------------------------------------------- writes
+    def record_test_duration(
+        self, key: EstimateKey, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        attributes = {
+            "kind": "test",
+            "org_id": key.org_id,
+            "target": key.target.value,
+            "test_path": key.test_path,
+        }
+        return self._record(estimate_key_of_test(key), attributes, sample_id, duration_s, now)
+
+    def record_install_duration(
+        self, target: Target, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        attributes = {"kind": "install", "target": target.value}
+        return self._record(estimate_key_of_install(target), attributes, sample_id, duration_s, now)
+
+    def _record(
+        self, key: str, attributes: Item, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        for _ in range(ESTIMATE_UPDATE_ATTEMPTS):
+            response = self._db.get_item(
+                TableName=self._table, Key=serialize({ESTIMATE_KEY: key}), ConsistentRead=True
+            )
+            raw = response.get("Item")
+            current = estimate_from_item(deserialize(raw)) if raw else None
+            before = current or DurationEstimate()
+            after = before.updated(duration_s, sample_id)
+            if after is before:
+                return False  # already counted, or not a usable sample
+            item: Item = {
+                ESTIMATE_KEY: key,
+                **attributes,
+                "mean_s": after.mean_s,
+                "var_s2": after.var_s2,
+                "samples": after.samples,
+                "estimate_s": after.estimate_s,
+                "recent_ids": list(after.recent_ids),
+                "updated_at": now,
+            }
+            condition: dict[str, Any]
+            if current is None:
+                condition = {"ConditionExpression": f"attribute_not_exists({ESTIMATE_KEY})"}
+            else:
+                condition = {
+                    "ConditionExpression": "samples = :seen",
+                    "ExpressionAttributeValues": _values(seen=current.samples),
+                }
+            try:
+                self._db.put_item(TableName=self._table, Item=serialize(item), **condition)
+            except ClientError as error:
+                if _is_condition_failure(error):
+                    continue  # someone else wrote in between: read again
+                raise
+            return True
+        raise EstimateConflict(
+            f"estimate {key}: still changing after {ESTIMATE_UPDATE_ATTEMPTS} attempts"
         )

@@ -75,6 +75,9 @@ class Job:
     retry_of_batch: str | None = None
     # Re-sends by the reaper of a job whose queue message never arrived (backs off).
     resends: int = 0
+    # What history said this test takes on this target when the job was admitted (None:
+    # no history yet); stamped at admission so planning needs no extra reads.
+    estimate_s: float | None = None
 
     @property
     def group_key(self) -> str:
@@ -109,6 +112,8 @@ class Agent:
     # Set anew by every registration: a second process registering the same device
     # supersedes the first, whose later calls are refused.
     session_id: str | None = None
+    # When the batch it holds is expected to end (set with the batch, cleared on release).
+    batch_expected_free_at: float | None = None
 
 
 class BatchState(StrEnum):
@@ -132,6 +137,8 @@ class Batch:
     install_required: bool
     installed_at: float | None = None
     finished_at: float | None = None
+    # now + the planner's estimate (install when required, plus the tests) at commit.
+    expected_end_at: float | None = None
     requeued: list[str] = field(default_factory=list)
 
     @property

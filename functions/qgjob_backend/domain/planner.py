@@ -3,27 +3,54 @@
 Pure and deterministic (no AWS, no clock, no randomness), so the dispatcher Lambda,
 the lease endpoint and the simulator all call this same function.
 
-Policy:
-1. Warm first: an idle agent that already holds a group's app version takes that
-   group's next batch, so it installs nothing.
-2. Then every group still waiting is handed, most urgent first, to a cold agent,
-   except a group that a busy agent is already running with less than a full batch
-   waiting: that agent holds the app and will take the rest when it is free (unless
-   the group has already waited ``aging_seconds``: then a cold agent takes it).
-3. Agents left over split the largest remaining groups (an extra install buys
-   parallelism only when a group has more work than one batch).
-A batch holds jobs of one group only (one org, one app version, one target), most
-urgent and oldest first, at most ``max_batch_jobs``. Urgency is the job priority
-(1 = most urgent) improved by one level per ``aging_seconds`` of waiting, so a
-low-priority group cannot starve.
+The problem: a group (family) is one org's app version on one target. An agent must
+install the app (``install_s`` of its target) before its first test of a group, unless
+it already holds that version. Splitting a group over k agents shortens it but costs k
+installs. The plan is a rolling horizon, recomputed from scratch at every call (so the
+planner keeps no state between calls):
+
+1. **Target end.** For a horizon T, :func:`_pack` lays every waiting group out on the
+   pool's agents: each agent is free at its expected time (now when idle), and a group
+   runs first on the agents that already hold its app, then on as few more agents as
+   needed (earliest free first, one install each) for it to end by T; the group's work
+   is spread so that all its agents end together (water-filling). The planner searches
+   the smallest T for which every group fits (the lower bound LB_split's k_f(T) =
+   ceil(P_f / (T - s)) installs per group is what this packing spends when agents are
+   free), then plans for T stretched by ``split_slack`` of the remaining time, so that a
+   split that shortens the pool by less than that does not buy an install.
+2. **Order.** Groups are laid out most urgent class first (priority 1 is the most urgent;
+   a group gains one level per ``aging_seconds`` of waiting, so nothing starves), then,
+   within a class, an org below its fair share of the pool (agents / orgs waiting)
+   before an org above it, then the largest work (plus its waiting time) first, the
+   longest-processing-time rule that keeps the tail short.
+3. **Batches.** Only the idle agents' first segments of the layout are emitted: an idle
+   agent gets a batch of the group the layout gives it now, or nothing when the layout
+   does not need it (it would only buy an install). A batch is capped by estimated
+   duration (``max_batch_seconds``) and by count, and is at most half of the agent's
+   share of what its group has left (guided self-scheduling): batches shrink towards
+   the end, so the agents of a group end together even when tests run longer or
+   shorter than estimated, and the rest stays in the backlog for whichever of the
+   group's agents is free first.
+
+Inside a group, jobs run most urgent first, then oldest, then longest first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+import functools
+import heapq
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from qgjob_backend.domain.models import AppRef
+from qgjob_backend.domain.models import AppRef, group_key_for
+
+_EPS = 1e-9
+# The look-ahead near the end of a pool's work (see _Pool._look_ahead).
+TAIL_GROUPS_PER_AGENT = 3
+LOOK_AHEAD_GROUPS = 8
+# Fair share: how many agents above its share an org must hold before it yields.
+FAIR_SHARE_EXCESS = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +63,9 @@ class BacklogJob:
     priority: int
     enqueued_at: float
     position: int = 0
+    # What history says this test takes on this target (None: no history yet).
+    estimate_s: float | None = None
+    test_path: str = ""
 
     @property
     def app(self) -> AppRef:
@@ -50,6 +80,16 @@ class IdleAgent:
 
 
 @dataclass(frozen=True)
+class BusyAgent:
+    """An agent running a batch: it holds ``group_key``'s app when it is free again."""
+
+    agent_id: str
+    target: str
+    group_key: str
+    expected_free_at: float
+
+
+@dataclass(frozen=True)
 class PlannedBatch:
     agent_id: str
     group_key: str
@@ -58,38 +98,23 @@ class PlannedBatch:
     target: str
     job_ids: tuple[str, ...]
     install_required: bool
+    expected_s: float = 0.0  # estimated install (when required) plus tests
 
 
 @dataclass(frozen=True)
 class PlanningPolicy:
     max_batch_jobs: int = 25
     aging_seconds: float = 120.0
-
-
-class _Group:
-    """A group's pending jobs in run order, consumed batch by batch while planning."""
-
-    def __init__(self, jobs: list[BacklogJob], now: float, policy: PlanningPolicy) -> None:
-        jobs.sort(key=lambda j: (j.priority, j.enqueued_at, j.position, j.job_id))
-        self.jobs = jobs
-        self.first = jobs[0]
-        self.next_index = 0
-        self.batches_planned = 0
-        oldest = min(j.enqueued_at for j in jobs)
-        self.waited_s = max(0.0, now - oldest)
-        best_priority = min(j.priority for j in jobs)
-        waited_levels = max(0.0, now - oldest) / policy.aging_seconds
-        self.rank = (best_priority - waited_levels, oldest, self.first.group_key)
-
-    @property
-    def remaining(self) -> int:
-        return len(self.jobs) - self.next_index
-
-    def take(self, count: int) -> tuple[str, ...]:
-        chunk = self.jobs[self.next_index : self.next_index + count]
-        self.next_index += len(chunk)
-        self.batches_planned += 1
-        return tuple(j.job_id for j in chunk)
+    max_batch_seconds: float = 900.0
+    unknown_estimate_s: float = 90.0
+    default_install_s: float = 120.0
+    # A split must shorten the remaining plan by more than this fraction to buy an install.
+    split_slack: float = 0.02
+    # ... and another agent for a group already running must shorten the plan by this
+    # fraction of the remaining time (and at least by an install) to be worth its install.
+    extra_install_gain: float = 0.05
+    min_split_gain_s: float = 300.0
+    fair_share: bool = True
 
 
 def plan_batches(
@@ -97,73 +122,507 @@ def plan_batches(
     agents: Sequence[IdleAgent],
     now: float,
     policy: PlanningPolicy,
-    busy_groups: Collection[str] = (),
+    busy: Sequence[BusyAgent] = (),
+    install_s: Mapping[str, float] | None = None,
 ) -> list[PlannedBatch]:
-    """Assigns at most one batch to each idle agent. Targets never mix.
+    """Assigns at most one batch to each idle agent. Targets and groups never mix.
 
-    ``busy_groups`` are the groups that busy agents are running right now.
+    ``busy`` are the agents running a batch now; ``install_s`` the install time per target
+    (``policy.default_install_s`` for a target it does not name).
     """
-    by_target: dict[str, dict[str, list[BacklogJob]]] = {}
+    by_target: dict[str, list[BacklogJob]] = {}
     for job in backlog:
-        by_target.setdefault(job.target, {}).setdefault(job.group_key, []).append(job)
-
+        by_target.setdefault(job.target, []).append(job)
+    pools: list[_Pool] = []
+    for target, jobs in sorted(by_target.items()):
+        idle = sorted((a for a in agents if a.target == target), key=lambda a: a.agent_id)
+        running = sorted((b for b in busy if b.target == target), key=lambda b: b.agent_id)
+        if not idle and not running:
+            continue
+        install = policy.default_install_s
+        if install_s is not None:
+            install = install_s.get(target, install)
+        pools.append(_Pool(jobs, idle, running, now, policy, install))
+    # The pools end together: a pool that could end before the slowest one spends that
+    # time saving installs rather than finishing early for nothing.
+    common_end = max((pool.smallest_horizon for pool in pools), default=0.0)
     plan: list[PlannedBatch] = []
-    for target, grouped in sorted(by_target.items()):
-        groups = sorted(
-            (_Group(jobs, now, policy) for jobs in grouped.values()), key=lambda g: g.rank
-        )
-        pool = sorted((a for a in agents if a.target == target), key=lambda a: a.agent_id)
-        plan.extend(_plan_pool(groups, pool, policy, frozenset(busy_groups)))
+    for pool in pools:
+        if pool.idle:
+            plan.extend(pool.plan(common_end))
     return plan
 
 
-def _plan_pool(
-    groups: list[_Group], pool: list[IdleAgent], policy: PlanningPolicy, busy: frozenset[str]
-) -> list[PlannedBatch]:
-    planned: list[PlannedBatch] = []
-    free: list[IdleAgent] = []
+class _Group:
+    """A group's waiting jobs in run order, with what planning needs to know about them."""
 
-    for agent in pool:
-        warm = next((g for g in groups if g.remaining and g.first.app == agent.installed), None)
-        if warm is None:
-            free.append(agent)
-        else:
-            planned.append(_batch(agent, warm, policy, install_required=False))
-
-    def worth_another_install(group: _Group) -> bool:
-        # A warm busy agent will take a short tail itself; a cold agent pays an install.
-        return (
-            group.first.group_key not in busy
-            or group.remaining >= policy.max_batch_jobs
-            or group.waited_s >= policy.aging_seconds
+    def __init__(self, jobs: list[BacklogJob], now: float, policy: PlanningPolicy) -> None:
+        unknown = policy.unknown_estimate_s
+        self.estimates = {j.job_id: _estimate(j, unknown) for j in jobs}
+        jobs.sort(
+            key=lambda j: (
+                j.priority,
+                j.enqueued_at,
+                -self.estimates[j.job_id],
+                j.position,
+                j.job_id,
+            )
         )
+        self.jobs = jobs
+        self.first = jobs[0]
+        self.key = self.first.group_key
+        self.org_id = self.first.org_id
+        self.work_s = sum(self.estimates.values())
+        self.longest_s = max(self.estimates.values())
+        oldest = min(j.enqueued_at for j in jobs)
+        waited_s = max(0.0, now - oldest)
+        best_priority = min(j.priority for j in jobs)
+        self.urgency_class = max(1, math.ceil(best_priority - waited_s / policy.aging_seconds))
+        # Largest first (LPT); waiting adds to the size so that an old group cannot be
+        # passed for ever by larger newcomers of its class.
+        self.order = (-(self.work_s + waited_s), oldest, self.key)
+        self.next_index = 0
 
-    for agent in free:
-        unserved = [
-            g for g in groups if g.remaining and g.batches_planned == 0 and worth_another_install(g)
-        ]
-        if unserved:
-            chosen = unserved[0]
-        else:
-            # Splitting costs one more install: only worth it for work beyond one batch.
-            splittable = [g for g in groups if g.remaining > 0 and worth_another_install(g)]
-            if not splittable:
+    def take(self, seconds: float, max_jobs: int) -> tuple[tuple[str, ...], float]:
+        """The next jobs worth about ``seconds`` (at least one), and their estimated sum."""
+        taken: list[str] = []
+        total = 0.0
+        while self.next_index < len(self.jobs) and len(taken) < max_jobs:
+            job_id = self.jobs[self.next_index].job_id
+            estimate = self.estimates[job_id]
+            if taken and total + estimate / 2 > seconds:
                 break
-            chosen = max(splittable, key=lambda g: (g.remaining, [-x for x in g.rank[:2]]))
-        planned.append(_batch(agent, chosen, policy, install_required=True))
-    return planned
+            taken.append(job_id)
+            total += estimate
+            self.next_index += 1
+        return tuple(taken), total
+
+    @property
+    def remaining_s(self) -> float:
+        return sum(self.estimates[j.job_id] for j in self.jobs[self.next_index :])
 
 
-def _batch(
-    agent: IdleAgent, group: _Group, policy: PlanningPolicy, *, install_required: bool
-) -> PlannedBatch:
-    first = group.first
-    return PlannedBatch(
-        agent_id=agent.agent_id,
-        group_key=first.group_key,
-        org_id=first.org_id,
-        app_version_id=first.app_version_id,
-        target=first.target,
-        job_ids=group.take(policy.max_batch_jobs),
-        install_required=install_required,
-    )
+def _estimate(job: BacklogJob, unknown_s: float) -> float:
+    if job.estimate_s is None or not job.estimate_s > 0 or math.isinf(job.estimate_s):
+        return unknown_s
+    return job.estimate_s
+
+
+@dataclass
+class _Lane:
+    """One agent of the pool in a layout: when it is free and which group's app it holds."""
+
+    agent_id: str
+    free_at: float
+    holds: str | None
+    idle: bool
+
+
+@dataclass
+class _Segment:
+    group: _Group
+    share_s: float  # work the layout gives this agent
+    install: bool
+    agents: int = 0  # agents holding the group once the layout runs (filled in at the end)
+
+
+class _Layout:
+    """A layout being built: the lanes, each idle agent's first segment, the pieces."""
+
+    def __init__(self, pool: _Pool, lanes: list[_Lane], horizon: float, split: bool) -> None:
+        self.lanes = lanes
+        self.horizon = horizon
+        self.split = split
+        self.install_s = pool.install_s
+        self.now = pool.now
+        self.waiting = {g.key for g in pool.groups}
+        self.first: dict[str, _Segment] = {}
+        self.pieces = 0  # installs the layout spends
+        self.bound_pieces = 0  # sum of k_f(horizon): what the lower bound would spend
+        self.splits = 0  # installs for groups that already have an agent
+        self.holding: dict[str, list[int]] = {}
+        for index, lane in enumerate(lanes):
+            if lane.holds is not None:
+                self.holding.setdefault(lane.holds, []).append(index)
+        # Agents by when they are free, an agent holding a waiting group's app counting an
+        # install later (taking it costs that group an install). Lazy: stale entries are
+        # skipped when popped.
+        self._heap = [(self._key(i), i) for i in range(len(lanes))]
+        heapq.heapify(self._heap)
+
+    def _key(self, index: int) -> float:
+        lane = self.lanes[index]
+        return lane.free_at + (self.install_s if lane.holds in self.waiting else 0.0)
+
+    def _holders(self, key: str) -> list[int]:
+        return [i for i in self.holding.get(key, ()) if self.lanes[i].holds == key]
+
+    def served(self, group: _Group) -> bool:
+        return group.key in self.holding and bool(self._holders(group.key))
+
+    def absorb_warm(self, group: _Group) -> float:
+        """Puts the group on agents holding its app, each up to the horizon; returns the
+        work left for other agents."""
+        self.waiting.discard(group.key)
+        if group.key not in self.holding:  # nobody holds it: all of it needs installs
+            room = self.horizon - self.now - self.install_s
+            self.bound_pieces += math.ceil(group.work_s / room - _EPS) if room > 0 else 1
+            return group.work_s
+        rest = group.work_s
+        # Latest free first: the agents free soonest stay available for groups that need
+        # another agent (an idle agent holding this app still works on it when no other
+        # group needs it, see _Pool._batches).
+        warm = sorted(self._holders(group.key), key=lambda i: (-self.lanes[i].free_at, i))
+        capacity = 0.0
+        for index in warm:
+            # No longer counted as an install later: its group is laid out.
+            heapq.heappush(self._heap, (self._key(index), index))
+            room = self.horizon - self.lanes[index].free_at
+            capacity += max(0.0, room)
+            if rest > _EPS and room > _EPS:
+                piece = min(room, rest)
+                self.place(index, group, piece, install=False)
+                rest -= piece
+        cold = max(0.0, group.work_s - capacity)
+        if cold > _EPS:
+            room = self.horizon - self.now - self.install_s
+            self.bound_pieces += math.ceil(cold / room - _EPS) if room > 0 else 1
+        return rest
+
+    def roomiest(self) -> tuple[int, float] | None:
+        """The agent free first (sparing holders of waiting groups) and its room for a new
+        group, or None when no agent has room left."""
+        heap = self._heap
+        while heap:
+            key, index = heap[0]
+            if key != self._key(index):
+                heapq.heappop(heap)
+                continue
+            room = self.horizon - self.lanes[index].free_at - self.install_s
+            return (index, room) if room > _EPS else None
+        return None
+
+    def place(self, index: int, group: _Group, work: float, *, install: bool) -> None:
+        lane = self.lanes[index]
+        if install:
+            self.pieces += 1
+            if group.key in self.holding and self._holders(group.key):
+                self.splits += 1
+        if lane.idle and lane.agent_id not in self.first:
+            self.first[lane.agent_id] = _Segment(group, work, install)
+        lane.free_at += work + (self.install_s if install else 0.0)
+        if lane.holds != group.key:
+            lane.holds = group.key
+            self.holding.setdefault(group.key, []).append(index)
+        heapq.heappush(self._heap, (self._key(index), index))
+
+    @property
+    def end_s(self) -> float:
+        return max((lane.free_at for lane in self.lanes), default=self.now)
+
+    def finish(self) -> _Layout:
+        for segment in self.first.values():
+            segment.agents = self.holders(segment.group.key)
+        return self
+
+    def holders(self, key: str) -> int:
+        """Agents holding the group's app once the layout has run (at least 1)."""
+        return max(1, len(self._holders(key)))
+
+
+class _Pool:
+    """One target pool: its groups, its idle and busy agents, its install time."""
+
+    def __init__(
+        self,
+        jobs: list[BacklogJob],
+        idle: Sequence[IdleAgent],
+        busy: Sequence[BusyAgent],
+        now: float,
+        policy: PlanningPolicy,
+        install_s: float,
+    ) -> None:
+        grouped: dict[str, list[BacklogJob]] = {}
+        for job in jobs:
+            grouped.setdefault(job.group_key, []).append(job)
+        self.groups = sorted(
+            (_Group(members, now, policy) for members in grouped.values()),
+            key=lambda g: (g.urgency_class, g.order),
+        )
+        # Layouts count seconds from now: epoch timestamps next to sub-second durations
+        # would lose the precision the horizon search needs.
+        self.now = 0.0
+        self.clock = now
+        self.policy = policy
+        self.install_s = max(0.0, install_s)
+        self.idle = idle
+        self.busy = busy
+
+    def _lanes(self) -> list[_Lane]:
+        lanes = [
+            _Lane(
+                a.agent_id,
+                self.now,
+                None
+                if a.installed is None
+                else group_key_for(a.installed.org_id, a.installed.app_version_id, a.target),
+                idle=True,
+            )
+            for a in self.idle
+        ]
+        lanes += [
+            _Lane(b.agent_id, max(0.0, b.expected_free_at - self.clock), b.group_key, idle=False)
+            for b in self.busy
+        ]
+        return lanes
+
+    @functools.cached_property
+    def _earliest(self) -> tuple[float, _Layout]:
+        found = self._search(lambda layout: True)
+        if found is None:  # the search's upper end always fits: one agent does everything
+            raise AssertionError("no feasible layout")
+        return found
+
+    @property
+    def smallest_horizon(self) -> float:
+        """The earliest end this pool's layout reaches."""
+        return self._earliest[0]
+
+    def plan(self, common_end: float) -> list[PlannedBatch]:
+        smallest, layout = self._earliest
+        slack = self.policy.split_slack
+
+        def frugal(candidate: _Layout) -> bool:
+            # Few installs more than the lower bound's k_f(T) at this horizon.
+            return candidate.pieces <= candidate.bound_pieces + max(
+                1.0, slack * candidate.bound_pieces
+            )
+
+        found = self._search(frugal, low=max(smallest, common_end))
+        if found is not None:
+            horizon, layout = found
+            # Another agent for a group that agents already run must shorten the plan by
+            # more than an install's worth; otherwise those agents finish it alone.
+            # Splitting a group over more agents must shorten the plan by more than its
+            # installs cost; otherwise each group runs on one agent (or those it has).
+            alone = None
+            if layout.splits:
+                alone = self._search(lambda candidate: True, split=False)
+            if alone is not None:
+                policy = self.policy
+                gain = max(
+                    self.install_s,
+                    policy.min_split_gain_s,
+                    policy.extra_install_gain * (alone[0] - self.now),
+                )
+                if alone[0] <= horizon + gain:
+                    layout = self._pack(max(alone[0], horizon), split=False) or layout
+        return self._batches(self._look_ahead(layout))
+
+    def _look_ahead(self, layout: _Layout) -> _Layout:
+        """Near the end, where the greedy order (largest group first) leaves agents ending
+        unevenly: when one idle agent is to install a group, also try the next few groups
+        of the same class in its place and keep the layout that ends first."""
+        starting = [a for a in self.idle if (s := layout.first.get(a.agent_id)) and s.install]
+        lanes = len(self.idle) + len(self.busy)
+        if len(starting) != 1 or len(self.groups) > TAIL_GROUPS_PER_AGENT * lanes:
+            return layout
+        agent_id = starting[0].agent_id
+        chosen = layout.first[agent_id].group
+        held = {lane.holds for lane in self._lanes()}
+        candidates = [
+            g
+            for g in self.groups
+            if g is not chosen
+            and g.urgency_class == chosen.urgency_class
+            and g.key not in held
+            # The look-ahead never lets a group pass another against fair share.
+            and (g.key in self._yielding) <= (chosen.key in self._yielding)
+        ][:LOOK_AHEAD_GROUPS]
+        best, best_end = layout, layout.end_s
+        for group in candidates:
+            alternative = self._pack(layout.horizon, split=layout.split, first=(agent_id, group))
+            if alternative is not None and alternative.end_s < best_end - _EPS:
+                best, best_end = alternative, alternative.end_s
+        return best
+
+    def _search(
+        self,
+        accept: Callable[[_Layout], bool],
+        low: float | None = None,
+        *,
+        split: bool = True,
+    ) -> tuple[float, _Layout] | None:
+        """The smallest horizon (to a fraction of a percent) with a layout that ``accept``s,
+        and that layout; None if not even the upper end of the search has one."""
+        lanes = self._lanes()
+        work = sum(g.work_s for g in self.groups)
+        if low is None:
+            longest = max(g.longest_s for g in self.groups)
+            on_lanes = sum(lane.free_at - self.now for lane in lanes)
+            low = self.now + max(longest, (work + on_lanes) / max(1, len(lanes)))
+        high = max(lane.free_at for lane in lanes) + work + self.install_s * len(self.groups)
+        high = max(high, low)
+
+        def attempt(horizon: float) -> _Layout | None:
+            layout = self._pack(horizon, split=split)
+            return layout if layout is not None and accept(layout) else None
+
+        best = attempt(low)
+        if best is not None:
+            return low, best
+        # The answer is usually a little above the low end: step up geometrically to a
+        # horizon that fits, then bisect.
+        step = max(1.0, 0.05 * (low - self.now))
+        while low + step < high:
+            best = attempt(low + step)
+            if best is not None:
+                high = low + step
+                break
+            low, step = low + step, step * 2
+        else:
+            best = attempt(high)
+            if best is None:
+                return None
+        while high - low > max(1.0, 0.002 * (high - self.now)):
+            middle = (low + high) / 2
+            layout = attempt(middle)
+            if layout is not None:
+                high, best = middle, layout
+            else:
+                low = middle
+        return high, best
+
+    def _pack(
+        self, horizon: float, *, split: bool = True, first: tuple[str, _Group] | None = None
+    ) -> _Layout | None:
+        """Lays every group out so that it ends by ``horizon``; None when one cannot.
+        With ``split`` false, a group gets no agent beyond those holding its app, and one
+        when none does.
+
+        Per urgency class: first each group on the agents holding its app (earliest free
+        first, each filled up to the horizon), then whole agents for the groups' work
+        beyond that (the agent free the longest first), then each group's remainder on the
+        agent where it fits most tightly (best fit, largest remainder first), and only
+        a remainder that fits nowhere split over several agents.
+        """
+        lanes = self._lanes()
+        layout = _Layout(self, lanes, horizon, split)
+        if first is not None:
+            agent_id, group = first
+            index = next(i for i, lane in enumerate(lanes) if lane.agent_id == agent_id)
+            layout.waiting.discard(group.key)
+            layout.place(index, group, group.work_s, install=True)
+        deferred = self._yielding
+        for urgency_class in self._classes():
+            if first is not None:
+                urgency_class = [g for g in urgency_class if g is not first[1]]
+            rest: dict[str, float] = {}
+            for group in urgency_class:
+                served = layout.served(group)
+                rest[group.key] = layout.absorb_warm(group)
+                if served and not split and rest[group.key] > _EPS:
+                    return None
+            # Whole agents first, for the work beyond a remainder.
+            for group in urgency_class if split else ():
+                while rest[group.key] > _EPS:
+                    found = layout.roomiest()
+                    if found is None:
+                        break
+                    index, room = found
+                    if room < group.longest_s or rest[group.key] < room - _EPS:
+                        break  # what is left is a remainder, placed below
+                    layout.place(index, group, room, install=True)
+                    rest[group.key] -= room
+            # Then the remainders, largest first, each on the agent free first, split over
+            # several agents only when it fits on none.
+            remainders = sorted(
+                urgency_class, key=lambda g: (g.key in deferred, -rest[g.key], g.order)
+            )
+            for group in remainders:
+                while rest[group.key] > _EPS:
+                    found = layout.roomiest()
+                    if found is None or found[1] < group.longest_s - _EPS:
+                        return None
+                    index, room = found
+                    piece = min(room, rest[group.key])
+                    if piece < rest[group.key] - _EPS and not split:
+                        return None
+                    layout.place(index, group, piece, install=True)
+                    rest[group.key] -= piece
+        return layout.finish()
+
+    @functools.cached_property
+    def _running_per_org(self) -> dict[str, int]:
+        """Busy agents per org (a group key starts with its org, see group_key_for)."""
+        running: dict[str, int] = {}
+        for agent in self.busy:
+            org = agent.group_key.split("/", 1)[0]
+            running[org] = running.get(org, 0) + 1
+        return running
+
+    @functools.cached_property
+    def _yielding(self) -> frozenset[str]:
+        """Fair share: the groups of orgs that hold at least FAIR_SHARE_EXCESS agents more
+        than their share of the pool (agents / orgs waiting) while another org waiting
+        here has none. They yield to the other groups of their urgency class."""
+        if not self.policy.fair_share:
+            return frozenset()
+        running = self._running_per_org
+        waiting = {g.org_id for g in self.groups}
+        share = (len(self.idle) + len(self.busy)) / len(waiting)
+        greedy = {org for org, count in running.items() if count >= share + FAIR_SHARE_EXCESS}
+        if not greedy or all(running.get(org, 0) for org in waiting):
+            return frozenset()
+        return frozenset(g.key for g in self.groups if g.org_id in greedy)
+
+    def _classes(self) -> list[list[_Group]]:
+        """Groups by urgency class, each in layout order: largest first, groups that
+        yield for fair share after the others."""
+        classes: dict[int, list[_Group]] = {}
+        for group in self.groups:
+            classes.setdefault(group.urgency_class, []).append(group)
+        yielding = self._yielding
+        return [
+            sorted(classes[c], key=lambda g: g.key in yielding)  # stable: keeps the order
+            for c in sorted(classes)
+        ]
+
+    def _batches(self, layout: _Layout) -> list[PlannedBatch]:
+        planned: list[PlannedBatch] = []
+        policy = self.policy
+        by_key = {g.key: g for g in self.groups}
+        for agent in self.idle:
+            segment = layout.first.get(agent.agent_id)
+            if segment is None:
+                # Not needed elsewhere: it keeps working on the group whose app it holds.
+                held = agent.installed and group_key_for(
+                    agent.installed.org_id, agent.installed.app_version_id, agent.target
+                )
+                group = by_key.get(held) if held else None
+                if group is None:
+                    continue
+                segment = _Segment(group, group.remaining_s, False, layout.holders(group.key))
+            group = segment.group
+            if group.next_index >= len(group.jobs):
+                continue
+            # Guided self-scheduling: half of this agent's share of what the group has left.
+            fair_part = group.work_s / segment.agents
+            if segment.agents > 1:
+                fair_part /= 2
+            seconds = min(policy.max_batch_seconds, segment.share_s, fair_part)
+            job_ids, estimated = group.take(seconds, max(1, policy.max_batch_jobs))
+            first = group.first
+            planned.append(
+                PlannedBatch(
+                    agent_id=agent.agent_id,
+                    group_key=group.key,
+                    org_id=first.org_id,
+                    app_version_id=first.app_version_id,
+                    target=first.target,
+                    job_ids=job_ids,
+                    install_required=segment.install,
+                    expected_s=estimated + (self.install_s if segment.install else 0.0),
+                )
+            )
+        return planned

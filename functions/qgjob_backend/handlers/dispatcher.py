@@ -17,20 +17,33 @@ logger = Logger()
 services = LazyServices()
 
 
-class _Admissions:
-    """Collects the targets that received jobs, so planning runs once per invocation."""
+def _job_id(body: str) -> str | None:
+    try:
+        return str(json.loads(body)["job_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
-    def __init__(self) -> None:
+
+class _Admissions:
+    """Collects the targets that received jobs, so planning runs once per invocation.
+
+    The jobs of all records and their tests' estimates are read up front in batch reads;
+    each record is then admitted on its own (one conditional write), so a failure still
+    fails only its record.
+    """
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
         self.targets: set[Target] = set()
+        job_ids = [j for j in (_job_id(str(r.get("body", ""))) for r in records) if j]
+        self.reads = services().dispatcher.prefetch(job_ids) if job_ids else None
 
     def __call__(self, record: SQSRecord) -> None:
-        try:
-            job_id = json.loads(record.body)["job_id"]
-        except (ValueError, KeyError, TypeError):
+        job_id = _job_id(record.body)
+        if job_id is None:
             # A malformed message can never succeed; dropping it beats blocking its group.
             logger.error("malformed message dropped", extra={"message_id": record.message_id})
             return
-        job = services().dispatcher.admit(str(job_id))
+        job = services().dispatcher.admit(job_id, self.reads)
         if job is not None:
             self.targets.add(job.target)
 
@@ -38,7 +51,7 @@ class _Admissions:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
-        admissions = _Admissions()
+        admissions = _Admissions(event["Records"])
         # Short-circuits the rest of a group after a failure, so FIFO order holds on retry.
         processor = SqsFifoPartialProcessor()
         response = process_partial_response(

@@ -12,6 +12,7 @@ from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.dispatch import DispatchService
 from qgjob_backend.services.errors import Conflict, NotFound
+from qgjob_backend.services.estimates import EstimateService
 from qgjob_backend.services.recovery import requeue_unfinished
 
 logger = Logger(child=True)
@@ -46,6 +47,7 @@ class AgentService:
         clock: Callable[[], float],
         lease_seconds: float,
         new_id: Callable[[], str],
+        estimates: EstimateService,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -53,6 +55,7 @@ class AgentService:
         self._clock = clock
         self._lease_seconds = lease_seconds
         self._new_id = new_id
+        self._estimates = estimates
 
     def register(self, target: Target, device_id: str, installed: AppRef | None) -> Agent:
         agent_id = agent_id_for(target, device_id)
@@ -122,8 +125,12 @@ class AgentService:
     def record_install(self, agent_id: str, batch_id: str, session: str | None = None) -> None:
         self._check_session(agent_id, session)
         batch = self._own_batch(agent_id, batch_id)
-        if not self._store.record_install(agent_id, batch_id, batch.app, self._clock()):
+        now = self._clock()
+        if not self._store.record_install(agent_id, batch_id, batch.app, now):
             raise Conflict(f"batch {batch_id}: lease lost; install not recorded")
+        if batch.installed_at is None:
+            # The batch's first install report (a repeat is also deduplicated by batch id).
+            self._estimates.record_install(batch, now)
         logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
 
     def start(self, agent_id: str, job_id: str, batch_id: str, session: str | None = None) -> Job:
@@ -179,6 +186,8 @@ class AgentService:
         )
         job = self._store.finish_job(job_id, agent_id, batch_id, outcome, now)
         if job is not None:
+            # Only the report that made the job final counts (a replay never gets here).
+            self._estimates.record_test(job)
             return job
         replay = self._store.get_job(job_id)
         if replay and replay.batch_id == batch_id and replay.status is status:

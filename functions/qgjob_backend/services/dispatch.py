@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import AgentStatus, Batch, BatchState, Job
 from qgjob_backend.domain.planner import (
     BacklogJob,
+    BusyAgent,
     IdleAgent,
     PlannedBatch,
     PlanningPolicy,
@@ -17,6 +18,7 @@ from qgjob_backend.domain.planner import (
 )
 from qgjob_backend.ports import StateStore
 from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.estimates import EstimateService
 
 logger = Logger(child=True)
 
@@ -31,6 +33,8 @@ def backlog_view(job: Job) -> BacklogJob:
         priority=job.priority,
         enqueued_at=job.created_at,
         position=job.position,
+        estimate_s=job.estimate_s,
+        test_path=job.test_path,
     )
 
 
@@ -48,7 +52,16 @@ def batch_of(plan: PlannedBatch, batch_id: str, now: float, lease_seconds: float
         created_at=now,
         lease_expires_at=now + lease_seconds,
         install_required=plan.install_required,
+        expected_end_at=now + plan.expected_s,
     )
+
+
+@dataclass(frozen=True)
+class AdmissionReads:
+    """What admitting a batch of messages needs, read up front with two batch reads."""
+
+    jobs: dict[str, Job] = field(default_factory=dict)
+    estimates: dict[str, float] = field(default_factory=dict)  # job id -> seconds
 
 
 @dataclass(frozen=True)
@@ -65,49 +78,90 @@ class DispatchService:
         clock: Callable[[], float],
         new_id: Callable[[], str],
         settings: DispatchSettings,
+        estimates: EstimateService,
     ) -> None:
         self._store = store
         self._clock = clock
         self._new_id = new_id
         self._settings = settings
+        self._estimates = estimates
 
-    def admit(self, job_id: str) -> Job | None:
-        """Puts a queued job into its group's backlog. Safe to repeat: later calls do nothing."""
-        job = self._store.get_job(job_id)
+    def prefetch(self, job_ids: Sequence[str]) -> AdmissionReads:
+        """Reads the jobs of many messages and their tests' estimates in two batch reads.
+
+        Only an optimisation: when it fails, ``admit`` reads each job itself.
+        """
+        try:
+            jobs = self._store.get_jobs(job_ids)
+        except Exception:
+            logger.warning("batch read of jobs failed; admitting one by one", exc_info=True)
+            return AdmissionReads()
+        waiting = [j for j in jobs if not j.admitted and j.status is JobStatus.QUEUED]
+        return AdmissionReads({j.job_id: j for j in jobs}, self._estimates.for_jobs(waiting))
+
+    def admit(self, job_id: str, reads: AdmissionReads | None = None) -> Job | None:
+        """Puts a queued job into its group's backlog. Safe to repeat: later calls do nothing.
+
+        The job is stamped with its test's current estimate, so planning needs no extra
+        read. A job read in ``reads`` may be stale: the conditional write settles it.
+        """
+        job = reads.jobs.get(job_id) if reads is not None else None
+        prefetched = job is not None
+        if job is None:
+            job = self._store.get_job(job_id)
         if job is None:
             logger.warning("message for an unknown job dropped", extra={"job_id": job_id})
             return None
         if job.admitted or job.status is not JobStatus.QUEUED:
             return None
-        admitted = self._store.admit_job(job, self._clock())
+        if prefetched and reads is not None:
+            estimate = reads.estimates.get(job_id)
+        else:
+            estimate = self._estimates.for_jobs([job]).get(job_id)
+        stamped = replace(job, estimate_s=estimate) if estimate is not None else job
+        admitted = self._store.admit_job(stamped, self._clock())
         if admitted is not None:
             logger.debug("job admitted", extra={"job_id": job_id, "group": job.group_key})
         return admitted
 
     def plan(self, targets: Iterable[Target] | None = None) -> list[Batch]:
-        """Plans each target's pool with the pure planner and commits every batch it can."""
-        committed: list[Batch] = []
-        for target in sorted(set(targets) if targets is not None else set(Target)):
-            committed.extend(self._plan_target(target))
-        return committed
+        """Plans with the pure planner and commits every batch it can.
 
-    def _plan_target(self, target: Target) -> list[Batch]:
-        backlog = self._store.backlog(target)
-        if not backlog:
+        ``targets`` are the pools that asked (an idle agent's lease, admitted jobs); the
+        planner still sees every pool with waiting jobs, because pools are planned to end
+        together (see ``plan_batches``), so a batch may go to an idle agent of another pool.
+        """
+        wanted = set(targets) if targets is not None else set(Target)
+        backlogs = {target: self._store.backlog(target) for target in Target}
+        if not any(backlogs[target] for target in wanted):
             return []
         now = self._clock()
         fresh_after = now - self._settings.agent_offline_seconds
-        agents = [a for a in self._store.list_agents(target) if a.last_seen >= fresh_after]
-        idle = [
-            IdleAgent(a.agent_id, a.target.value, a.installed)
-            for a in agents
-            if a.status is AgentStatus.IDLE and a.batch_id is None
-        ]
-        if not idle:
+        idle: list[IdleAgent] = []
+        busy: list[BusyAgent] = []
+        install_s: dict[str, float] = {}
+        for target, backlog in backlogs.items():
+            if not backlog:
+                continue
+            for agent in self._store.list_agents(target):
+                if agent.last_seen < fresh_after:
+                    continue
+                if agent.status is AgentStatus.IDLE and agent.batch_id is None:
+                    idle.append(IdleAgent(agent.agent_id, target.value, agent.installed))
+                elif agent.batch_id and agent.batch_group:
+                    # It holds its group's app and is free again when its batch should end.
+                    free_at = agent.batch_expected_free_at or now
+                    busy.append(BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at))
+            install_s[target.value] = self._estimates.install_seconds(target)
+        if not any(Target(a.target) in wanted for a in idle):
             return []
-        busy_groups = {a.batch_group for a in agents if a.batch_id and a.batch_group}
         planned = plan_batches(
-            [backlog_view(j) for j in backlog], idle, now, self._settings.policy, busy_groups
+            [backlog_view(job) for backlog in backlogs.values() for job in backlog],
+            idle,
+            now,
+            self._settings.policy,
+            busy=busy,
+            install_s=install_s,
         )
         committed = []
         for plan in planned:
