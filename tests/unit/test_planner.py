@@ -274,17 +274,25 @@ def test_equal_urgency_starts_the_largest_group_first() -> None:
 @pytest.mark.parametrize(
     ("waited", "winner"),
     [
-        (0.0, "fresh-p1"),
-        (700.0, "fresh-p1"),  # 9 - 7 levels = class 2: still less urgent than 1
-        (900.0, "old-p9"),  # 9 - 9 levels: class 1, and it has waited longer
+        (0.0, "fresh-p2"),
+        (600.0, "fresh-p2"),  # 9 - 6 levels = class 3: still less urgent than 2
+        (800.0, "old-p9"),  # 9 - 8 levels: class 2 like the fresh group, and older
     ],
 )
 def test_aging_lets_a_long_waiting_low_priority_group_win(waited: float, winner: str) -> None:
     backlog = jobs("acme", "old-p9", 2, priority=9, enqueued_at=NOW - waited) + jobs(
-        "acme", "fresh-p1", 2, priority=1, enqueued_at=NOW
+        "acme", "fresh-p2", 2, priority=2, enqueued_at=NOW
     )
 
     assert [b.app_version_id for b in plan(backlog, [agent("a1")])] == [winner]
+
+
+def test_aged_work_never_passes_priority_1() -> None:
+    backlog = jobs("acme", "old-p9", 6, priority=9, enqueued_at=NOW - 50_000) + jobs(
+        "acme", "fresh-p1", 2, priority=1, enqueued_at=NOW
+    )
+
+    assert [b.app_version_id for b in plan(backlog, [agent("a1")])] == ["fresh-p1"]
 
 
 def test_inside_a_group_urgent_then_oldest_then_longest_tests_go_first() -> None:

@@ -177,7 +177,10 @@ class _Group:
         oldest = min(j.enqueued_at for j in jobs)
         waited_s = max(0.0, now - oldest)
         best_priority = min(j.priority for j in jobs)
-        self.urgency_class = max(1, math.ceil(best_priority - waited_s / policy.aging_seconds))
+        # Aging lifts a group one class per aging_seconds, up to class 2: class 1 is only
+        # ever priority 1, so urgent work never queues behind aged work.
+        aged = math.ceil(best_priority - waited_s / policy.aging_seconds)
+        self.urgency_class = max(min(2, best_priority), aged)
         # Largest first (LPT); waiting adds to the size so that an old group cannot be
         # passed for ever by larger newcomers of its class.
         self.order = (-(self.work_s + waited_s), oldest, self.key)
