@@ -251,6 +251,30 @@ def test_an_urgent_group_takes_an_idle_agent_before_a_busy_agent_is_free() -> No
 
 
 # ------------------------------------------------------------------ urgency and fairness
+@pytest.mark.parametrize(
+    ("priority", "warm_agent_runs", "install"),
+    [
+        # Priority 1 starts now, on the agent holding a less urgent group's app: that
+        # group pays a reinstall later.
+        (1, "acme/urgent/emulator", True),
+        # Any other class waits for the busy agent (free in 500 s) rather than cost the
+        # less urgent group its warm agent.
+        (3, "acme/held/emulator", False),
+    ],
+)
+def test_only_priority_1_takes_a_warm_agent_from_a_less_urgent_group(
+    priority: int, warm_agent_runs: str, install: bool
+) -> None:
+    backlog = jobs("acme", "urgent", 2, priority=priority) + jobs("acme", "held", 10, priority=5)
+    warm = agent("warm", installed=AppRef("acme", "held"))
+    running = [busy("busy", "acme/other/emulator", free_in=500.0)]
+
+    (batch,) = plan(backlog, [warm], running=running)
+
+    assert (batch.agent_id, batch.group_key) == ("warm", warm_agent_runs)
+    assert batch.install_required is install
+
+
 def test_more_groups_than_agents_serves_the_most_urgent_first() -> None:
     backlog = (
         jobs("acme", "low", 2, priority=5)

@@ -12,7 +12,9 @@ planner keeps no state between calls):
 1. **Target end.** For a horizon T, :func:`_pack` lays every waiting group out on the
    pool's agents: each agent is free at its expected time (now when idle), and a group
    runs first on the agents that already hold its app, then on as few more agents as
-   needed (earliest free first, one install each) for it to end by T; the group's work
+   needed (earliest free first, one install each; an agent holding a less urgent
+   group's app only when no other has room, unless the group is priority 1: taking it
+   costs that group a reinstall) for it to end by T; the group's work
    is spread so that all its agents end together (water-filling). The planner searches
    the smallest T for which every group fits (the lower bound LB_split's k_f(T) =
    ceil(P_f / (T - s)) installs per group is what this packing spends when agents are
@@ -247,15 +249,27 @@ class _Layout:
         for index, lane in enumerate(lanes):
             if lane.holds is not None:
                 self.holding.setdefault(lane.holds, []).append(index)
-        # Agents by when they are free, an agent holding a waiting group's app counting an
-        # install later (taking it costs that group an install). Lazy: stale entries are
-        # skipped when popped.
-        self._heap = [(self._key(i), i) for i in range(len(lanes))]
-        heapq.heapify(self._heap)
+        # Agents by when they are free, in two heaps: those holding the app of a group
+        # still to be laid out (taking one costs that group an install later) and the
+        # others. Lazy: an entry whose lane changed heap or time is skipped when popped.
+        self._heaps: tuple[list[tuple[float, int]], list[tuple[float, int]]] = ([], [])
+        for index in range(len(lanes)):
+            self._push(index)
 
-    def _key(self, index: int) -> float:
-        lane = self.lanes[index]
-        return lane.free_at + (self.install_s if lane.holds in self.waiting else 0.0)
+    def _warm(self, index: int) -> bool:
+        return self.lanes[index].holds in self.waiting
+
+    def _push(self, index: int) -> None:
+        heapq.heappush(self._heaps[self._warm(index)], (self.lanes[index].free_at, index))
+
+    def _top(self, warm: bool) -> tuple[float, int] | None:
+        heap = self._heaps[warm]
+        while heap:
+            free_at, index = heap[0]
+            if self._warm(index) == warm and free_at == self.lanes[index].free_at:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
 
     def _holders(self, key: str) -> list[int]:
         return [i for i in self.holding.get(key, ()) if self.lanes[i].holds == key]
@@ -279,7 +293,7 @@ class _Layout:
         capacity = 0.0
         for index in warm:
             # No longer counted as an install later: its group is laid out.
-            heapq.heappush(self._heap, (self._key(index), index))
+            self._push(index)
             room = self.horizon - self.lanes[index].free_at
             capacity += max(0.0, room)
             if rest > _EPS and room > _EPS:
@@ -292,17 +306,24 @@ class _Layout:
             self.bound_pieces += math.ceil(cold / room - _EPS) if room > 0 else 1
         return rest
 
-    def roomiest(self) -> tuple[int, float] | None:
-        """The agent free first (sparing holders of waiting groups) and its room for a new
-        group, or None when no agent has room left."""
-        heap = self._heap
-        while heap:
-            key, index = heap[0]
-            if key != self._key(index):
-                heapq.heappop(heap)
-                continue
-            room = self.horizon - self.lanes[index].free_at - self.install_s
-            return (index, room) if room > _EPS else None
+    def roomiest(self, group: _Group) -> tuple[int, float] | None:
+        """The agent a new piece of ``group`` goes to, and its room, or None when no agent
+        has room left. The agent free first, but one holding the app of a group still to
+        be laid out (a less urgent one) only when no other agent has room: displacing it
+        costs that group an install. Priority 1 may displace it when that starts sooner,
+        counting the install the displaced group pays."""
+        cold, warm = self._top(False), self._top(True)
+        if cold is not None:
+            free_at, index = cold
+            room = self.horizon - free_at - self.install_s
+            if room > _EPS:
+                if group.urgency_class > 1 or warm is None or free_at <= warm[0] + self.install_s:
+                    return index, room
+        if warm is not None:
+            free_at, index = warm
+            room = self.horizon - free_at - self.install_s
+            if room > _EPS:
+                return index, room
         return None
 
     def place(self, index: int, group: _Group, work: float, *, install: bool) -> None:
@@ -317,7 +338,7 @@ class _Layout:
         if lane.holds != group.key:
             lane.holds = group.key
             self.holding.setdefault(group.key, []).append(index)
-        heapq.heappush(self._heap, (self._key(index), index))
+        self._push(index)
 
     @property
     def end_s(self) -> float:
@@ -529,7 +550,7 @@ class _Pool:
             # Whole agents first, for the work beyond a remainder.
             for group in urgency_class if split else ():
                 while rest[group.key] > _EPS:
-                    found = layout.roomiest()
+                    found = layout.roomiest(group)
                     if found is None:
                         break
                     index, room = found
@@ -544,7 +565,7 @@ class _Pool:
             )
             for group in remainders:
                 while rest[group.key] > _EPS:
-                    found = layout.roomiest()
+                    found = layout.roomiest(group)
                     if found is None or found[1] < group.longest_s - _EPS:
                         return None
                     index, room = found
