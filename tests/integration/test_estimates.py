@@ -3,7 +3,6 @@ admission stamps jobs with it, and the planner hears when busy agents are free a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import boto3
@@ -14,15 +13,11 @@ from qgjob_backend.adapters.dynamodb import DynamoEstimateStore, DynamoStateStor
 from qgjob_backend.config import Config
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.planner import (
-    BacklogJob,
     BusyAgent,
-    IdleAgent,
-    PlannedBatch,
-    PlanningPolicy,
-    plan_batches,
 )
 from qgjob_backend.schema import Target
 from tests.integration.conftest import ApiCaller, dispatch_queue
+from tests.unit.fakes import PlanSpy
 
 SUITE = {
     "org_id": "acme",
@@ -80,24 +75,6 @@ def _run(agent_client: ApiCaller, device: str, batch: dict[str, Any]) -> list[di
         assert agent_client.post(f"{path}/result", body).status == 200
         bodies.append(body)
     return bodies
-
-
-class _PlanSpy:
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(
-        self,
-        backlog: Sequence[BacklogJob],
-        agents: Sequence[IdleAgent],
-        now: float,
-        policy: PlanningPolicy,
-        busy: Sequence[BusyAgent] = (),
-        install_s: Mapping[str, float] | None = None,
-    ) -> list[PlannedBatch]:
-        backlog = list(backlog)
-        self.calls.append({"backlog": backlog, "busy": list(busy), "install_s": install_s})
-        return plan_batches(backlog, agents, now, policy, busy=busy, install_s=install_s)
 
 
 def test_reported_durations_and_installs_become_estimates(
@@ -178,7 +155,7 @@ def test_a_busy_agents_expected_free_time_reaches_the_planner(
     agent = state.get_agent("emulator-a")
     assert agent is not None
     assert agent.batch_expected_free_at == committed.expected_end_at
-    spy = _PlanSpy()
+    spy = PlanSpy()
     monkeypatch.setattr(dispatch_module, "plan_batches", spy)
 
     client.post("/runs", {**SUITE, "app_version_id": "v10"})

@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from qgjob_backend.config import Config
@@ -29,6 +29,14 @@ from qgjob_backend.domain.models import (
     BatchState,
     Job,
     Run,
+)
+from qgjob_backend.domain.planner import (
+    BacklogJob,
+    BusyAgent,
+    IdleAgent,
+    PlannedBatch,
+    PlanningPolicy,
+    plan_batches,
 )
 from qgjob_backend.ports import EstimateConflict, JobOutcome, OrgMetrics, TokenRecord
 from qgjob_backend.schema import JobStatus, Target
@@ -648,3 +656,35 @@ def build_memory_services(
         agents=services.agents,
         reaper=services.reaper,
     )
+
+
+@dataclass
+class PlanSpy:
+    """Wraps the real planner and keeps every call's arguments and result: patch it in
+    where a module looks ``plan_batches`` up to see what that caller passes."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(
+        self,
+        backlog: Sequence[BacklogJob],
+        agents: Sequence[IdleAgent],
+        now: float,
+        policy: PlanningPolicy,
+        busy: Sequence[BusyAgent] = (),
+        install_s: Mapping[str, float] | None = None,
+    ) -> list[PlannedBatch]:
+        backlog = list(backlog)
+        result = plan_batches(backlog, agents, now, policy, busy=busy, install_s=install_s)
+        self.calls.append(
+            {
+                "backlog": backlog,
+                "agents": list(agents),
+                "now": now,
+                "policy": policy,
+                "busy": list(busy),
+                "install_s": None if install_s is None else dict(install_s),
+                "result": result,
+            }
+        )
+        return result

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.generate import generate
-from bench.report import dominates
+from bench.generate import SUITE, generate
+from bench.report import dominates, reseeded
+from bench.report import main as report_main
 from bench.schedule import main
 from bench.simulator import schedule_from_json, validate_schedule
 from bench.trace import dump_trace, load_trace
@@ -105,3 +106,25 @@ def test_domination_needs_no_worse_on_both_and_better_on_one() -> None:
     assert dominates(m(99, 6), m(100, 6))
     assert not dominates(m(100, 6), m(100, 6))
     assert not dominates(m(90, 7), m(100, 6))
+
+
+def test_reseeded_suite_keeps_every_scenario_and_changes_only_the_seed() -> None:
+    entries = reseeded([100, 101])
+
+    assert len(entries) == 2 * len(SUITE)
+    for seed, block in ((100, entries[: len(SUITE)]), (101, entries[len(SUITE) :])):
+        for original, entry in zip(SUITE, block, strict=True):
+            assert entry.name == f"{original.name}/s{seed}"
+            assert (entry.scenario, entry.at_zero, entry.seed) == (
+                original.scenario,
+                original.at_zero,
+                seed,
+            )
+
+
+def test_report_rejects_a_bad_seed_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report_main(["--seeds", "100,abc"])
+
+    assert exit_info.value.code == 2
+    assert "not a comma-separated list of seeds: '100,abc'" in capsys.readouterr().err

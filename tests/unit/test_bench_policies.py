@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-
 import pytest
 
 import bench.policies
@@ -20,12 +17,9 @@ from bench.policies import (
 from bench.simulator import QueuedJob, simulate, validate_schedule
 from qgjob_backend.domain import planner
 from qgjob_backend.domain.planner import (
-    BacklogJob,
-    BusyAgent,
-    IdleAgent,
-    PlannedBatch,
     PlanningPolicy,
 )
+from tests.unit.fakes import PlanSpy
 
 
 def test_the_simulator_and_the_dispatcher_call_the_same_planning_function() -> None:
@@ -40,31 +34,14 @@ def test_the_simulator_and_the_dispatcher_call_the_same_planning_function() -> N
 def test_qgjob_policy_calls_plan_batches_like_the_dispatcher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[dict[str, Any]] = []
-    real = planner.plan_batches
-
-    def spy(
-        backlog: Iterable[BacklogJob],
-        agents: Sequence[IdleAgent],
-        now: float,
-        policy: PlanningPolicy,
-        busy: Sequence[BusyAgent] = (),
-        install_s: Mapping[str, float] | None = None,
-    ) -> list[PlannedBatch]:
-        backlog = list(backlog)
-        calls.append(
-            {"backlog": backlog, "agents": list(agents), "now": now, "policy": policy}
-            | {"busy": list(busy), "install_s": install_s}
-        )
-        return real(backlog, agents, now, policy, busy, install_s)
-
+    spy = PlanSpy()
     monkeypatch.setattr(bench.policies, "plan_batches", spy)
     trace = generate("ci_burst", 3, jobs=150, agents=6)
 
     result = simulate(trace, QgjobPolicy())
 
     assert validate_schedule(trace, result.schedule) == []
-    first = calls[0]
+    first = spy.calls[0]
     assert first["now"] == 0.0
     assert first["policy"] == PlanningPolicy()
     # One call for every pool at once, like DispatchService.plan: pools end together.
@@ -80,7 +57,7 @@ def test_qgjob_policy_calls_plan_batches_like_the_dispatcher(
         job.test_path,
     )
     # Busy agents are passed on with their group and when they should be free.
-    later = next(c for c in calls if c["busy"])
+    later = next(c for c in spy.calls if c["busy"])
     for agent in later["busy"]:
         assert agent.expected_free_at > later["now"]
         assert agent.group_key.endswith("/" + agent.target)

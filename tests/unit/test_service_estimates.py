@@ -6,8 +6,6 @@ The assertions never depend on how the planner cuts a group into batches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -17,18 +15,19 @@ from qgjob_backend.config import Config, ConfigError
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import AppRef
 from qgjob_backend.domain.planner import (
-    BacklogJob,
     BusyAgent,
-    IdleAgent,
-    PlannedBatch,
-    PlanningPolicy,
-    plan_batches,
 )
 from qgjob_backend.ports import EstimateConflict
 from qgjob_backend.schema import JobStatus, SuiteSubmission, Target
 from qgjob_backend.services.agents import LeasedBatch
 from qgjob_backend.services.dispatch import backlog_view
-from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
+from tests.unit.fakes import (
+    FakeClock,
+    MemoryServices,
+    PlanSpy,
+    build_memory_services,
+    fake_config,
+)
 
 SETTINGS = fake_config(
     lease_seconds=60.0,
@@ -48,37 +47,6 @@ def clock() -> FakeClock:
 @pytest.fixture
 def svc(clock: FakeClock) -> MemoryServices:
     return build_memory_services(SETTINGS, clock)
-
-
-@dataclass
-class PlanSpy:
-    """Wraps the real planner and keeps every call's arguments and result."""
-
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(
-        self,
-        backlog: Sequence[BacklogJob],
-        agents: Sequence[IdleAgent],
-        now: float,
-        policy: PlanningPolicy,
-        busy: Sequence[BusyAgent] = (),
-        install_s: Mapping[str, float] | None = None,
-    ) -> list[PlannedBatch]:
-        backlog = list(backlog)
-        result = plan_batches(backlog, agents, now, policy, busy=busy, install_s=install_s)
-        self.calls.append(
-            {
-                "backlog": backlog,
-                "agents": list(agents),
-                "now": now,
-                "policy": policy,
-                "busy": list(busy),
-                "install_s": dict(install_s or {}),
-                "result": result,
-            }
-        )
-        return result
 
 
 @pytest.fixture

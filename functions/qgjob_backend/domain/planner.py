@@ -316,9 +316,11 @@ class _Layout:
         if cold is not None:
             free_at, index = cold
             room = self.horizon - free_at - self.install_s
-            if room > _EPS:
-                if group.urgency_class > 1 or warm is None or free_at <= warm[0] + self.install_s:
-                    return index, room
+            # Priority 1 displaces a warm agent that, install counted, starts it sooner
+            # (and so has more room: the fallback below always fits when this one did).
+            keep = group.urgency_class > 1 or warm is None or free_at <= warm[0] + self.install_s
+            if room > _EPS and keep:
+                return index, room
         if warm is not None:
             free_at, index = warm
             room = self.horizon - free_at - self.install_s
