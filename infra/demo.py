@@ -41,7 +41,8 @@ How to read this: each row is one test job; `agent` is the device that ran it an
 `batch` the batch it ran in. A batch holds jobs of one org + app version + target and
 runs on one agent after a single app install (none if the agent already has that app).
 Targets never share an agent. A group runs as several batches on the same agent when its
-jobs arrive a few at a time; it is split over two agents only when a full batch is waiting.
+jobs arrive a few at a time; it is split over more agents only when that ends the work
+sooner than the extra installs cost (by at least 300 s): never for suites this small.
 tests/cart-sync-fail.spec.js fails on purpose: it shows how a failed test is reported
 (`qgjob submit --wait` and `qgjob status --wait` exit 1, so CI fails the build).
 """
