@@ -275,6 +275,26 @@ def test_only_priority_1_takes_a_warm_agent_from_a_less_urgent_group(
     assert batch.install_required is install
 
 
+def test_a_more_urgent_group_waits_for_warm_agents_rather_than_cost_a_reinstall() -> None:
+    # Every agent holds the app of a waiting priority-5 group. The priority-3 group runs
+    # after the short one (at ~3 min), not in place of it (a reinstall for its group).
+    backlog = (
+        jobs("acme", "short", 2, priority=5)
+        + jobs("acme", "long", 10, priority=5)
+        + jobs("acme", "urgent", 2, priority=3)
+    )
+    agents = [
+        agent("w1", installed=AppRef("acme", "short")),
+        agent("w2", installed=AppRef("acme", "long")),
+    ]
+
+    batches = by_agent(plan(backlog, agents))
+
+    assert batches["w1"].group_key == "acme/short/emulator"
+    assert batches["w2"].group_key == "acme/long/emulator"
+    assert not any(b.install_required for b in batches.values())
+
+
 def test_more_groups_than_agents_serves_the_most_urgent_first() -> None:
     backlog = (
         jobs("acme", "low", 2, priority=5)

@@ -12,9 +12,9 @@ planner keeps no state between calls):
 1. **Target end.** For a horizon T, :func:`_pack` lays every waiting group out on the
    pool's agents: each agent is free at its expected time (now when idle), and a group
    runs first on the agents that already hold its app, then on as few more agents as
-   needed (earliest free first, one install each; an agent holding a less urgent
-   group's app only when no other has room, unless the group is priority 1: taking it
-   costs that group a reinstall) for it to end by T; the group's work
+   needed (earliest free first, one install each; never, below priority 1, an agent
+   whose app another waiting group still needs: that would cost it a reinstall) for it
+   to end by T; the group's work
    is spread so that all its agents end together (water-filling). The planner searches
    the smallest T for which every group fits (the lower bound LB_split's k_f(T) =
    ceil(P_f / (T - s)) installs per group is what this packing spends when agents are
@@ -309,9 +309,8 @@ class _Layout:
     def roomiest(self, group: _Group) -> tuple[int, float] | None:
         """The agent a new piece of ``group`` goes to, and its room, or None when no agent
         has room left. The agent free first, but one holding the app of a group still to
-        be laid out (a less urgent one) only when no other agent has room: displacing it
-        costs that group an install. Priority 1 may displace it when that starts sooner,
-        counting the install the displaced group pays."""
+        be laid out (only priority 1 meets such agents: see _pack) only when no other has
+        room or when it starts the piece sooner counting the install its group then pays."""
         cold, warm = self._top(False), self._top(True)
         if cold is not None:
             free_at, index = cold
@@ -527,7 +526,9 @@ class _Pool:
         when none does.
 
         Per urgency class: first each group on the agents holding its app (earliest free
-        first, each filled up to the horizon), then whole agents for the groups' work
+        first, each filled up to the horizon; below priority 1 this is done for every
+        class at once, so that no group takes the agent another group's app is on), then
+        whole agents for the groups' work
         beyond that (the agent free the longest first), then each group's remainder on the
         agent where it fits most tightly (best fit, largest remainder first), and only
         a remainder that fits nowhere split over several agents.
@@ -540,11 +541,24 @@ class _Pool:
             layout.waiting.discard(group.key)
             layout.place(index, group, group.work_s, install=True)
         deferred = self._yielding
-        for urgency_class in self._classes():
-            if first is not None:
-                urgency_class = [g for g in urgency_class if g is not first[1]]
-            rest: dict[str, float] = {}
-            for group in urgency_class:
+        classes = self._classes()
+        if first is not None:
+            classes = [[g for g in c if g is not first[1]] for c in classes]
+        rest: dict[str, float] = {}
+        every_warm_laid_out = False
+        for urgency_class in classes:
+            if not urgency_class:
+                continue
+            pending = urgency_class
+            if not every_warm_laid_out and urgency_class[0].urgency_class > 1:
+                # Below priority 1, every group first runs on the agents holding its app, so
+                # a more urgent group does not take them (it would cost a reinstall): it
+                # takes another agent, or waits for one of them.
+                every_warm_laid_out = True
+                pending = [g for c in classes for g in c if g.key not in rest]
+            for group in pending:
+                if group.key in rest:
+                    continue
                 served = layout.served(group)
                 rest[group.key] = layout.absorb_warm(group)
                 if served and not split and rest[group.key] > _EPS:
