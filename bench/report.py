@@ -242,10 +242,6 @@ def run_entries(entries: Sequence[SuiteEntry], workers: int = 1) -> list[Row]:
         return list(pool.map(_run, entries))
 
 
-def run_suite(workers: int = 1) -> list[Row]:
-    return run_entries(SUITE, workers)
-
-
 def reseeded(seeds: Sequence[int]) -> list[SuiteEntry]:
     """The suite's scenarios with other seeds (named ``NAME/sSEED``)."""
     return [
@@ -295,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, default=os.cpu_count() or 1, help="traces run in parallel"
     )
     args = parser.parse_args(argv)
-    rows = run_suite(args.workers)
-    others = run_entries(reseeded(args.seeds), args.workers)
+    # One pool for the suite and the other seeds: both keep every worker busy.
+    every_row = run_entries([*SUITE, *reseeded(args.seeds)], args.workers)
+    rows, others = every_row[: len(SUITE)], every_row[len(SUITE) :]
     section = render(rows, others)
     if args.dry_run:
         print(section)

@@ -12,9 +12,7 @@ import qgjob_backend.services.dispatch as dispatch_module
 from qgjob_backend.adapters.dynamodb import DynamoEstimateStore, DynamoStateStore
 from qgjob_backend.config import Config
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
-from qgjob_backend.domain.planner import (
-    BusyAgent,
-)
+from qgjob_backend.domain.planner import BusyAgent
 from qgjob_backend.schema import Target
 from tests.integration.conftest import ApiCaller, dispatch_queue
 from tests.unit.fakes import PlanSpy

@@ -16,9 +16,7 @@ from bench.policies import (
 )
 from bench.simulator import QueuedJob, simulate, validate_schedule
 from qgjob_backend.domain import planner
-from qgjob_backend.domain.planner import (
-    PlanningPolicy,
-)
+from qgjob_backend.domain.planner import PlanningPolicy
 from tests.unit.fakes import PlanSpy
 
 

@@ -14,9 +14,7 @@ import qgjob_backend.services.dispatch as dispatch_module
 from qgjob_backend.config import Config, ConfigError
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import AppRef
-from qgjob_backend.domain.planner import (
-    BusyAgent,
-)
+from qgjob_backend.domain.planner import BusyAgent
 from qgjob_backend.ports import EstimateConflict
 from qgjob_backend.schema import JobStatus, SuiteSubmission, Target
 from qgjob_backend.services.agents import LeasedBatch

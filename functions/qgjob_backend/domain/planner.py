@@ -306,19 +306,19 @@ class _Layout:
             self.bound_pieces += math.ceil(cold / room - _EPS) if room > 0 else 1
         return rest
 
-    def roomiest(self, group: _Group) -> tuple[int, float] | None:
-        """The agent a new piece of ``group`` goes to, and its room, or None when no agent
-        has room left. The agent free first, but one holding the app of a group still to
-        be laid out (only priority 1 meets such agents: see _pack) only when no other has
-        room or when it starts the piece sooner counting the install its group then pays."""
+    def roomiest(self) -> tuple[int, float] | None:
+        """The agent a new piece goes to, and its room, or None when no agent has room
+        left: the agent free first, or one holding the app of a group still to be laid
+        out when that starts the piece sooner, counting the install its group then pays
+        (only priority 1 meets such agents: _pack lays the other classes' warm work out
+        first), or when it is the only one with room."""
         cold, warm = self._top(False), self._top(True)
         if cold is not None:
             free_at, index = cold
             room = self.horizon - free_at - self.install_s
-            # Priority 1 displaces a warm agent that, install counted, starts it sooner
-            # (and so has more room: the fallback below always fits when this one did).
-            keep = group.urgency_class > 1 or warm is None or free_at <= warm[0] + self.install_s
-            if room > _EPS and keep:
+            # A warm agent that starts sooner, install counted, also has more room: the
+            # fallback below always fits when this one did.
+            if room > _EPS and (warm is None or free_at <= warm[0] + self.install_s):
                 return index, room
         if warm is not None:
             free_at, index = warm
@@ -566,7 +566,7 @@ class _Pool:
             # Whole agents first, for the work beyond a remainder.
             for group in urgency_class if split else ():
                 while rest[group.key] > _EPS:
-                    found = layout.roomiest(group)
+                    found = layout.roomiest()
                     if found is None:
                         break
                     index, room = found
@@ -581,7 +581,7 @@ class _Pool:
             )
             for group in remainders:
                 while rest[group.key] > _EPS:
-                    found = layout.roomiest(group)
+                    found = layout.roomiest()
                     if found is None or found[1] < group.longest_s - _EPS:
                         return None
                     index, room = found
