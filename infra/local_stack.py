@@ -53,6 +53,8 @@ log = logging.getLogger("qgjob.local")
 TARGETS = tuple(target.value for target in Target)
 DEFAULT_ORGS = ("acme", "globex")
 TokenFactory = Callable[[str, str | None], str]
+# How long close() waits, in all, for the SQS poller and the schedules to end.
+WORKERS_STOP_S = 3.0
 
 
 @dataclass
@@ -74,6 +76,9 @@ class LocalStackOptions:
     # Send the functions' stdout logging to state_dir/functions.log (off when embedded in
     # a process that owns its console logging, e.g. a test runner).
     route_function_logs: bool = True
+    # SIGTERM'd agents finish their current test first; after this they are killed. The
+    # stack's state lives in memory and goes with it, so a prompt stop matters more.
+    agent_stop_grace_s: float = 3.0
 
 
 # ----------------------------------------------------------------- the stack
@@ -129,6 +134,7 @@ class LocalStack:
         self.agent_pool: AgentPool | None = None
         self.ready: ReadyInfo | None = None
         self.moto_endpoint = ""
+        self._previous_sigterm: Any = None
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -151,11 +157,22 @@ class LocalStack:
     # ---- start
 
     def start(self) -> None:
+        self._unwind_on_sigterm()
         try:
             self._start()
         except BaseException:
             self.close()  # never leave servers or agents behind a failed start
             raise
+
+    def _unwind_on_sigterm(self) -> None:
+        """SIGTERM unwinds like Ctrl-C, unless the program handles it itself (``main``).
+
+        By default SIGTERM ends the process on the spot: its agents, in their own sessions,
+        would be left running against an API that is gone. `close` restores the default.
+        """
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
 
     def _start(self) -> None:
         state_dir = self.options.state_dir
@@ -310,14 +327,20 @@ class LocalStack:
     # ---- stop
 
     def close(self) -> None:
-        """Agents first (they hand work back through the API), then loops, then servers."""
+        """Agents first (they hand work back through the API), then loops, then servers.
+
+        Takes a few seconds at any load: requests waiting for the API are answered 503, not
+        run; nothing is waited for without a deadline.
+        """
+        if self._shim is not None:
+            self._shim.drop_waiting()  # the agents' hand-back need not queue behind them
         if self.agent_pool is not None:
-            self.agent_pool.stop_all()
+            self.agent_pool.stop_all(grace_s=self.options.agent_stop_grace_s)
             self.agent_pool = None
         self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=10)
-        self._workers.clear()
+        for function in self.functions.values():
+            function.stop()  # the loops' waiting invocations end at once
+        self._join_workers()
         if self._shim is not None:
             self._shim.stop()
             self._shim = None
@@ -326,6 +349,23 @@ class LocalStack:
             self._moto = None
         if self.options.ready_file:
             self.options.ready_file.unlink(missing_ok=True)
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _join_workers(self) -> None:
+        deadline = time.monotonic() + WORKERS_STOP_S
+        for worker in self._workers:
+            if not worker.join(timeout=max(0.0, deadline - time.monotonic())):
+                # A daemon thread inside a long invocation: it ends with the process.
+                log.warning("%s is still running; not waiting for it", worker.name)
+        self._workers.clear()
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    # Further SIGTERMs must not interrupt the clean-up this starts (it is bounded).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def _route_console_logs_to(path: Path) -> None:
@@ -465,7 +505,10 @@ def banner(stack: LocalStack) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, handlers: Mapping[str, Handler] | None = None
+) -> int:
+    """``make dev``. ``handlers`` replaces template functions by logical id (tests)."""
     options = parse_args(argv)
     configure_logging(options.state_dir)
     # The handler only appends (no lock): an Event set from a signal handler can deadlock
@@ -479,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     print("starting the qgjob local stack...", flush=True)
     try:
-        stack = LocalStack(options)
+        stack = LocalStack(options, handlers=handlers)
         stack.start()
     except OSError as exc:  # typically: --port already in use
         print(f"error: cannot start the local stack: {exc}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """The AWS side of running Lambda functions locally: invocation, API Gateway, SQS, schedules.
 
-- `LambdaFunction`: a handler invoked with a Lambda context, one invocation at a time.
+- `LambdaFunction`: a handler invoked with a Lambda context, one invocation at a time;
+  a waiting invocation is skipped when its caller left or the stack is stopping.
 - `ApiGatewayShim`: a threaded HTTP server behaving like the REST API's ``/{proxy+}``
-  resource (proxy events in, proxy results out, 403/413/502 like API Gateway).
+  resource (proxy events in, proxy results out, 403/413/502/503 like API Gateway).
 - `SqsEventSource`: Lambda's SQS event-source mapping with ReportBatchItemFailures.
 - `Schedule`: an EventBridge rule invoking a function with Scheduled Events.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import heapq
 import importlib
 import logging
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -28,10 +31,33 @@ HOST = "127.0.0.1"
 # API Gateway rejects payloads above 10 MB before the function sees them.
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 
+# The methods an ``ANY`` method stands for at API Gateway (REST APIs). A request with any
+# other method (TRACE, PROPFIND, CONNECT, a made-up one) matches no method of the
+# ``ANY /{proxy+}`` resource, and API Gateway answers a request that matches no resource
+# or method with 403 {"message": "Missing Authentication Token"} without invoking the
+# function (REST APIs never send 405).
+ANY_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"})
+
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
+def _never() -> bool:
+    return False
+
+
 # ------------------------------------------------------------------- functions
+
+
+class InvocationSkippedError(Exception):
+    """An invocation was never run (nothing of it happened)."""
+
+
+class CallerGoneError(InvocationSkippedError):
+    """The caller left while the invocation waited for its turn."""
+
+
+class ShuttingDownError(InvocationSkippedError):
+    """The stack is stopping: invocations still waiting are dropped."""
 
 
 class LambdaFunction:
@@ -58,9 +84,23 @@ class LambdaFunction:
         self._region = region
         self._account_id = account_id
         self._lock = threading.Lock()
+        # Bumped by drop_waiting(): an invocation that began waiting before is skipped.
+        self._generation = 0
+        self._stopped = False
 
-    def invoke(self, event: dict[str, Any]) -> Any:
+    def invoke(self, event: dict[str, Any], *, caller_gone: Callable[[], bool] = _never) -> Any:
+        """Runs the handler once it is this call's turn.
+
+        Raises `InvocationSkippedError` instead when, at its turn, ``caller_gone()`` is true
+        or the function was stopped: under load hundreds of calls wait here, and running
+        them for callers that left, or while the stack stops, only delays everything else.
+        """
+        generation = self._generation
         with self._lock:
+            if self._stopped or generation != self._generation:
+                raise ShuttingDownError(self.name)
+            if caller_gone():
+                raise CallerGoneError(self.name)
             context = events.LambdaContext(
                 function_name=self.name,
                 region=self._region,
@@ -69,6 +109,15 @@ class LambdaFunction:
                 timeout_s=self._timeout_s,
             )
             return self._handler(event, context)
+
+    def drop_waiting(self) -> None:
+        """Skips every invocation waiting for its turn now; later ones still run."""
+        self._generation += 1
+
+    def stop(self) -> None:
+        """Skips every invocation that has not started, now and from now on."""
+        self._stopped = True
+        self.drop_waiting()
 
 
 def import_handler(dotted: str) -> Handler:
@@ -89,9 +138,8 @@ class ApiGatewayShim:
         self.stage = stage
         self._account_id = account_id
         self._api_id = "local" + uuid.uuid4().hex[:6]
-        self._server = ThreadingHTTPServer((HOST, port), _ProxyRequestHandler)
-        self._server.daemon_threads = True
-        self._server.shim = self  # type: ignore[attr-defined]
+        self._server = _ShimServer((HOST, port), _ProxyRequestHandler)
+        self._server.shim = self
         self._serving = ServerThread(self._server, "api-gateway")
 
     @property
@@ -101,13 +149,26 @@ class ApiGatewayShim:
     def start(self) -> None:
         self._serving.start()
 
+    def drop_waiting(self) -> None:
+        """Answers 503 to every request still waiting for the function (the stack stops)."""
+        self._function.drop_waiting()
+
     def stop(self) -> None:
+        """Stops accepting and drops waiting requests; never waits for request threads."""
+        self._function.stop()
         self._serving.stop()
 
-    def handle(self, request: events.HttpRequest) -> events.HttpResponse:
+    def handle(
+        self, request: events.HttpRequest, *, client_gone: Callable[[], bool] = _never
+    ) -> events.HttpResponse | None:
+        """The response API Gateway would send; None when the client left before its turn
+        (the request was not run, and there is no one to answer)."""
         request_id = str(uuid.uuid4())
-        if events.stage_relative_path(request.raw_path, self.stage) is None:
-            # What API Gateway answers for a path no resource matches.
+        if (
+            request.method not in ANY_METHODS
+            or events.stage_relative_path(request.raw_path, self.stage) is None
+        ):
+            # What API Gateway answers when no resource and method match (see ANY_METHODS).
             return events.error_response(403, "Missing Authentication Token", request_id)
         event = events.build_proxy_event(
             request,
@@ -117,20 +178,58 @@ class ApiGatewayShim:
             api_id=self._api_id,
         )
         try:
-            result = self._function.invoke(event)
+            result = self._function.invoke(event, caller_gone=client_gone)
             return events.proxy_response_to_http(result, request_id)
+        except CallerGoneError:
+            log.warning("%s %s: the client left before it was run; skipped", *_line(request))
+            return None
+        except ShuttingDownError:
+            return events.error_response(503, "Service Unavailable", request_id)
         except Exception:
             # A crashed or malformed function is a 502 at API Gateway; the log has the trace.
             log.exception("%s %s: the api function failed", request.method, request.raw_path)
             return events.error_response(502, "Internal server error", request_id)
 
 
+def _line(request: events.HttpRequest) -> tuple[str, str]:
+    return request.method, request.raw_path.split("?", 1)[0]
+
+
+class _ShimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # A burst of clients waits in the listen queue instead of being refused.
+    request_queue_size = 128
+    shim: ApiGatewayShim
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for every error; a client that hung up
+        # (BrokenPipe, ConnectionReset) is routine under load and worth one line.
+        error = sys.exception()
+        if isinstance(error, ConnectionError):
+            log.warning("api %s: the client went away (%s)", client_address[0], _name(error))
+        else:
+            log.error("api %s: the request failed", client_address[0], exc_info=error)
+
+
+def _name(error: BaseException) -> str:
+    return type(error).__name__
+
+
 class _ProxyRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clients reuse connections
     server_version = "qgjob-local-apigw"
 
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler answers 501 for a method without a do_<METHOD>. API
+        # Gateway answers every method, so every method goes to _serve and the shim
+        # decides (403 for a method `ANY` does not cover).
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
     def _serve(self) -> None:
         shim: ApiGatewayShim = self.server.shim  # type: ignore[attr-defined]
+        response: events.HttpResponse | None
         try:
             body = self._read_body()
         except _PayloadTooLargeError:
@@ -144,8 +243,25 @@ class _ProxyRequestHandler(BaseHTTPRequestHandler):
                 body=body,
                 source_ip=self.client_address[0],
             )
-            response = shim.handle(request)
+            response = shim.handle(request, client_gone=self._client_gone)
+        if response is None:
+            self.close_connection = True
+            return
         self._write(response)
+
+    def _client_gone(self) -> bool:
+        """True once the client closed its end: the socket reads EOF (or is reset).
+
+        A peek without waiting: data (a pipelined request) or nothing yet means the client
+        is still there.
+        """
+        connection: socket.socket = self.connection
+        try:
+            return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -170,15 +286,23 @@ class _ProxyRequestHandler(BaseHTTPRequestHandler):
             self.rfile.readline()
 
     def _write(self, response: events.HttpResponse) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+        except ConnectionError as error:
+            # The client gave up after its request ran: one line, no traceback.
+            log.warning(
+                "%s %s: the client went away before the response (%s)",
+                self.command,
+                self.path.split("?", 1)[0],
+                _name(error),
+            )
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("api %s - %s", self.client_address[0], format % args)
@@ -227,8 +351,14 @@ class SqsEventSource:
     def start(self) -> None:
         self._thread.start()
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
+        """Waits at most ``timeout`` seconds; True when the loop has ended."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -263,6 +393,8 @@ class SqsEventSource:
         event = events.build_sqs_event(messages, queue_arn=self._queue_arn, region=self._region)
         try:
             failed_ids = _batch_item_failures(self._function.invoke(event))
+        except InvocationSkippedError:
+            return  # the stack is stopping: the messages stay in the queue, untouched
         except Exception:
             # Like Lambda: an error (or an unreadable response) fails the whole batch.
             log.exception(
@@ -342,8 +474,14 @@ class Schedule:
     def start(self) -> None:
         self._thread.start()
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
+        """Waits at most ``timeout`` seconds; True when the loop has ended."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -352,6 +490,8 @@ class Schedule:
             )
             try:
                 self._function.invoke(event)
+            except InvocationSkippedError:
+                return  # the stack is stopping
             except Exception:
                 log.exception("scheduled %s failed", self._function.name)
 

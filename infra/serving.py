@@ -25,6 +25,8 @@ class ServerThread:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        # shutdown() waits for serve_forever to return: it would hang if it never ran.
+        if self._thread.is_alive():
+            self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
