@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import boto3
 import pytest
 from e2e_support import StackProcess
 
@@ -17,30 +18,96 @@ def total_jobs(stack: StackProcess, org: str) -> int:
     return sum(stack.metrics(org)["jobs_by_status"].values())
 
 
+def stored_items(stack: StackProcess) -> dict[str, int]:
+    """Items in the jobs and runs tables, read from the moto endpoint (every org)."""
+    db: Any = boto3.client(
+        "dynamodb",
+        endpoint_url=stack.ready["moto_endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    counts: dict[str, int] = {}
+    for suffix in ("-JobsTable", "-RunsTable"):
+        (table,) = [t for t in db.list_tables()["TableNames"] if t.endswith(suffix)]
+        pages = db.get_paginator("scan").paginate(TableName=table, Select="COUNT")
+        counts[suffix.strip("-")] = sum(page["Count"] for page in pages)
+    return counts
+
+
+# What the CLI refuses before sending (see below), sent as raw HTTP so that the API's own
+# validation is what is tested: (field, bad value).
+BAD_FIELDS = [
+    pytest.param("priority", 11, id="priority-above-10"),
+    pytest.param("priority", 0, id="priority-below-1"),
+    pytest.param("target", "smartwatch", id="unknown-target"),
+    pytest.param("test_path", "../secrets/steal.spec.js", id="dotdot-test-path"),
+    pytest.param("test_path", "/etc/passwd", id="absolute-test-path"),
+    pytest.param("test_path", "", id="empty-test-path"),
+    pytest.param("app_version_id", "v 1/2", id="bad-app-version-id"),
+    pytest.param("timeout_s", 0, id="zero-timeout"),
+    pytest.param("retries", 99, id="too-many-retries"),
+]
+GOOD: dict[str, Any] = {
+    "priority": 1,
+    "target": "device",
+    "test_path": "tests/ok/next.spec.js",
+    "app_version_id": "v1.2",
+    "timeout_s": 60,
+    "retries": 0,
+}
+
+
+def bad_body(route: str, field: str, value: Any) -> tuple[dict[str, Any], str]:
+    """A valid body for ``route`` with one bad field, and the field the error must name."""
+    body: dict[str, Any] = {"org_id": "acme", "app_version_id": "v1", "priority": 5}
+    if field == "test_path" and route == "/runs":
+        return {**body, "test_paths": ["tests/ok.spec.js", value]}, "test_paths"
+    if route == "/runs":
+        body["test_paths"] = ["tests/login.spec.js"]
+    else:
+        body["test_path"] = "tests/login.spec.js"
+    return {**body, field: value}, field
+
+
+@pytest.mark.parametrize("route", ["/jobs", "/runs"])
+@pytest.mark.parametrize(("field", "value"), BAD_FIELDS)
+def test_api_rejects_a_bad_field_with_a_4xx_naming_it_and_writes_nothing(
+    stack: StackProcess, route: str, field: str, value: Any
+) -> None:
+    body, named = bad_body(route, field, value)
+    before = (total_jobs(stack, "acme"), stored_items(stack))
+    response = stack.api("POST", route, stack.token("acme"), json=body)
+    assert response.status_code == 422, response.text
+    assert named in response.json()["message"], response.text
+    assert (total_jobs(stack, "acme"), stored_items(stack)) == before
+    # The same body with a good value is accepted: the bad value alone was refused.
+    fixed, _ = bad_body(route, field, GOOD[field])
+    accepted = stack.api("POST", route, stack.token("acme"), json=fixed)
+    assert accepted.status_code == 201, accepted.text
+    assert total_jobs(stack, "acme") == before[0] + len(accepted.json()["job_ids"])
+
+
 @pytest.mark.parametrize(
-    "options",
+    ("options", "flag"),
     [
-        pytest.param(["--priority", "11"], id="priority-above-10"),
-        pytest.param(["--priority", "0"], id="priority-below-1"),
-        pytest.param(["--target", "smartwatch"], id="unknown-target"),
-        pytest.param(["--test", "../secrets/steal.spec.js"], id="dotdot-test-path"),
-        pytest.param(["--test", "/etc/passwd"], id="absolute-test-path"),
-        pytest.param(["--test", ""], id="empty-test-path"),
-        pytest.param(["--app-version-id", "v 1/2"], id="bad-app-version-id"),
-        pytest.param(["--timeout-s", "0"], id="zero-timeout"),
-        pytest.param(["--retries", "99"], id="too-many-retries"),
+        pytest.param(["--priority", "11"], "--priority", id="priority-above-10"),
+        pytest.param(["--target", "smartwatch"], "--target", id="unknown-target"),
+        pytest.param(["--test", "../secrets/steal.spec.js"], "--test", id="dotdot-test-path"),
+        pytest.param(["--retries", "99"], "--retries", id="too-many-retries"),
     ],
 )
-def test_malformed_submission_exits_2_and_writes_nothing(
-    stack: StackProcess, options: list[str]
+def test_cli_refuses_a_bad_option_with_exit_2_naming_it(
+    stack: StackProcess, options: list[str], flag: str
 ) -> None:
     before = total_jobs(stack, "acme")
     result = stack.cli.run(
-        "submit", "--org-id", "acme", "--app-version-id", "v1", "--test", "tests/login.spec.js",
-        *options, "--json", token=stack.token("acme"),
+        "submit", "--org-id", "acme", "--app-version-id", "v1", *options, "--json",
+        *([] if "--test" in options else ["--test", "tests/login.spec.js"]),
+        token=stack.token("acme"),
     )  # fmt: skip
     assert result.exit_code == 2, result.describe()
-    assert result.stderr.strip(), "the CLI must say what is wrong"
+    assert flag in result.stderr, result.describe()
     assert total_jobs(stack, "acme") == before
 
 

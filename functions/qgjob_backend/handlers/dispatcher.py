@@ -28,8 +28,8 @@ class _Admissions:
     """Collects the targets that received jobs, so planning runs once per invocation.
 
     The jobs of all records and their tests' estimates are read up front in batch reads;
-    each record is then admitted on its own (one conditional write), so a failure still
-    fails only its record.
+    each record is then admitted on its own (one conditional write), so a failure fails
+    only its record and the records after it in the same group.
     """
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
@@ -52,8 +52,9 @@ class _Admissions:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
         admissions = _Admissions(event["Records"])
-        # Short-circuits the rest of a group after a failure, so FIFO order holds on retry.
-        processor = SqsFifoPartialProcessor()
+        # After a failure the rest of that record's group (MessageGroupId) is reported as
+        # failed too, so FIFO order holds on retry; other groups in the batch go on.
+        processor = SqsFifoPartialProcessor(skip_group_on_error=True)
         response = process_partial_response(
             event=event, record_handler=admissions, processor=processor, context=context
         )

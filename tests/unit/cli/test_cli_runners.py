@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,8 +193,31 @@ def test_install_command_runs_and_failure_raises(tmp_path: Path) -> None:
         failing.install("acme", "v9", "device")
 
 
-def test_no_install_command_means_no_install_step() -> None:
-    CommandRunner("true").install("acme", "v1", "emulator")  # does not raise, runs nothing
+def test_no_install_command_means_no_install_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test command leaves a trace, so running it (or anything) at install shows.
+    ran = tmp_path / "ran.txt"
+    touch = f"import pathlib; pathlib.Path({str(ran)!r}).write_text('ran')"
+    runner = CommandRunner(python_template(touch, "{test_path}"))
+    spawned: list[object] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> Any:
+        spawned.append(args[0] if args else kwargs.get("args"))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+
+    assert runner.install_command is None
+    runner.install("acme", "v1", "emulator")
+
+    assert spawned == [], f"install without --install-command spawned {spawned}"
+    assert not ran.exists(), "install ran the test command"
+    # The probe works: running a test does spawn the command and leave the trace.
+    assert runner.run("t.spec.ts", "emulator", 30, never).status == "passed"
+    assert len(spawned) == 1
+    assert ran.read_text() == "ran"
 
 
 # ---------------------------------------------------------------------- registry / helpers
