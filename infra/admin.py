@@ -2,6 +2,11 @@
 
     python -m infra.admin create-token --kind org --org-id acme [--stack-name qgjob]
     python -m infra.admin create-token --kind agent --tokens-table qgjob-TokensTable-ABC123
+    python -m infra.admin create-token --kind agent --target device --org-id acme
+
+An agent (fleet) token may only register device agents; each registration gets its own
+credential for everything else. --target limits a fleet token to one device pool;
+--org-id makes it a private lab's: its agents run only that org's jobs.
 
 The tokens table is read from the CloudFormation stack's TokensTableName output unless
 given. The token is printed once: only its hash is stored, so it cannot be shown again.
@@ -40,7 +45,13 @@ def tokens_table_from_stack(stack_name: str, cloudformation: Any) -> str:
     return str(outputs[TOKENS_OUTPUT])
 
 
-def create_token(kind: str, org_id: str | None, tokens_table: str, label: str | None = None) -> str:
+def create_token(
+    kind: str,
+    org_id: str | None,
+    tokens_table: str,
+    label: str | None = None,
+    target: str | None = None,
+) -> str:
     # The token service reads the whole function configuration; only the tokens table
     # matters here, the rest gets placeholders that are never used.
     for name in ("JOBS_TABLE", "RUNS_TABLE", "AGENTS_TABLE", "BATCHES_TABLE",
@@ -51,7 +62,7 @@ def create_token(kind: str, org_id: str | None, tokens_table: str, label: str | 
     from qgjob_backend.wiring import build_token_service
 
     service = build_token_service(Config.from_env())
-    token: str = service.create(kind=kind, org_id=org_id, label=label)
+    token: str = service.create(kind=kind, org_id=org_id, label=label, target=target)
     return token
 
 
@@ -67,9 +78,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--kind",
         choices=("org", "agent"),
         required=True,
-        help="org: submit and read one org's jobs; agent: run device agents",
+        help="org: submit and read one org's jobs; agent: a fleet token that registers agents",
     )
-    create.add_argument("--org-id", help="the org the token belongs to (required for --kind org)")
+    create.add_argument(
+        "--org-id",
+        help="the org the token belongs to (required for --kind org); with --kind agent, "
+        "a private lab: its agents run only this org's jobs",
+    )
+    create.add_argument(
+        "--target",
+        choices=("emulator", "device", "browserstack"),
+        help="--kind agent only: the one device pool its agents may register for",
+    )
     where = create.add_mutually_exclusive_group()
     where.add_argument(
         "--stack-name",
@@ -82,8 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.kind == "org" and not args.org_id:
         parser.error("--org-id is required with --kind org")
-    if args.kind == "agent" and args.org_id:
-        parser.error("--org-id is only for --kind org (agent tokens serve every org)")
+    if args.kind == "org" and args.target:
+        parser.error("--target is only for --kind agent")
     return args
 
 
@@ -95,14 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = args.tokens_table or tokens_table_from_stack(
             args.stack_name, boto3.client("cloudformation")
         )
-        token = create_token(args.kind, args.org_id, table, args.label)
+        token = create_token(args.kind, args.org_id, table, args.label, args.target)
     except (AdminError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (BotoCoreError, ClientError) as exc:
         print(f"error: AWS refused or is unreachable: {exc}", file=sys.stderr)
         return 3
-    owner = f"org {args.org_id}" if args.kind == "org" else "agents"
+    if args.kind == "org":
+        owner = f"org {args.org_id}"
+    else:
+        pool = f"{args.target} agents" if args.target else "agents of any target"
+        owner = f"{pool} of org {args.org_id}'s private lab" if args.org_id else f"shared {pool}"
     print(token)
     print(
         f"\nA new {args.kind} token for {owner} (tokens table {table}).\n"

@@ -39,6 +39,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from qgjob.agent_protocol import (
+    MAX_MESSAGE_CHARS,
+    MAX_OUTPUT_CHARS,
+    AgentView,
+    BatchJob,
+    BatchView,
+    agent_id_for,
+)
 from qgjob.errors import (
     EXIT_INFRA,
     EXIT_OK,
@@ -61,7 +69,6 @@ DEFAULT_JOB_TIMEOUT_S = 1800.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
 ATTEMPTS_WHILE_STOPPING = 3
-MAX_MESSAGE_CHARS = 2000
 
 
 class AgentApi(Protocol):
@@ -69,13 +76,13 @@ class AgentApi(Protocol):
 
     def register(
         self, target: str, device_id: str, installed: Mapping[str, str] | None = None
-    ) -> Json: ...
+    ) -> AgentView: ...
 
-    def use_session(self, session_id: str | None) -> None: ...
+    def use_credential(self, credential: str | None) -> None: ...
 
     def heartbeat(self, agent_id: str) -> Json: ...
 
-    def lease(self, agent_id: str) -> Json | None: ...
+    def lease(self, agent_id: str) -> BatchView | None: ...
 
     def installed(self, agent_id: str, batch_id: str) -> Json: ...
 
@@ -189,7 +196,7 @@ class Agent:
         self.runner = runner
         self.target = target
         self.device_id = device_id
-        self.agent_id = f"{target}-{device_id}"
+        self.agent_id = agent_id_for(target, device_id)  # until register says otherwise
         self.installed_app: tuple[str, str] | None = None
         self.batches_done = 0
         self.current_batch_id: str | None = None
@@ -275,21 +282,18 @@ class Agent:
             raise _Fatal(f"registration refused: {error} (check --token)", EXIT_INFRA) from None
         except InvalidInput as error:
             raise _Fatal(f"registration rejected: {error}", EXIT_USAGE) from None
-        self.agent_id = str(answer.get("agent_id") or self.agent_id)
-        session = answer.get("session_id")
-        session = str(session) if session else None
-        self.api.use_session(session)
+        if not answer.credential:
+            raise _Fatal("registration answer carries no agent credential", EXIT_INFRA)
+        self.agent_id = answer.agent_id
+        self.api.use_credential(answer.credential)
         if self._heartbeat_api is not self.api:
-            self._heartbeat_api.use_session(session)
-        if self.heartbeat_interval is None:
-            seconds = answer.get("heartbeat_seconds")
-            if isinstance(seconds, int | float) and seconds > 0:
-                self.heartbeat_interval = float(seconds)
+            self._heartbeat_api.use_credential(answer.credential)
+        if self.heartbeat_interval is None and answer.heartbeat_seconds > 0:
+            self.heartbeat_interval = answer.heartbeat_seconds
         self._needs_register = False
-        lease = answer.get("lease_seconds")
-        lease_text = f"{lease:.3g}s" if isinstance(lease, int | float) else "?"
+        lab = f", lab of org {answer.lab_org_id}" if answer.lab_org_id else ""
         self.log(
-            f"registered (lease {lease_text}, "
+            f"registered (lease {answer.lease_seconds:.3g}s{lab}, "
             f"heartbeat {self.heartbeat_interval or DEFAULT_HEARTBEAT_S:.3g}s, "
             f"installed {self._app_label(self.installed_app)})"
         )
@@ -392,17 +396,17 @@ class Agent:
             self.log("stop requested again: stopping now")
         return self._stop_requested
 
-    def run_batch(self, batch: Mapping[str, Any]) -> None:
+    def run_batch(self, batch: BatchView) -> None:
         """Installs (when needed), runs and reports the batch's jobs, then completes it."""
-        batch_id = str(batch["batch_id"])
-        org_id = str(batch["org_id"])
-        app_version_id = str(batch["app_version_id"])
-        target = str(batch.get("target") or self.target)
-        jobs = list(batch.get("jobs") or [])
+        batch_id = batch.batch_id
+        org_id = batch.org_id
+        app_version_id = batch.app_version_id
+        target = batch.target.value
+        jobs = batch.jobs
         app = (org_id, app_version_id)
         # The server's install_required is not enough: after a restart it may resume a batch
         # whose app the previous process installed on a device that has been wiped since.
-        need_install = bool(batch.get("install_required")) or self.installed_app != app
+        need_install = batch.install_required or self.installed_app != app
         self.log(
             f"batch {batch_id} {org_id}/{app_version_id}/{target} {len(jobs)} jobs "
             f"({'install needed' if need_install else 'already installed'})"
@@ -460,12 +464,12 @@ class Agent:
         org_id: str,
         app_version_id: str,
         target: str,
-        job: Mapping[str, Any],
+        job: BatchJob,
         install_error: str | None,
     ) -> None:
-        job_id = str(job["job_id"])
-        test_path = str(job["test_path"])
-        timeout_s = float(job.get("timeout_s") or DEFAULT_JOB_TIMEOUT_S)
+        job_id = job.job_id
+        test_path = job.test_path
+        timeout_s = float(job.timeout_s or DEFAULT_JOB_TIMEOUT_S)
         try:
             self._call(lambda: self.api.start_job(self.agent_id, job_id, batch_id), "start")
         except (Conflict, NotFound) as error:
@@ -504,7 +508,7 @@ class Agent:
             message = f"timed out after {timeout_s:g}s"
         if message is not None and len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-        output = truncate_output(outcome.output) if outcome.output else None
+        output = truncate_output(outcome.output, MAX_OUTPUT_CHARS) if outcome.output else None
         try:
             self._call(
                 lambda: self.api.report_result(

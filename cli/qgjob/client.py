@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
+from pydantic import BaseModel, ValidationError
 
 from qgjob import __version__
+from qgjob.agent_protocol import AgentView, BatchView, LeaseResponse
 from qgjob.errors import (
     ApiError,
     AuthError,
@@ -47,9 +49,6 @@ DEFAULT_RETRIES = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 30.0
-
-
-SESSION_HEADER = "X-Qgjob-Agent-Session"
 
 
 def _segment(value: str) -> str:
@@ -98,11 +97,12 @@ class ApiClient:
         self._sleep = sleep
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        self._agent_session: str | None = None
+        self._agent_credential: str | None = None
 
-    def use_session(self, session_id: str | None) -> None:
-        """Agent calls carry this registration's session, so a newer one supersedes them."""
-        self._agent_session = session_id
+    def use_credential(self, credential: str | None) -> None:
+        """Agent calls (all but register) send this registration's credential instead of
+        the fleet token; a newer registration of the device supersedes it."""
+        self._agent_credential = credential
 
     # ------------------------------------------------------------------ transport
 
@@ -110,14 +110,23 @@ class ApiClient:
         """Seconds to wait before retry number `attempt` (1-based): 0.5, 1, 2, 4, 8, 8..."""
         return float(min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1))))
 
-    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Json:
-        """Sends one API call (with retries) and returns the JSON body of a 2xx answer."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        as_agent: bool = False,
+    ) -> Json:
+        """Sends one API call (with retries) and returns the JSON body of a 2xx answer.
+
+        ``as_agent`` calls authenticate with the agent credential once register gave one.
+        """
         url = self.endpoint_url + path
         headers = {"Accept": "application/json", "User-Agent": f"qgjob-cli/{__version__}"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        if self._agent_session:
-            headers[SESSION_HEADER] = self._agent_session
+        token = self._agent_credential if as_agent and self._agent_credential else self._token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         attempt = 0
         while True:
             attempt += 1
@@ -219,40 +228,33 @@ class ApiClient:
 
     def register(
         self, target: str, device_id: str, installed: Mapping[str, str] | None = None
-    ) -> Json:
-        """-> {"agent_id", "lease_seconds", "heartbeat_seconds"}."""
+    ) -> AgentView:
+        """Registers with the fleet token; the answer's credential is for every later call."""
         body = {
             "target": target,
             "device_id": device_id,
             "installed": dict(installed) if installed else None,
         }
-        return self.request("POST", "/agents/register", body)
+        return _parse(AgentView, self.request("POST", "/agents/register", body), "register")
+
+    def _agent(self, agent_id: str, path: str, body: Mapping[str, Any] | None = None) -> Json:
+        return self.request(
+            "POST", f"/agents/{_segment(agent_id)}{path}", body or {}, as_agent=True
+        )
 
     def heartbeat(self, agent_id: str) -> Json:
-        return self.request("POST", f"/agents/{_segment(agent_id)}/heartbeat", {})
+        return self._agent(agent_id, "/heartbeat")
 
-    def lease(self, agent_id: str) -> Json | None:
+    def lease(self, agent_id: str) -> BatchView | None:
         """The batch to run (the current one first, after a restart), or None when idle."""
-        body = self.request("POST", f"/agents/{_segment(agent_id)}/lease", {})
-        batch = body.get("batch")
-        if batch is None:
-            return None
-        if not isinstance(batch, dict):
-            raise ServerError(200, "lease answer has a 'batch' that is not an object")
-        return batch
+        return _parse(LeaseResponse, self._agent(agent_id, "/lease"), "lease").batch
 
     def installed(self, agent_id: str, batch_id: str) -> Json:
-        return self.request(
-            "POST", f"/agents/{_segment(agent_id)}/batches/{_segment(batch_id)}/installed", {}
-        )
+        return self._agent(agent_id, f"/batches/{_segment(batch_id)}/installed")
 
     def start_job(self, agent_id: str, job_id: str, batch_id: str) -> Json:
         """-> JobView; raises `Conflict` when the lease was lost."""
-        return self.request(
-            "POST",
-            f"/agents/{_segment(agent_id)}/jobs/{_segment(job_id)}/start",
-            {"batch_id": batch_id},
-        )
+        return self._agent(agent_id, f"/jobs/{_segment(job_id)}/start", {"batch_id": batch_id})
 
     def report_result(
         self,
@@ -272,15 +274,24 @@ class ApiClient:
             "message": message,
             "output": output,
         }
-        return self.request(
-            "POST", f"/agents/{_segment(agent_id)}/jobs/{_segment(job_id)}/result", body
-        )
+        return self._agent(agent_id, f"/jobs/{_segment(job_id)}/result", body)
 
     def complete_batch(self, agent_id: str, batch_id: str) -> Json:
         """-> {"requeued": n}; unfinished jobs of the batch go back to the queue."""
-        return self.request(
-            "POST", f"/agents/{_segment(agent_id)}/batches/{_segment(batch_id)}/complete", {}
-        )
+        return self._agent(agent_id, f"/batches/{_segment(batch_id)}/complete")
 
     def deregister(self, agent_id: str) -> Json:
-        return self.request("POST", f"/agents/{_segment(agent_id)}/deregister", {})
+        return self._agent(agent_id, "/deregister")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _parse(model: type[Model], body: Json, what: str) -> Model:
+    """An answer of the agent protocol, typed; a malformed one is a server fault."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise ServerError(
+            200, f"malformed {what} answer: {error.error_count()} problem(s)"
+        ) from None

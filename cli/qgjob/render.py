@@ -126,11 +126,26 @@ def run_text(run: Json) -> str:
     return "\n".join([run_summary(run), run_table(run)])
 
 
+def submitted_state(answer: Json) -> str:
+    """'queued' for new work; for a replay, the jobs' state now: 'passed' or '(1 passed, ...)'.
+
+    The server sends `status` when every job shares it and `counts` always; an older
+    server sends only `status` (always 'queued').
+    """
+    status = answer.get("status")
+    if status:
+        return str(status)
+    counts = answer.get("counts")
+    if isinstance(counts, Mapping) and counts:
+        return f"({counts_text({str(k): int(v) for k, v in counts.items()})})"
+    return "submitted"
+
+
 def submitted_text(answer: Json, payload: Json) -> str:
     job_ids = [str(j) for j in answer.get("job_ids") or []]
     replay = " (replayed: this idempotency key was used before)" if answer.get("replayed") else ""
     lines = [
-        f"run {answer.get('run_id')}: {len(job_ids)} job(s) {answer.get('status', 'queued')} "
+        f"run {answer.get('run_id')}: {len(job_ids)} job(s) {submitted_state(answer)} "
         f"for {payload.get('org_id')}/{payload.get('app_version_id')} on "
         f"{payload.get('target', 'emulator')}{replay}"
     ]

@@ -81,8 +81,10 @@ class StateStore(Protocol):
         count_attempt: bool,
         reason: str,
         retry_of_batch: str | None = None,
+        agent_id: str | None = None,
     ) -> Job | None:
-        """assigned|running in this batch -> back in the backlog (or error when out of attempts)."""
+        """assigned|running in this batch (on this agent, when given) -> back in the backlog
+        (or error when out of attempts)."""
 
     # --------------------------------------------------------------- agents
     def get_agent(self, agent_id: str) -> Agent | None: ...
@@ -94,12 +96,17 @@ class StateStore(Protocol):
         device_id: str,
         installed: AppRef | None,
         now: float,
-        session_id: str | None = None,
-    ) -> Agent:
-        """Creates or revives an agent. An agent holding a batch keeps it (it resumes)."""
+        *,
+        credential_hash: str,
+        lab_org_id: str | None = None,
+        fleet_hash: str | None = None,
+    ) -> Agent | None:
+        """Creates or revives an agent with a new credential. An agent holding a batch
+        keeps it (it resumes). None when another fleet token registered this agent id."""
 
-    def touch_agent(self, agent_id: str, now: float) -> Agent | None:
-        """Records a sign of life; None when unknown or marked offline."""
+    def touch_agent(self, agent_id: str, now: float, credential_hash: str) -> Agent | None:
+        """Records a sign of life of this registration; None when the agent is unknown,
+        marked offline, or registered since with another credential."""
 
     def list_agents(self, target: Target) -> list[Agent]: ...
 
@@ -194,6 +201,7 @@ class TokenRecord:
     org_id: str | None
     created_at: float
     label: str | None = None
+    target: str | None = None  # a fleet token scoped to one target
 
 
 class TokenStore(Protocol):

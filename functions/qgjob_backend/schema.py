@@ -57,10 +57,19 @@ def _check_test_path(value: str) -> str:
     segments = re.split(r"[\\/]", value)
     if ".." in segments:
         raise ValueError("must not contain a '..' segment")
+    # A runner puts the path on a command line: a segment like `--config=x` or `-c`
+    # could be read as an option of the test tool on a shared device host.
+    if any(segment.startswith("-") for segment in segments):
+        raise ValueError("no path segment may begin with '-' (it could be read as an option)")
     if any(ord(ch) < 32 for ch in value):
         raise ValueError("must not contain control characters")
     return value
 
+
+TEST_PATH_RULES = (
+    "1 to 512 characters, relative (no leading '/' or drive letter), no '..' segment, "
+    "no segment beginning with '-' (segments split on '/' and '\\'), no control characters."
+)
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 TestPath = Annotated[
@@ -102,14 +111,18 @@ class _Submission(BaseModel):
 class JobPayload(_Submission):
     """One test job: the seed schema plus optional fields."""
 
-    test_path: TestPath = Field(description="Relative path of the AppWright spec.")
+    test_path: TestPath = Field(
+        description=f"Relative path of the AppWright spec. {TEST_PATH_RULES}"
+    )
 
 
 class SuiteSubmission(_Submission):
     """Many tests of one app version and target, submitted as one run."""
 
     test_paths: list[TestPath] = Field(
-        min_length=1, max_length=MAX_TESTS_PER_SUITE, description="Specs to run, in order."
+        min_length=1,
+        max_length=MAX_TESTS_PER_SUITE,
+        description=f"Specs to run, in order. Each is a test path: {TEST_PATH_RULES}",
     )
 
     def jobs(self) -> list[JobPayload]:

@@ -91,9 +91,7 @@ def assemble_services(
         tokens=TokenService(token_store, clock),
         submissions=SubmissionService(store, queue, clock, new_id),
         dispatcher=dispatcher,
-        agents=AgentService(
-            store, artifacts, dispatcher, clock, config.lease_seconds, new_id, estimates
-        ),
+        agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds, estimates),
         reaper=ReaperService(
             store,
             queue,

@@ -66,7 +66,6 @@ class StackProcess:
     @classmethod
     def start(cls, state_dir: Path, *extra_args: str, timeout_s: float = 60.0) -> StackProcess:
         ready_file = state_dir / "ready.json"
-        output_path = state_dir / "stack.out"
         command = [
             sys.executable, "-m", "infra.local_stack",
             "--no-agents",
@@ -74,6 +73,14 @@ class StackProcess:
             "--ready-file", str(ready_file),
             *extra_args,
         ]  # fmt: skip
+        return cls.launch(command, state_dir, ready_file, timeout_s=timeout_s)
+
+    @classmethod
+    def launch(
+        cls, command: list[str], state_dir: Path, ready_file: Path, *, timeout_s: float = 60.0
+    ) -> StackProcess:
+        """Runs ``command`` (a stack that writes ``ready_file`` once it serves) until ready."""
+        output_path = state_dir / "stack.out"
         with output_path.open("wb") as output:
             process = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=repo_env(), stdin=subprocess.DEVNULL,
@@ -93,6 +100,16 @@ class StackProcess:
             raise
         stack.ready = json.loads(ready_file.read_text(encoding="utf-8"))
         return stack
+
+    def aws(self, service: str) -> Any:
+        """A boto3 client of the stack's embedded AWS (moto), to look behind the API."""
+        return boto3.client(
+            service,
+            endpoint_url=self.ready["moto_endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def output(self) -> str:
         return self.output_path.read_text(encoding="utf-8", errors="replace")
@@ -148,13 +165,7 @@ class StackProcess:
 
     def queue_drained(self) -> bool:
         """True once the dispatcher has taken every message off jobs.fifo (all admitted)."""
-        sqs: Any = boto3.client(
-            "sqs",
-            endpoint_url=self.ready["moto_endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        sqs = self.aws("sqs")
         url = next(u for u in sqs.list_queues()["QueueUrls"] if u.endswith("-jobs.fifo"))
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import boto3
 import pytest
 from e2e_support import StackProcess
 
@@ -20,13 +19,7 @@ def total_jobs(stack: StackProcess, org: str) -> int:
 
 def stored_items(stack: StackProcess) -> dict[str, int]:
     """Items in the jobs and runs tables, read from the moto endpoint (every org)."""
-    db: Any = boto3.client(
-        "dynamodb",
-        endpoint_url=stack.ready["moto_endpoint"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    db = stack.aws("dynamodb")
     counts: dict[str, int] = {}
     for suffix in ("-JobsTable", "-RunsTable"):
         (table,) = [t for t in db.list_tables()["TableNames"] if t.endswith(suffix)]

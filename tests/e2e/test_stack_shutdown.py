@@ -6,17 +6,15 @@ the process exiting after SIGTERM; everything before it waits for an observed st
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from e2e_support import REPO_ROOT, StackProcess, repo_env, wait_until
+from e2e_support import StackProcess, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -27,26 +25,8 @@ SCRIPT = Path(__file__).with_name("stack_under_load.py")
 
 def _start(mode: str, state_dir: Path) -> StackProcess:
     ready_file = state_dir / "ready.json"
-    output_path = state_dir / "stack.out"
     command = [sys.executable, str(SCRIPT), mode, str(state_dir), str(ready_file)]
-    with output_path.open("wb") as output:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=repo_env(), stdin=subprocess.DEVNULL,
-            stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    stack = StackProcess(process, state_dir, output_path)
-    try:
-        wait_until(
-            lambda: ready_file.exists() or process.poll() is not None,
-            timeout_s=60,
-            what="the stack's ready file",
-        )
-        assert process.poll() is None, f"the stack exited early:\n{stack.output()}"
-    except BaseException:
-        stack.stop()
-        raise
-    stack.ready = json.loads(ready_file.read_text(encoding="utf-8"))
-    return stack
+    return StackProcess.launch(command, state_dir, ready_file)
 
 
 @pytest.fixture

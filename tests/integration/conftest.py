@@ -20,6 +20,7 @@ from moto import mock_aws
 
 from infra.events import HttpRequest, LambdaContext, build_proxy_event, build_sqs_event
 from infra.template import LocalTemplate, provision
+from qgjob_backend.adapters.dynamodb import DynamoStateStore
 from qgjob_backend.config import Config
 from qgjob_backend.handlers import api, dispatcher, reaper
 from qgjob_backend.services.auth import TokenKind
@@ -76,6 +77,23 @@ def services(config: Config, aws_session: boto3.Session) -> Iterator[Services]:
     yield built
     for holder in (api.services, dispatcher.services, reaper.services):
         holder.use(None)
+
+
+def state_store_of(session: boto3.Session, config: Config) -> DynamoStateStore:
+    """The state tables as the services see them."""
+    return DynamoStateStore(
+        session.client("dynamodb"),
+        jobs_table=config.jobs_table,
+        runs_table=config.runs_table,
+        agents_table=config.agents_table,
+        batches_table=config.batches_table,
+    )
+
+
+@pytest.fixture
+def state_store(config: Config, aws_session: boto3.Session) -> DynamoStateStore:
+    """To check what a request wrote."""
+    return state_store_of(aws_session, config)
 
 
 @pytest.fixture
@@ -146,9 +164,33 @@ def client(services: Services, org_token: str) -> ApiCaller:
     return ApiCaller(org_token)
 
 
+class AgentCaller(ApiCaller):
+    """Agents as the real one talks: register with the fleet token, then call each agent's
+    routes with the credential its latest registration returned (the agent is the one
+    the path names; an agent never registered calls with no credential)."""
+
+    def __init__(self, fleet_token: str) -> None:
+        super().__init__(fleet_token)
+        self.fleet_token = fleet_token
+        self.credentials: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> ApiResponse:
+        registering = path == "/agents/register"
+        agent_id = path.split("/")[2] if path.startswith("/agents/") else None
+        if "token" not in kwargs:
+            if agent_id is not None and not registering:
+                kwargs["token"] = self.credentials.get(agent_id)
+            else:
+                kwargs["token"] = self.fleet_token
+        response = super().request(method, path, body, **kwargs)
+        if registering and response.status == 200:
+            self.credentials[response.body["agent_id"]] = response.body["credential"]
+        return response
+
+
 @pytest.fixture
-def agent_client(services: Services, agent_token: str) -> ApiCaller:
-    return ApiCaller(agent_token)
+def agent_client(services: Services, agent_token: str) -> AgentCaller:
+    return AgentCaller(agent_token)
 
 
 def receive_all(session: boto3.Session, queue_url: str) -> list[dict[str, Any]]:

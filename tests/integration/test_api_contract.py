@@ -226,35 +226,3 @@ def test_an_overlong_id_in_the_path_is_a_404(client: ApiCaller) -> None:
 
     assert response.status == 404
     assert "path segment" in response.body["message"]
-
-
-def test_an_agent_session_superseded_by_a_second_registration_gets_409(
-    agent_client: ApiCaller, agent_token: str
-) -> None:
-    first = agent_client.post("/agents/register", {"target": "device", "device_id": "p7"}).body
-    second = agent_client.post("/agents/register", {"target": "device", "device_id": "p7"}).body
-    assert first["session_id"] != second["session_id"]
-
-    def heartbeat(session: str) -> int:
-        event = build_proxy_event(
-            HttpRequest(
-                "POST",
-                "/v1/agents/device-p7/heartbeat",
-                [
-                    ("Host", "localhost"),
-                    ("Authorization", f"Bearer {agent_token}"),
-                    ("X-Qgjob-Agent-Session", session),
-                ],
-                b"",
-                "127.0.0.1",
-            ),
-            stage="v1",
-            request_id="r-2",
-            account_id="123456789012",
-            api_id="local",
-        )
-        context = LambdaContext("ApiFunction", "us-east-1", "123456789012")
-        return int(api.lambda_handler(event, context)["statusCode"])
-
-    assert heartbeat(first["session_id"]) == 409
-    assert heartbeat(second["session_id"]) == 200

@@ -9,12 +9,12 @@ import boto3
 import pytest
 
 import qgjob_backend.services.dispatch as dispatch_module
-from qgjob_backend.adapters.dynamodb import DynamoEstimateStore, DynamoStateStore
+from qgjob_backend.adapters.dynamodb import DynamoEstimateStore
 from qgjob_backend.config import Config
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.planner import BusyAgent
 from qgjob_backend.schema import Target
-from tests.integration.conftest import ApiCaller, dispatch_queue
+from tests.integration.conftest import ApiCaller, dispatch_queue, state_store_of
 from tests.unit.fakes import PlanSpy
 
 SUITE = {
@@ -30,14 +30,7 @@ def _estimates(session: boto3.Session, config: Config) -> DynamoEstimateStore:
     return DynamoEstimateStore(session.client("dynamodb"), config.estimates_table)
 
 
-def _state(session: boto3.Session, config: Config) -> DynamoStateStore:
-    return DynamoStateStore(
-        session.client("dynamodb"),
-        jobs_table=config.jobs_table,
-        runs_table=config.runs_table,
-        agents_table=config.agents_table,
-        batches_table=config.batches_table,
-    )
+_state = state_store_of
 
 
 def _key(path: str) -> EstimateKey:

@@ -9,7 +9,6 @@ from dataclasses import replace
 import boto3
 
 from infra.events import LambdaContext, build_sqs_event
-from qgjob_backend.adapters.dynamodb import DynamoStateStore
 from qgjob_backend.config import Config
 from qgjob_backend.domain.models import Batch, Job
 from qgjob_backend.domain.planner import IdleAgent, PlannedBatch, PlanningPolicy, plan_batches
@@ -29,6 +28,7 @@ from tests.integration.conftest import (
     ApiCaller,
     dispatch_queue,
     receive_all,
+    state_store_of,
 )
 
 SUITE = {
@@ -39,14 +39,7 @@ SUITE = {
 }
 
 
-def _store(session: boto3.Session, config: Config) -> DynamoStateStore:
-    return DynamoStateStore(
-        session.client("dynamodb"),
-        jobs_table=config.jobs_table,
-        runs_table=config.runs_table,
-        agents_table=config.agents_table,
-        batches_table=config.batches_table,
-    )
+_store = state_store_of
 
 
 def _batch_of(plan: PlannedBatch) -> Batch:

@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
-from qgjob_backend.adapters.dynamodb import DynamoStateStore, DynamoTokenStore
+from qgjob_backend.adapters.dynamodb import DynamoTokenStore
 from qgjob_backend.config import Config
 from qgjob_backend.domain.models import (
     Agent,
@@ -27,6 +27,7 @@ from qgjob_backend.domain.models import (
 )
 from qgjob_backend.ports import JobOutcome, StateStore, TokenRecord, TokenStore
 from qgjob_backend.schema import JobStatus, Target
+from tests.integration.conftest import state_store_of
 from tests.unit.fakes import MemoryStateStore, MemoryTokenStore
 
 T0 = 1_000.0
@@ -40,13 +41,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
         return
     config: Config = request.getfixturevalue("config")
     session: boto3.Session = request.getfixturevalue("aws_session")
-    yield DynamoStateStore(
-        session.client("dynamodb"),
-        jobs_table=config.jobs_table,
-        runs_table=config.runs_table,
-        agents_table=config.agents_table,
-        batches_table=config.batches_table,
-    )
+    yield state_store_of(session, config)
 
 
 @pytest.fixture(params=["memory", "dynamo"])
@@ -109,7 +104,22 @@ def agent(store: StateStore, agent_id: str = "emulator-d1", **kwargs: Any) -> Ag
     target = kwargs.pop("target", Target.EMULATOR)
     installed = kwargs.pop("installed", None)
     now = kwargs.pop("now", T0)
-    return store.register_agent(agent_id, target, agent_id.split("-", 1)[-1], installed, now)
+    registered = store.register_agent(
+        agent_id,
+        target,
+        agent_id.split("-", 1)[-1],
+        installed,
+        now,
+        credential_hash=kwargs.pop("credential_hash", cred(agent_id)),
+        **kwargs,
+    )
+    assert registered is not None
+    return registered
+
+
+def cred(agent_id: str) -> str:
+    """The credential hash ``agent`` registers an agent with unless told otherwise."""
+    return f"hash-of-{agent_id}"
 
 
 def assigned(
@@ -398,6 +408,55 @@ def test_requeue_without_counting_an_attempt(store: StateStore) -> None:
     assert requeued.attempts == 0
 
 
+def test_an_error_requeue_marks_the_batch_until_another_requeue_or_a_result(
+    store: StateStore,
+) -> None:
+    """``retry_of_batch`` is what recognises a re-delivered error report: it must survive
+    the write and the read back, and be cleared by a reaper's requeue and by a result."""
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    running = store.start_job("j1", "a-1", "b1", T0)
+    assert running is not None
+    assert running.retry_of_batch is None
+
+    requeued = store.requeue_job(
+        running, "b1", T0 + 1, count_attempt=True, reason="adb offline", retry_of_batch="b1"
+    )
+
+    assert requeued is not None
+    assert (requeued.status, requeued.attempts, requeued.retry_of_batch) == (
+        JobStatus.QUEUED,
+        1,
+        "b1",
+    )
+    assert get_job(store, "j1").retry_of_batch == "b1"
+    assert get_job(store, "j1") == requeued
+
+    # Planned again into b2 on another agent: the mark stays until something replaces it.
+    agent(store, "a-2")
+    assert store.commit_batch(make_batch("b2", "a-2", ["j1"]), T0 + 2)
+    assert get_job(store, "j1").retry_of_batch == "b1"
+    by_reaper = store.requeue_job(
+        get_job(store, "j1"), "b2", T0 + 3, count_attempt=True, reason="agent lost"
+    )
+    assert by_reaper is not None
+    assert by_reaper.retry_of_batch is None
+    assert get_job(store, "j1").retry_of_batch is None
+
+    # Marked again, then a result clears the mark.
+    agent(store, "a-3")
+    assert store.commit_batch(make_batch("b3", "a-3", ["j1"]), T0 + 4)
+    store.requeue_job(
+        get_job(store, "j1"), "b3", T0 + 5, count_attempt=False, reason="e", retry_of_batch="b3"
+    )
+    assert get_job(store, "j1").retry_of_batch == "b3"
+    agent(store, "a-4")
+    assert store.commit_batch(make_batch("b4", "a-4", ["j1"]), T0 + 6)
+    finished = store.finish_job("j1", "a-4", "b4", PASSED, T0 + 7)
+    assert finished is not None
+    assert finished.retry_of_batch is None
+    assert get_job(store, "j1").retry_of_batch is None
+
+
 def test_requeue_out_of_attempts_is_a_final_error(store: StateStore) -> None:
     assigned(store, "j1", batch_id="b1", agent_id="a-1")
     job = replace(get_job(store, "j1"), attempts=2)  # the third of three attempts
@@ -428,7 +487,57 @@ def test_requeue_only_from_the_batch_holding_the_job(store: StateStore) -> None:
     assert get_job(store, "j1").status is JobStatus.PASSED
 
 
+def test_requeue_for_an_agent_only_when_that_agent_holds_the_job(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    job = get_job(store, "j1")
+
+    assert store.requeue_job(job, "b1", T0, count_attempt=True, reason="r", agent_id="a-2") is None
+    assert get_job(store, "j1").status is JobStatus.ASSIGNED
+    requeued = store.requeue_job(job, "b1", T0, count_attempt=True, reason="r", agent_id="a-1")
+    assert requeued is not None
+    assert requeued.status is JobStatus.QUEUED
+
+
 # ================================================================== agents
+def test_registration_keeps_the_credential_hash_lab_and_fleet(store: StateStore) -> None:
+    agent(store, "emulator-d1@acme", credential_hash="h1", lab_org_id="acme", fleet_hash="f1")
+
+    stored = store.get_agent("emulator-d1@acme")
+    assert stored is not None
+    assert (stored.credential_hash, stored.lab_org_id, stored.fleet_hash) == ("h1", "acme", "f1")
+
+
+def test_only_the_fleet_that_registered_an_agent_registers_it_again(store: StateStore) -> None:
+    agent(store, "emulator-d1", credential_hash="h1", fleet_hash="f1")
+
+    other = store.register_agent(
+        "emulator-d1", Target.EMULATOR, "d1", None, T0 + 1, credential_hash="h2", fleet_hash="f2"
+    )
+    again = store.register_agent(
+        "emulator-d1", Target.EMULATOR, "d1", None, T0 + 2, credential_hash="h3", fleet_hash="f1"
+    )
+
+    assert other is None
+    assert again is not None
+    assert again.credential_hash == "h3"
+    stored = store.get_agent("emulator-d1")
+    assert stored is not None
+    assert stored.credential_hash == "h3"
+
+
+def test_touch_needs_the_current_credential(store: StateStore) -> None:
+    agent(store, "a-1", credential_hash="h1")
+    agent(store, "a-1", credential_hash="h2", now=T0 + 1)  # a newer registration
+
+    assert store.touch_agent("a-1", T0 + 5, "h1") is None
+    stored = store.get_agent("a-1")
+    assert stored is not None
+    assert stored.last_seen == T0 + 1
+    touched = store.touch_agent("a-1", T0 + 6, "h2")
+    assert touched is not None
+    assert touched.last_seen == T0 + 6
+
+
 def test_register_creates_and_revives_an_agent(store: StateStore) -> None:
     created = agent(store, "device-d1", target=Target.DEVICE, now=T0)
     assert (created.status, created.batch_id, created.installed) == (AgentStatus.IDLE, None, None)
@@ -467,11 +576,11 @@ def test_touch_only_a_known_agent_not_offline(store: StateStore) -> None:
     agent(store, "a-2")
     store.deregister_agent("a-2", T0)
 
-    touched = store.touch_agent("a-1", T0 + 9)
+    touched = store.touch_agent("a-1", T0 + 9, cred("a-1"))
     assert touched is not None
     assert touched.last_seen == T0 + 9
-    assert store.touch_agent("a-2", T0 + 9) is None
-    assert store.touch_agent("unknown", T0 + 9) is None
+    assert store.touch_agent("a-2", T0 + 9, cred("a-2")) is None
+    assert store.touch_agent("unknown", T0 + 9, cred("unknown")) is None
 
 
 def test_agents_are_listed_by_target(store: StateStore) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from qgjob_backend.agent_protocol import parse_credential
 from qgjob_backend.config import Config
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import (
@@ -40,12 +41,15 @@ from qgjob_backend.domain.planner import (
 )
 from qgjob_backend.ports import EstimateConflict, JobOutcome, OrgMetrics, TokenRecord
 from qgjob_backend.schema import JobStatus, Target
-from qgjob_backend.services.agents import AgentService
-from qgjob_backend.services.auth import TokenService
+from qgjob_backend.services.agents import AgentCredential, AgentService, Heartbeat, LeasedBatch
+from qgjob_backend.services.auth import Principal, TokenKind, TokenService
 from qgjob_backend.services.dispatch import DispatchService
 from qgjob_backend.services.reaper import ReaperService
 from qgjob_backend.services.submission import SubmissionService
 from qgjob_backend.wiring import assemble_services
+
+# The principal of a shared fleet token (no target, no lab) that unit tests register with.
+SHARED_FLEET = Principal(TokenKind.AGENT, None, None, "shared-fleet-token-hash")
 
 T = TypeVar("T")
 
@@ -264,9 +268,12 @@ class MemoryStateStore:
         count_attempt: bool,
         reason: str,
         retry_of_batch: str | None = None,
+        agent_id: str | None = None,
     ) -> Job | None:
         stored = self.jobs.get(job.job_id)
         if stored is None or stored.batch_id != batch_id or stored.status not in _IN_PROGRESS:
+            return None
+        if agent_id is not None and stored.agent_id != agent_id:
             return None
         # As in the adapter, the attempt count and limit come from the caller's copy.
         attempts = job.attempts + (1 if count_attempt else 0)
@@ -297,9 +304,14 @@ class MemoryStateStore:
         device_id: str,
         installed: AppRef | None,
         now: float,
-        session_id: str | None = None,
-    ) -> Agent:
+        *,
+        credential_hash: str,
+        lab_org_id: str | None = None,
+        fleet_hash: str | None = None,
+    ) -> Agent | None:
         stored = self.agents.get(agent_id)
+        if stored is not None and stored.fleet_hash not in (None, fleet_hash):
+            return None  # another fleet token's agent
         if stored is None:
             stored = Agent(
                 agent_id=agent_id,
@@ -309,7 +321,6 @@ class MemoryStateStore:
                 last_seen=now,
                 registered_at=now,
                 installed=installed,
-                session_id=session_id,
             )
             self.agents[agent_id] = stored
         elif stored.batch_id is None:
@@ -319,17 +330,24 @@ class MemoryStateStore:
             stored.registered_at = now
             stored.status = AgentStatus.IDLE
             stored.installed = installed
-            stored.session_id = session_id
         else:
             # It still holds a batch: it restarted mid-batch and will resume it.
             stored.last_seen = now
             stored.status = AgentStatus.BUSY
-            stored.session_id = session_id
+            stored.credential_hash = credential_hash
+            return _copy(stored)
+        stored.credential_hash = credential_hash
+        stored.lab_org_id = lab_org_id
+        stored.fleet_hash = fleet_hash
         return _copy(stored)
 
-    def touch_agent(self, agent_id: str, now: float) -> Agent | None:
+    def touch_agent(self, agent_id: str, now: float, credential_hash: str) -> Agent | None:
         stored = self.agents.get(agent_id)
-        if stored is None or stored.status is AgentStatus.OFFLINE:
+        if (
+            stored is None
+            or stored.status is AgentStatus.OFFLINE
+            or stored.credential_hash != credential_hash
+        ):
             return None
         stored.last_seen = now
         return _copy(stored)
@@ -619,6 +637,10 @@ class MemoryServices:
     dispatcher: DispatchService
     agents: AgentService
     reaper: ReaperService
+    fleet: Principal = SHARED_FLEET
+
+    def __post_init__(self) -> None:
+        self.as_agent = ActingAgents(self.agents, self.fleet)
 
 
 def build_memory_services(
@@ -656,6 +678,66 @@ def build_memory_services(
         agents=services.agents,
         reaper=services.reaper,
     )
+
+
+class ActingAgents:
+    """Drives the AgentService as each agent's latest registration would: calls name the
+    agent id, and carry the credential its last ``register`` returned. Tests about who
+    may call what use the AgentService and credentials directly."""
+
+    def __init__(self, agents: AgentService, fleet: Principal) -> None:
+        self._agents = agents
+        self._fleet = fleet
+        self.credentials: dict[str, AgentCredential] = {}
+
+    def register(
+        self,
+        target: Target,
+        device_id: str,
+        installed: AppRef | None,
+        fleet: Principal | None = None,
+    ) -> Agent:
+        registration = self._agents.register(fleet or self._fleet, target, device_id, installed)
+        parsed = parse_credential(registration.credential)
+        assert parsed is not None
+        self.credentials[registration.agent.agent_id] = AgentCredential(*parsed)
+        return registration.agent
+
+    def credential(self, agent_id: str) -> AgentCredential:
+        # An agent never registered gets a credential that cannot match any registration.
+        return self.credentials.get(agent_id) or AgentCredential(agent_id, "never-registered")
+
+    def heartbeat(self, agent_id: str) -> Heartbeat:
+        return self._agents.heartbeat(self.credential(agent_id))
+
+    def lease(self, agent_id: str) -> LeasedBatch | None:
+        return self._agents.lease(self.credential(agent_id))
+
+    def record_install(self, agent_id: str, batch_id: str) -> None:
+        self._agents.record_install(self.credential(agent_id), batch_id)
+
+    def start(self, agent_id: str, job_id: str, batch_id: str) -> Job:
+        return self._agents.start(self.credential(agent_id), job_id, batch_id)
+
+    def report(
+        self,
+        agent_id: str,
+        job_id: str,
+        batch_id: str,
+        status: JobStatus,
+        duration_s: float,
+        message: str | None,
+        output: str | None,
+    ) -> Job:
+        return self._agents.report(
+            self.credential(agent_id), job_id, batch_id, status, duration_s, message, output
+        )
+
+    def complete(self, agent_id: str, batch_id: str) -> int:
+        return self._agents.complete(self.credential(agent_id), batch_id)
+
+    def deregister(self, agent_id: str) -> int:
+        return self._agents.deregister(self.credential(agent_id))
 
 
 @dataclass

@@ -7,12 +7,13 @@ import itertools
 
 import pytest
 
+from qgjob_backend.schema import Target
 from qgjob_backend.services.auth import (
     Principal,
     TokenKind,
     TokenService,
     hash_token,
-    require_agent,
+    require_fleet,
     require_org,
 )
 from qgjob_backend.services.errors import Forbidden, Unauthorized
@@ -45,22 +46,43 @@ def test_an_org_token_authenticates_as_its_org(tokens: TokenService) -> None:
     principal = tokens.authenticate(f"Bearer {token}")
 
     assert token.startswith("qgj_org_")
-    assert principal == Principal(TokenKind.ORG, "acme")
+    assert principal == Principal(TokenKind.ORG, "acme", None, hash_token(token))
     assert require_org(principal) == "acme"
-    with pytest.raises(Forbidden, match="agent token"):
-        require_agent(principal)
+    with pytest.raises(Forbidden, match="fleet"):
+        require_fleet(principal)
 
 
-def test_an_agent_token_belongs_to_no_org(tokens: TokenService) -> None:
-    token = tokens.create("agent", "acme")  # an org given for an agent token is dropped
+def test_a_shared_fleet_token_has_no_org_and_no_target(tokens: TokenService) -> None:
+    token = tokens.create("agent")
 
     principal = tokens.authenticate(f"Bearer {token}")
 
     assert token.startswith("qgj_agent_")
-    assert principal == Principal(TokenKind.AGENT, None)
-    require_agent(principal)
+    assert principal == Principal(TokenKind.AGENT, None, None, hash_token(token))
+    assert require_fleet(principal) is principal
     with pytest.raises(Forbidden, match="org token"):
         require_org(principal)
+
+
+def test_a_fleet_token_can_be_scoped_to_a_target_and_a_private_lab(
+    tokens: TokenService, store: MemoryTokenStore
+) -> None:
+    token = tokens.create("agent", "acme", label="acme lab", target="device")
+
+    principal = tokens.authenticate(f"Bearer {token}")
+
+    assert principal == Principal(TokenKind.AGENT, "acme", Target.DEVICE, hash_token(token))
+    (record,) = store.records.values()
+    assert (record.org_id, record.target) == ("acme", "device")
+    with pytest.raises(Forbidden, match="org token"):
+        require_org(principal)  # a lab's fleet token is still no org token
+
+
+def test_only_a_fleet_token_can_have_a_target(tokens: TokenService) -> None:
+    with pytest.raises(ValueError, match="target"):
+        tokens.create(TokenKind.ORG, "acme", target="device")
+    with pytest.raises(ValueError, match="tablet"):
+        tokens.create(TokenKind.AGENT, target="tablet")
 
 
 def test_only_the_hash_is_stored(

@@ -78,7 +78,17 @@ def test_required_fields(field: str) -> None:
 
 # ------------------------------------------------------------------ test_path
 @pytest.mark.parametrize(
-    "value", ["a", "tests/login.spec.js", "./tests/a.js", "a..b/c..js", "x" * 512, "dir/.hidden"]
+    "value",
+    [
+        "a",
+        "tests/login.spec.js",
+        "./tests/a.js",
+        "a..b/c..js",
+        "x" * 512,
+        "dir/.hidden",
+        "tests/log-in.spec.js",
+        "tests/a-/b--c.js",
+    ],
 )
 def test_valid_test_paths(value: str) -> None:
     assert JobPayload.model_validate(payload(test_path=value)).test_path == value
@@ -95,6 +105,12 @@ def test_valid_test_paths(value: str) -> None:
         ("tests/../../x.js", "'..'"),
         ("tests\\..\\x.js", "'..'"),
         ("tests/a.js/..", "'..'"),
+        ("--config=/tmp/evil.config.ts", "begin with '-'"),
+        ("--output=/home", "begin with '-'"),
+        ("-c", "begin with '-'"),
+        ("-", "begin with '-'"),
+        ("tests/--reporter=line", "begin with '-'"),
+        ("tests\\-x.spec.js", "begin with '-'"),
         ("tests/\x00a.js", "control"),
         ("tests/a\n.js", "control"),
         ("", "at least 1"),
@@ -230,6 +246,22 @@ def test_a_bad_path_in_a_suite_is_named_by_its_index() -> None:
         SuiteSubmission.model_validate(suite(test_paths=["ok.js", "../escape.js"]))
 
     assert describe_validation_error(raised.value).startswith("test_paths.1: ")
+
+
+def test_a_suite_rejects_an_option_like_path_naming_its_index() -> None:
+    with pytest.raises(ValidationError) as raised:
+        SuiteSubmission.model_validate(suite(test_paths=["ok.js", "-c"]))
+    message = describe_validation_error(raised.value)
+    assert message.startswith("test_paths.1: ")
+    assert "begin with '-'" in message
+
+
+def test_the_test_path_rules_are_in_the_json_schema() -> None:
+    job = JobPayload.model_json_schema()["properties"]["test_path"]["description"]
+    runs = SuiteSubmission.model_json_schema()["properties"]["test_paths"]["description"]
+    for description in (job, runs):
+        assert "no segment beginning with '-'" in description
+        assert "no '..' segment" in description
 
 
 def test_a_suite_does_not_take_a_single_test_path() -> None:

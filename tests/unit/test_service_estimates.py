@@ -73,8 +73,8 @@ def submit_and_admit(svc: MemoryServices, **overrides: Any) -> list[str]:
 def try_lease(
     svc: MemoryServices, device: str = "d1", target: Target = Target.EMULATOR
 ) -> LeasedBatch | None:
-    agent_id = svc.agents.register(target, device, None).agent_id
-    return svc.agents.lease(agent_id)
+    agent_id = svc.as_agent.register(target, device, None).agent_id
+    return svc.as_agent.lease(agent_id)
 
 
 def lease(svc: MemoryServices, device: str = "d1", target: Target = Target.EMULATOR) -> LeasedBatch:
@@ -92,8 +92,8 @@ def report(
 ) -> str:
     batch = leased.batch
     job_id = leased.jobs[index].job_id
-    svc.agents.start(batch.agent_id, job_id, batch.batch_id)
-    svc.agents.report(batch.agent_id, job_id, batch.batch_id, status, duration_s, None, None)
+    svc.as_agent.start(batch.agent_id, job_id, batch.batch_id)
+    svc.as_agent.report(batch.agent_id, job_id, batch.batch_id, status, duration_s, None, None)
     return job_id
 
 
@@ -148,7 +148,7 @@ def test_a_replayed_report_counts_once(svc: MemoryServices) -> None:
     job_id = report(svc, leased, 0, JobStatus.PASSED, 12.0)
     batch = leased.batch
 
-    replay = svc.agents.report(
+    replay = svc.as_agent.report(
         batch.agent_id, job_id, batch.batch_id, JobStatus.PASSED, 12.0, None, None
     )
 
@@ -169,7 +169,7 @@ def test_a_failing_estimate_store_never_fails_the_agent(
     batch = leased.batch
 
     clock.advance(30)
-    svc.agents.record_install(batch.agent_id, batch.batch_id)
+    svc.as_agent.record_install(batch.agent_id, batch.batch_id)
     job_id = report(svc, leased, 0, JobStatus.PASSED, 12.0)
 
     assert svc.store.jobs[job_id].status is JobStatus.PASSED
@@ -185,9 +185,9 @@ def test_the_first_install_report_counts_its_duration_once(
     batch = leased.batch
 
     clock.advance(45)
-    svc.agents.record_install(batch.agent_id, batch.batch_id)
+    svc.as_agent.record_install(batch.agent_id, batch.batch_id)
     clock.advance(5)
-    svc.agents.record_install(batch.agent_id, batch.batch_id)  # a retried request
+    svc.as_agent.record_install(batch.agent_id, batch.batch_id)  # a retried request
 
     assert svc.estimate_store.installs == {
         Target.EMULATOR: DurationEstimate().updated(45.0, batch.batch_id)
@@ -247,7 +247,7 @@ def test_the_committed_batch_and_its_agent_carry_the_expected_end(
     assert leased.batch.expected_end_at == clock.now + planned.expected_s
     agent = svc.store.agents[leased.batch.agent_id]
     assert agent.batch_expected_free_at == clock.now + planned.expected_s
-    svc.agents.complete(leased.batch.agent_id, leased.batch.batch_id)
+    svc.as_agent.complete(leased.batch.agent_id, leased.batch.batch_id)
     assert svc.store.agents[leased.batch.agent_id].batch_expected_free_at is None
 
 
@@ -323,9 +323,9 @@ def test_the_planning_knobs_come_from_the_config(svc: MemoryServices, spy: PlanS
 
 def test_a_warm_agent_is_not_asked_to_install(svc: MemoryServices, spy: PlanSpy) -> None:
     submit_and_admit(svc)
-    agent_id = svc.agents.register(Target.EMULATOR, "d1", AppRef("acme", "v1")).agent_id
+    agent_id = svc.as_agent.register(Target.EMULATOR, "d1", AppRef("acme", "v1")).agent_id
 
-    leased = svc.agents.lease(agent_id)
+    leased = svc.as_agent.lease(agent_id)
 
     assert leased is not None
     assert leased.batch.install_required is False

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
+from qgjob_backend.agent_protocol import agent_id_for, parse_credential
 from qgjob_backend.domain.models import AgentStatus, AppRef, BatchState, Job
 from qgjob_backend.schema import JobStatus, SuiteSubmission, Target
-from qgjob_backend.services.agents import LeasedBatch, agent_id_for
+from qgjob_backend.services.agents import AgentCredential, LeasedBatch
+from qgjob_backend.services.auth import Principal, TokenKind
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
 from qgjob_backend.services.reaper import SweepReport
 from qgjob_backend.services.submission import SubmitResult
@@ -69,11 +71,11 @@ def register(
     target: Target = Target.EMULATOR,
     installed: AppRef | None = None,
 ) -> str:
-    return svc.agents.register(target, device_id, installed).agent_id
+    return svc.as_agent.register(target, device_id, installed).agent_id
 
 
 def lease(svc: MemoryServices, agent_id: str) -> LeasedBatch:
-    leased = svc.agents.lease(agent_id)
+    leased = svc.as_agent.lease(agent_id)
     assert leased is not None, f"{agent_id} got no batch"
     return leased
 
@@ -97,15 +99,15 @@ def report(
     message: str | None = None,
     output: str | None = None,
 ) -> Job:
-    return svc.agents.report(agent_id, job_id, batch_id, status, 1.5, message, output)
+    return svc.as_agent.report(agent_id, job_id, batch_id, status, 1.5, message, output)
 
 
 def run_to_end(svc: MemoryServices, agent_id: str, leased: LeasedBatch) -> None:
     batch_id = leased.batch.batch_id
     for queued in leased.jobs:
-        svc.agents.start(agent_id, queued.job_id, batch_id)
+        svc.as_agent.start(agent_id, queued.job_id, batch_id)
         report(svc, agent_id, queued.job_id, batch_id)
-    svc.agents.complete(agent_id, batch_id)
+    svc.as_agent.complete(agent_id, batch_id)
 
 
 def run_all(svc: MemoryServices, agent_id: str) -> int:
@@ -115,7 +117,7 @@ def run_all(svc: MemoryServices, agent_id: str) -> int:
     do not depend on where it cuts.
     """
     count = 0
-    while (leased := svc.agents.lease(agent_id)) is not None:
+    while (leased := svc.as_agent.lease(agent_id)) is not None:
         run_to_end(svc, agent_id, leased)
         count += 1
     return count
@@ -371,13 +373,13 @@ def test_happy_path_lease_install_start_report_complete(
     assert agent is not None
     assert (agent.status, agent.batch_id) == (AgentStatus.BUSY, batch.batch_id)
 
-    svc.agents.record_install(agent_id, batch.batch_id)
+    svc.as_agent.record_install(agent_id, batch.batch_id)
     stored_agent = svc.store.get_agent(agent_id)
     assert stored_agent is not None
     assert stored_agent.installed == AppRef("acme", "v1")
 
     clock.advance(2)
-    started = svc.agents.start(agent_id, job_ids[0], batch.batch_id)
+    started = svc.as_agent.start(agent_id, job_ids[0], batch.batch_id)
     assert started.status is JobStatus.RUNNING
     assert started.started_at == clock()
 
@@ -398,11 +400,11 @@ def test_happy_path_lease_install_start_report_complete(
     batches = 0
     while True:
         for queued in [j for j in leased.jobs if j.job_id != job_ids[0]]:
-            svc.agents.start(agent_id, queued.job_id, leased.batch.batch_id)
+            svc.as_agent.start(agent_id, queued.job_id, leased.batch.batch_id)
             outcome = JobStatus.FAILED if queued.job_id == failed_id else JobStatus.PASSED
             reported = report(svc, agent_id, queued.job_id, leased.batch.batch_id, outcome)
             assert reported.status is outcome
-        assert svc.agents.complete(agent_id, leased.batch.batch_id) == 0
+        assert svc.as_agent.complete(agent_id, leased.batch.batch_id) == 0
         batches += 1
         closed = svc.store.get_batch(leased.batch.batch_id)
         assert closed is not None
@@ -411,7 +413,7 @@ def test_happy_path_lease_install_start_report_complete(
         idle = svc.store.get_agent(agent_id)
         assert idle is not None
         assert (idle.status, idle.batch_id) == (AgentStatus.IDLE, None)
-        next_batch = svc.agents.lease(agent_id)
+        next_batch = svc.as_agent.lease(agent_id)
         if next_batch is None:
             break
         leased = next_batch
@@ -426,11 +428,11 @@ def test_lease_resumes_the_same_batch_after_a_restart(svc: MemoryServices) -> No
     job_ids = submit_and_admit(svc)
     agent_id = register(svc)
     first = lease(svc, agent_id)
-    svc.agents.start(agent_id, job_ids[0], first.batch.batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], first.batch.batch_id)
     report(svc, agent_id, job_ids[0], first.batch.batch_id)
 
     # The process restarts: it registers again and asks for work.
-    restarted = svc.agents.register(Target.EMULATOR, "d1", None)
+    restarted = svc.as_agent.register(Target.EMULATOR, "d1", None)
     assert restarted.status is AgentStatus.BUSY
     assert restarted.batch_id == first.batch.batch_id
     resumed = lease(svc, agent_id)
@@ -445,10 +447,10 @@ def test_install_is_recorded_once_and_the_next_batch_of_that_app_needs_none(
     submit_and_admit(svc)
     agent_id = register(svc)
     first = lease(svc, agent_id)
-    svc.agents.record_install(agent_id, first.batch.batch_id)
+    svc.as_agent.record_install(agent_id, first.batch.batch_id)
     installed_at = svc.store.batches[first.batch.batch_id].installed_at
     clock.advance(5)
-    svc.agents.record_install(agent_id, first.batch.batch_id)  # a retried request
+    svc.as_agent.record_install(agent_id, first.batch.batch_id)  # a retried request
     assert svc.store.batches[first.batch.batch_id].installed_at == installed_at
     run_to_end(svc, agent_id, first)
 
@@ -464,7 +466,7 @@ def test_another_app_version_needs_an_install(svc: MemoryServices) -> None:
     submit_and_admit(svc)
     agent_id = register(svc)
     first = lease(svc, agent_id)
-    svc.agents.record_install(agent_id, first.batch.batch_id)
+    svc.as_agent.record_install(agent_id, first.batch.batch_id)
     run_to_end(svc, agent_id, first)
     run_all(svc, agent_id)  # whatever is left of v1
 
@@ -479,10 +481,10 @@ def test_install_of_someone_elses_or_a_released_batch_is_refused(svc: MemoryServ
     leased = lease(svc, agent_id)
 
     with pytest.raises(NotFound):
-        svc.agents.record_install(other, leased.batch.batch_id)
-    svc.agents.complete(agent_id, leased.batch.batch_id)
+        svc.as_agent.record_install(other, leased.batch.batch_id)
+    svc.as_agent.complete(agent_id, leased.batch.batch_id)
     with pytest.raises(Conflict):
-        svc.agents.record_install(agent_id, leased.batch.batch_id)
+        svc.as_agent.record_install(agent_id, leased.batch.batch_id)
     agent = svc.store.get_agent(agent_id)
     assert agent is not None
     assert agent.installed is None
@@ -495,9 +497,9 @@ def test_start_is_refused_for_another_agent_or_batch(svc: MemoryServices) -> Non
     leased = lease(svc, agent_id)
 
     with pytest.raises(Conflict):
-        svc.agents.start(other, job_ids[0], leased.batch.batch_id)
+        svc.as_agent.start(other, job_ids[0], leased.batch.batch_id)
     with pytest.raises(Conflict):
-        svc.agents.start(agent_id, job_ids[0], "batch-other")
+        svc.as_agent.start(agent_id, job_ids[0], "batch-other")
     assert job(svc, job_ids[0]).status is JobStatus.ASSIGNED
 
 
@@ -507,7 +509,7 @@ def test_a_late_report_after_the_reaper_took_the_job_is_rejected(
     job_ids = submit_and_admit(svc)
     old_agent = register(svc, "d1")
     old = lease(svc, old_agent)
-    svc.agents.start(old_agent, job_ids[0], old.batch.batch_id)
+    svc.as_agent.start(old_agent, job_ids[0], old.batch.batch_id)
     clock.advance(LEASE + 1)  # d1 goes silent; d2 is ready
     new_agent = register(svc, "d2")
 
@@ -537,7 +539,7 @@ def test_a_late_report_for_a_requeued_job_leaves_it_queued(
     job_ids = submit_and_admit(svc)
     agent_id = register(svc)
     leased = lease(svc, agent_id)
-    svc.agents.start(agent_id, job_ids[0], leased.batch.batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], leased.batch.batch_id)
     clock.advance(LEASE + 1)
     svc.reaper.sweep()
     requeued = job(svc, job_ids[0])
@@ -556,7 +558,7 @@ def test_the_same_report_delivered_twice_is_applied_once(
     job_ids = submit_and_admit(svc)
     agent_id = register(svc)
     batch_id = lease(svc, agent_id).batch.batch_id
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
     first = report(svc, agent_id, job_ids[0], batch_id, JobStatus.FAILED, "assertion")
     clock.advance(7)
 
@@ -582,7 +584,7 @@ def test_an_error_with_retries_left_requeues_the_job(svc: MemoryServices) -> Non
     agent_id = register(svc)
     leased = lease(svc, agent_id)
     batch_id = leased.batch.batch_id
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
 
     retried = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "adb died")
 
@@ -591,12 +593,12 @@ def test_an_error_with_retries_left_requeues_the_job(svc: MemoryServices) -> Non
     assert (retried.batch_id, retried.agent_id, retried.started_at) == (None, None, None)
     assert retried.message == "adb died"
     assert svc.store.in_backlog(job_ids[0])
-    assert svc.agents.complete(agent_id, batch_id) == len(leased.jobs) - 1  # the untouched
+    assert svc.as_agent.complete(agent_id, batch_id) == len(leased.jobs) - 1  # the untouched
 
     # Second and last attempt: the error is final.
     again = lease(svc, agent_id)
     assert job_ids[0] in [j.job_id for j in again.jobs]
-    svc.agents.start(agent_id, job_ids[0], again.batch.batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], again.batch.batch_id)
     final = report(svc, agent_id, job_ids[0], again.batch.batch_id, JobStatus.ERROR, "adb died")
     assert final.status is JobStatus.ERROR
     assert final.finished_at is not None
@@ -607,7 +609,7 @@ def test_an_error_without_retries_is_final(svc: MemoryServices) -> None:
     job_ids = submit_and_admit(svc, retries=0)
     agent_id = register(svc)
     batch_id = lease(svc, agent_id).batch.batch_id
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
 
     final = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "no device")
 
@@ -626,7 +628,7 @@ def test_a_retried_error_report_is_accepted_once(svc: MemoryServices, clock: Fak
     job_ids = submit_and_admit(svc, retries=2)
     agent_id = register(svc)
     batch_id = lease(svc, agent_id).batch.batch_id
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
     first = report(svc, agent_id, job_ids[0], batch_id, JobStatus.ERROR, "adb died")
     clock.advance(1)
 
@@ -642,11 +644,11 @@ def test_complete_requeues_unfinished_jobs_and_keeps_results(svc: MemoryServices
     leased = lease(svc, agent_id)
     batch_id = leased.batch.batch_id
     assert ids(leased)[:2] == job_ids[:2]
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
     report(svc, agent_id, job_ids[0], batch_id)
-    svc.agents.start(agent_id, job_ids[1], batch_id)  # running when the agent stops
+    svc.as_agent.start(agent_id, job_ids[1], batch_id)  # running when the agent stops
 
-    assert svc.agents.complete(agent_id, batch_id) == len(leased.jobs) - 1
+    assert svc.as_agent.complete(agent_id, batch_id) == len(leased.jobs) - 1
 
     assert statuses(svc, job_ids) == [JobStatus.PASSED, JobStatus.QUEUED, JobStatus.QUEUED]
     # Handed back by a healthy agent: the interrupted job does not lose an attempt.
@@ -660,7 +662,7 @@ def test_complete_requeues_unfinished_jobs_and_keeps_results(svc: MemoryServices
     assert (agent.status, agent.batch_id) == (AgentStatus.IDLE, None)
     # Completing again changes nothing.
     before = svc.store.snapshot()
-    assert svc.agents.complete(agent_id, batch_id) == 0
+    assert svc.as_agent.complete(agent_id, batch_id) == 0
     assert svc.store.snapshot() == before
 
 
@@ -672,7 +674,7 @@ def test_complete_of_another_agents_batch_is_not_found(svc: MemoryServices) -> N
     before = svc.store.snapshot()
 
     with pytest.raises(NotFound):
-        svc.agents.complete(other, batch_id)
+        svc.as_agent.complete(other, batch_id)
     assert svc.store.snapshot() == before
 
 
@@ -681,9 +683,9 @@ def test_deregister_releases_the_batch(svc: MemoryServices) -> None:
     agent_id = register(svc)
     leased = lease(svc, agent_id)
     batch_id = leased.batch.batch_id
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
 
-    assert svc.agents.deregister(agent_id) == len(leased.jobs)
+    assert svc.as_agent.deregister(agent_id) == len(leased.jobs)
 
     agent = svc.store.get_agent(agent_id)
     assert agent is not None
@@ -693,9 +695,9 @@ def test_deregister_releases_the_batch(svc: MemoryServices) -> None:
     assert batch is not None
     assert batch.state is BatchState.DONE
     with pytest.raises(NotFound):
-        svc.agents.lease(agent_id)  # offline until it registers again
+        svc.as_agent.lease(agent_id)  # offline until it registers again
     with pytest.raises(NotFound):
-        svc.agents.deregister("emulator-unknown")
+        svc.as_agent.deregister("emulator-unknown")
 
     register(svc)
     again = ids(lease(svc, agent_id))
@@ -705,7 +707,7 @@ def test_deregister_releases_the_batch(svc: MemoryServices) -> None:
 def test_deregister_of_an_idle_agent_marks_it_offline(svc: MemoryServices) -> None:
     agent_id = register(svc)
 
-    assert svc.agents.deregister(agent_id) == 0
+    assert svc.as_agent.deregister(agent_id) == 0
 
     agent = svc.store.get_agent(agent_id)
     assert agent is not None
@@ -718,7 +720,7 @@ def test_heartbeat_extends_the_lease(svc: MemoryServices, clock: FakeClock) -> N
     batch = lease(svc, agent_id).batch
     clock.advance(LEASE - 10)
 
-    beat = svc.agents.heartbeat(agent_id)
+    beat = svc.as_agent.heartbeat(agent_id)
 
     assert beat.lease_expires_at == clock() + LEASE
     clock.advance(20)  # past the first lease, within the extended one
@@ -731,11 +733,11 @@ def test_heartbeat_extends_the_lease(svc: MemoryServices, clock: FakeClock) -> N
 def test_heartbeat_without_a_batch_has_no_lease(svc: MemoryServices) -> None:
     agent_id = register(svc)
 
-    beat = svc.agents.heartbeat(agent_id)
+    beat = svc.as_agent.heartbeat(agent_id)
 
     assert (beat.agent.agent_id, beat.lease_expires_at) == (agent_id, None)
     with pytest.raises(NotFound):
-        svc.agents.heartbeat("emulator-ghost")
+        svc.as_agent.heartbeat("emulator-ghost")
 
 
 # ================================================================== reaper
@@ -747,9 +749,9 @@ def _lapsed_batch_with_mixed_progress(
     leased = lease(svc, agent_id)
     batch_id = leased.batch.batch_id
     assert ids(leased)[:2] == job_ids[:2]
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
     report(svc, agent_id, job_ids[0], batch_id)
-    svc.agents.start(agent_id, job_ids[1], batch_id)  # job 2 never started
+    svc.as_agent.start(agent_id, job_ids[1], batch_id)  # job 2 never started
     clock.advance(LEASE + 1)
     return agent_id, batch_id, job_ids
 
@@ -800,7 +802,7 @@ def test_a_heartbeat_after_the_reaper_ran_is_not_found(
     svc.reaper.sweep()
 
     with pytest.raises(NotFound, match="register again"):
-        svc.agents.heartbeat(agent_id)
+        svc.as_agent.heartbeat(agent_id)
 
 
 def test_a_heartbeat_on_a_fenced_batch_is_a_conflict(svc: MemoryServices, clock: FakeClock) -> None:
@@ -810,8 +812,8 @@ def test_a_heartbeat_on_a_fenced_batch_is_a_conflict(svc: MemoryServices, clock:
     assert svc.store.expire_batch(batch_id, clock())
 
     with pytest.raises(Conflict, match="lease lost"):
-        svc.agents.heartbeat(agent_id)
-    assert svc.agents.lease(agent_id) is None  # no resuming an expired batch
+        svc.as_agent.heartbeat(agent_id)
+    assert svc.as_agent.lease(agent_id) is None  # no resuming an expired batch
 
     # The next sweep finishes the cleanup.
     sweep = svc.reaper.sweep()
@@ -851,13 +853,13 @@ def test_a_silent_idle_agent_goes_offline_and_gets_no_work(
     assert svc.dispatcher.plan() == []
     assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3
     with pytest.raises(NotFound):
-        svc.agents.lease(agent_id)
+        svc.as_agent.lease(agent_id)
 
 
 def test_an_agent_seen_recently_stays_online(svc: MemoryServices, clock: FakeClock) -> None:
     agent_id = register(svc)
     clock.advance(OFFLINE - 1)
-    svc.agents.heartbeat(agent_id)
+    svc.as_agent.heartbeat(agent_id)
     clock.advance(OFFLINE - 1)
 
     assert svc.reaper.sweep().offline_agents == 0
@@ -873,7 +875,7 @@ def test_repeated_lease_loss_exhausts_the_attempts(svc: MemoryServices, clock: F
         agent_id = register(svc)
         leased = lease(svc, agent_id)
         assert [j.job_id for j in leased.jobs] == [job_id]
-        svc.agents.start(agent_id, job_id, leased.batch.batch_id)
+        svc.as_agent.start(agent_id, job_id, leased.batch.batch_id)
         clock.advance(LEASE + 1)
         svc.reaper.sweep()
         assert job(svc, job_id).attempts == attempt
@@ -883,7 +885,7 @@ def test_repeated_lease_loss_exhausts_the_attempts(svc: MemoryServices, clock: F
     assert final.finished_at is not None
     assert not svc.store.in_backlog(job_id)
     register(svc)
-    assert svc.agents.lease(agent_id) is None
+    assert svc.as_agent.lease(agent_id) is None
 
 
 def test_lease_loss_before_start_does_not_count_an_attempt(
@@ -920,7 +922,7 @@ def test_cancel_only_queued_jobs(svc: MemoryServices, clock: FakeClock) -> None:
     with pytest.raises(Conflict, match="only queued"):
         svc.submissions.cancel("acme", job_ids[0])
     assert job(svc, job_ids[0]).status is JobStatus.ASSIGNED
-    svc.agents.start(agent_id, job_ids[0], leased.batch.batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], leased.batch.batch_id)
     report(svc, agent_id, job_ids[0], leased.batch.batch_id)
     with pytest.raises(Conflict):
         svc.submissions.cancel("acme", job_ids[0])
@@ -964,15 +966,15 @@ def test_a_hung_job_on_a_heartbeating_agent_times_out_after_its_timeout_and_grac
     agent_id = register(svc)
     leased = lease(svc, agent_id)
     batch_id = leased.batch.batch_id
-    svc.agents.start(agent_id, job_ids[0], batch_id)
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
 
     clock.advance(100 + LEASE - 1)
-    svc.agents.heartbeat(agent_id)  # the agent is alive; only the test hangs
+    svc.as_agent.heartbeat(agent_id)  # the agent is alive; only the test hangs
     assert svc.reaper.sweep().timed_out_jobs == 0
     assert job(svc, job_ids[0]).status is JobStatus.RUNNING
 
     clock.advance(2)
-    svc.agents.heartbeat(agent_id)
+    svc.as_agent.heartbeat(agent_id)
     assert svc.reaper.sweep().timed_out_jobs == 1
     hung = job(svc, job_ids[0])
     assert hung.status is JobStatus.TIMED_OUT
@@ -1012,7 +1014,7 @@ def test_deregister_also_hands_back_a_batch_assigned_while_it_ran(svc: MemorySer
 
     svc.store.deregister_agent = plan_sneaks_in  # type: ignore[method-assign]
 
-    requeued = svc.agents.deregister(agent_id)
+    requeued = svc.as_agent.deregister(agent_id)
 
     assert len(raced[0]) == 1
     assert requeued == len(raced[0][0].job_ids)
@@ -1022,37 +1024,134 @@ def test_deregister_also_hands_back_a_batch_assigned_while_it_ran(svc: MemorySer
     assert statuses(svc, job_ids) == [JobStatus.QUEUED] * 3
 
 
-# ============================================================ agent sessions
+# ============================================================ agent identity
+def _register(
+    svc: MemoryServices, device_id: str, fleet: Principal, target: Target = Target.EMULATOR
+) -> AgentCredential:
+    registration = svc.agents.register(fleet, target, device_id, None)
+    parsed = parse_credential(registration.credential)
+    assert parsed is not None
+    assert parsed[0] == registration.agent.agent_id
+    return AgentCredential(*parsed)
+
+
+def _every_call(svc: MemoryServices, who: AgentCredential, job_id: str, batch_id: str) -> list:
+    return [
+        lambda: svc.agents.heartbeat(who),
+        lambda: svc.agents.lease(who),
+        lambda: svc.agents.record_install(who, batch_id),
+        lambda: svc.agents.start(who, job_id, batch_id),
+        lambda: svc.agents.report(who, job_id, batch_id, JobStatus.PASSED, 1.0, None, "x"),
+        lambda: svc.agents.report(who, job_id, batch_id, JobStatus.ERROR, 1.0, None, None),
+        lambda: svc.agents.complete(who, batch_id),
+        lambda: svc.agents.deregister(who),
+    ]
+
+
 def test_a_second_process_on_the_same_device_supersedes_the_first(svc: MemoryServices) -> None:
     job_ids = submit_and_admit(svc)
-    first = svc.agents.register(Target.EMULATOR, "d1", None)
-    leased = svc.agents.lease(first.agent_id, first.session_id)
+    first = _register(svc, "d1", svc.fleet)
+    leased = svc.agents.lease(first)
     assert leased is not None
     batch_id = leased.batch.batch_id
-    svc.agents.start(first.agent_id, job_ids[0], batch_id, first.session_id)
+    svc.agents.start(first, job_ids[0], batch_id)
 
-    second = svc.agents.register(Target.EMULATOR, "d1", None)  # same device, new process
+    second = _register(svc, "d1", svc.fleet)  # same device, new process
 
-    assert second.session_id != first.session_id
-    for call in (
-        lambda: svc.agents.heartbeat(first.agent_id, first.session_id),
-        lambda: svc.agents.lease(first.agent_id, first.session_id),
-        lambda: svc.agents.report(
-            first.agent_id,
-            job_ids[0],
-            batch_id,
-            JobStatus.PASSED,
-            1.0,
-            None,
-            None,
-            first.session_id,
-        ),
-        lambda: svc.agents.complete(first.agent_id, batch_id, first.session_id),
-        lambda: svc.agents.deregister(first.agent_id, first.session_id),
-    ):
-        with pytest.raises(Conflict, match="another process registered this device"):
+    assert second.agent_id == first.agent_id
+    assert second.secret != first.secret
+    for call in _every_call(svc, first, job_ids[0], batch_id):
+        with pytest.raises(Conflict, match="not the agent's current registration"):
             call()
-    resumed = svc.agents.lease(second.agent_id, second.session_id)
+    resumed = svc.agents.lease(second)
     assert resumed is not None
     assert resumed.batch.batch_id == batch_id  # the new process resumes the batch
     assert job(svc, job_ids[0]).status is JobStatus.RUNNING
+    assert svc.artifacts.objects == {}  # the refused report wrote no output
+
+
+def test_a_forged_credential_for_an_agent_changes_nothing(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc)
+    real = _register(svc, "d1", svc.fleet)
+    leased = svc.agents.lease(real)
+    assert leased is not None
+    batch_id = leased.batch.batch_id
+    svc.agents.start(real, job_ids[0], batch_id)
+    before = svc.store.get_agent(real.agent_id)
+
+    forged = AgentCredential(real.agent_id, "guessed")
+    for call in _every_call(svc, forged, job_ids[0], batch_id):
+        with pytest.raises(Conflict):
+            call()
+    assert svc.store.get_agent(real.agent_id) == before  # not even its last_seen moved
+    assert job(svc, job_ids[0]).status is JobStatus.RUNNING
+
+
+def test_another_agents_error_report_leaves_the_job_alone(svc: MemoryServices) -> None:
+    """Issue 8 item 2: the requeue path checks the reporter holds the job."""
+    job_ids = submit_and_admit(svc)
+    holder = _register(svc, "b", svc.fleet)
+    leased = svc.agents.lease(holder)
+    assert leased is not None
+    batch_id = leased.batch.batch_id
+    svc.agents.start(holder, job_ids[0], batch_id)
+    other = _register(svc, "c", svc.fleet)
+
+    for _ in range(3):
+        with pytest.raises(Conflict, match="does not hold it"):
+            svc.agents.report(other, job_ids[0], batch_id, JobStatus.ERROR, 1.0, "x", None)
+
+    after = job(svc, job_ids[0])
+    assert (after.status, after.attempts, after.agent_id) == (
+        JobStatus.RUNNING,
+        0,
+        holder.agent_id,
+    )
+    svc.agents.report(holder, job_ids[0], batch_id, JobStatus.PASSED, 1.0, None, None)
+    assert job(svc, job_ids[0]).status is JobStatus.PASSED
+
+
+def test_a_fleet_token_scoped_to_a_target_registers_only_that_target(svc: MemoryServices) -> None:
+    devices_only = Principal(TokenKind.AGENT, None, Target.DEVICE, "devices-token")
+
+    with pytest.raises(Forbidden, match="target: this fleet token registers only device"):
+        svc.agents.register(devices_only, Target.EMULATOR, "d1", None)
+    assert svc.store.agents == {}
+    assert _register(svc, "d1", devices_only, Target.DEVICE).agent_id == "device-d1"
+
+
+def test_a_device_id_registered_by_another_fleet_token_is_refused(svc: MemoryServices) -> None:
+    first = _register(svc, "d1", svc.fleet)
+    other_fleet = Principal(TokenKind.AGENT, None, None, "another-fleet")
+
+    with pytest.raises(Conflict, match="device_id: agent emulator-d1 belongs to another fleet"):
+        svc.agents.register(other_fleet, Target.EMULATOR, "d1", None)
+    svc.agents.heartbeat(first)  # the first registration still stands
+
+
+def test_a_private_lab_runs_only_its_orgs_jobs(svc: MemoryServices) -> None:
+    acme_lab = Principal(TokenKind.AGENT, "acme", None, "acme-lab-token")
+    other_jobs = submit_and_admit(svc, org_id="globex", app_version_id="g1")
+    lab = _register(svc, "pixel", acme_lab)
+    assert lab.agent_id == agent_id_for(Target.EMULATOR, "pixel", "acme") == "emulator-pixel@acme"
+
+    assert svc.agents.lease(lab) is None  # globex's jobs wait for a shared agent
+
+    acme_jobs = submit_and_admit(svc, org_id="acme")
+    leased = svc.agents.lease(lab)
+    assert leased is not None
+    assert leased.batch.org_id == "acme"
+    assert set(leased.batch.job_ids) <= set(acme_jobs)
+    shared = _register(svc, "pixel", svc.fleet)  # the same device name in the shared fleet
+    assert shared.agent_id == "emulator-pixel"
+    got = svc.agents.lease(shared)
+    assert got is not None
+    assert set(got.batch.job_ids) <= set(other_jobs)
+
+
+def test_a_lab_org_may_also_use_the_shared_fleet(svc: MemoryServices) -> None:
+    job_ids = submit_and_admit(svc, org_id="acme")
+    shared = _register(svc, "d1", svc.fleet)
+    leased = svc.agents.lease(shared)
+    assert leased is not None
+    assert set(leased.batch.job_ids) <= set(job_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -28,6 +29,36 @@ class RunOutcome:
     output: str = ""
 
 
+class UnsafeArgument(ValueError):
+    """A value a runner refuses to put on a device host's command line."""
+
+
+def check_runnable_path(test_path: str) -> str:
+    """Returns `test_path`, or raises UnsafeArgument if it may leave the working tree.
+
+    The API already rejects these paths; a runner checks again because it executes
+    on a shared device host and must not trust the server (an older or a compromised
+    one) to have done so.
+    """
+    if test_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", test_path):
+        # Drive-relative "C:x" too: on Windows it resolves outside the working tree.
+        raise UnsafeArgument(f"test path {test_path!r} is absolute")
+    if ".." in re.split(r"[\\/]", test_path):
+        raise UnsafeArgument(f"test path {test_path!r} has a '..' segment")
+    if any(ord(ch) < 32 for ch in test_path):
+        raise UnsafeArgument(f"test path {test_path!r} has a control character")
+    return test_path
+
+
+def refused(error: UnsafeArgument) -> RunOutcome:
+    """The outcome of a test a runner refused to start.
+
+    "failed", not "error": an "error" is retried on another agent, which would refuse
+    the same path again; the job's own input is at fault, so it ends at once.
+    """
+    return RunOutcome("failed", 0.0, f"refused to run: {error}")
+
+
 class Runner(Protocol):
     """Installs app versions on one device and runs tests on it.
 
@@ -36,7 +67,8 @@ class Runner(Protocol):
     when it returns True, stop the test and return status "error" (interrupted).
     `should_stop()` turns True only when the agent is asked to stop twice (a first stop
     lets the test finish) or lost its lease; an interrupted outcome is not reported.
-    `org_id` / `app_version_id` name the app under test (the batch's).
+    `org_id` / `app_version_id` name the app under test (the batch's). A test path
+    that is absolute or has a '..' segment is refused (see `refused`), never run.
     """
 
     def install(self, org_id: str, app_version_id: str, target: str) -> None: ...

@@ -1,7 +1,9 @@
 """Runs each test as a command built from a template (no shell).
 
 Placeholders: {test_path} {target} {app_version_id} {org_id}. Each value is quoted
-before the template is split with shlex, so paths with spaces stay one argument.
+before the template is split with shlex, so paths with spaces stay one argument, and
+no value can become an option of the command (see `argument_path`): a test path that
+begins with '-' is passed as './-...'; an id that begins with '-' is refused.
 Exit code 0 is "passed", anything else "failed"; past the timeout the process group
 is killed and the outcome is "timed_out"; a missing binary is an "error".
 """
@@ -18,13 +20,25 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO
 
-from qgjob.runners.base import MAX_OUTPUT_BYTES, InstallError, RunOutcome, truncate_output
+from qgjob.runners.base import (
+    MAX_OUTPUT_BYTES,
+    InstallError,
+    RunOutcome,
+    UnsafeArgument,
+    check_runnable_path,
+    refused,
+    truncate_output,
+)
 
 DEFAULT_COMMAND = "npx appwright test {test_path} --project {target}"
 PLACEHOLDERS = frozenset({"test_path", "target", "app_version_id", "org_id"})
 POLL_S = 0.1
 INSTALL_TIMEOUT_S = 1800.0
 KILL_GRACE_S = 5.0
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def check_template(template: str, option: str = "--command") -> str:
@@ -44,9 +58,40 @@ def check_template(template: str, option: str = "--command") -> str:
 
 
 def build_argv(template: str, values: Mapping[str, str]) -> list[str]:
-    """The argument vector for `template` with every placeholder filled in and quoted."""
+    """The argument vector for `template` with every placeholder filled in and quoted.
+
+    Raises UnsafeArgument when a value the template uses begins with '-' (pass a test
+    path through `argument_path` first).
+    """
+    for name in sorted(_placeholders(template)):
+        check_not_option(name, values[name])
     quoted = {key: shlex.quote(value) for key, value in values.items()}
     return shlex.split(template.format(**quoted))
+
+
+def argument_path(test_path: str) -> str:
+    """`test_path` as an argument that no command can read as an option.
+
+    Raises UnsafeArgument for a path that is absolute or has a '..' segment.
+    A path beginning with '-' gets a './' in front. An end-of-options '--' would not
+    do: the template decides where {test_path} goes, and in the default
+    `npx appwright test {test_path} --project {target}` a '--' before the path would
+    turn `--project` into a positional too. appwright hands positionals to playwright
+    as file filters (regular expressions matched against each spec's path), and
+    './-x.spec.ts' still matches the spec '-x.spec.ts' in the working directory.
+    """
+    check_runnable_path(test_path)
+    return f"./{test_path}" if test_path.startswith("-") else test_path
+
+
+def check_not_option(name: str, value: str) -> str:
+    """Returns `value`, or raises UnsafeArgument if it could be read as an option.
+
+    Ids cannot be rewritten the way a path can ('./-c' is no app version).
+    """
+    if value.startswith("-"):
+        raise UnsafeArgument(f"{name} {value!r} begins with '-' and could be read as an option")
+    return value
 
 
 class _Tail:
@@ -115,7 +160,10 @@ class CommandRunner:
             "target": target,
             "test_path": "",
         }
-        argv = build_argv(self.install_command, values)
+        try:
+            argv = build_argv(self.install_command, values)
+        except UnsafeArgument as error:
+            raise InstallError(f"install of {org_id}/{app_version_id} refused: {error}") from None
         outcome = self._execute(argv, self._install_timeout_s, lambda: False)
         if outcome.status != "passed":
             detail = outcome.message or outcome.status
@@ -133,13 +181,17 @@ class CommandRunner:
         org_id: str = "",
         app_version_id: str = "",
     ) -> RunOutcome:
-        values = {
-            "test_path": test_path,
-            "target": target,
-            "org_id": org_id,
-            "app_version_id": app_version_id,
-        }
-        return self._execute(build_argv(self.command, values), timeout_s, should_stop)
+        try:
+            values = {
+                "test_path": argument_path(test_path),
+                "target": target,
+                "org_id": org_id,
+                "app_version_id": app_version_id,
+            }
+            argv = build_argv(self.command, values)
+        except UnsafeArgument as error:
+            return refused(error)
+        return self._execute(argv, timeout_s, should_stop)
 
     def _execute(
         self, argv: list[str], timeout_s: float, should_stop: Callable[[], bool]

@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
-from qgjob.runners.base import OutcomeStatus, RunOutcome
+from qgjob.runners.base import (
+    OutcomeStatus,
+    RunOutcome,
+    UnsafeArgument,
+    check_runnable_path,
+    refused,
+)
 
 MIN_DURATION_S = 0.2
 MAX_DURATION_S = 1.0
@@ -61,6 +67,12 @@ class SimulatedRunner:
         org_id: str = "",
         app_version_id: str = "",
     ) -> RunOutcome:
+        # It runs nothing, so no path can be read as an option here; it refuses what
+        # the command runner refuses, so a demo shows what a real agent would do.
+        try:
+            check_runnable_path(test_path)
+        except UnsafeArgument as error:
+            return refused(error)
         duration = simulated_duration(test_path, self.sim_scale)
         if duration > timeout_s:
             self._sleep(timeout_s)

@@ -39,6 +39,7 @@ ORG_INDEX = "org-index"
 UNADMITTED_SHARD = "pending"
 ACTIVE_LEASE_SHARD = "active"
 TRANSACTION_LIMIT = 100
+REGISTER_ATTEMPTS = 5
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -196,7 +197,9 @@ def agent_from_item(item: Item) -> Agent:
         installed=installed,
         batch_id=item.get("batch_id"),
         batch_group=item.get("batch_group"),
-        session_id=item.get("session_id") or None,
+        credential_hash=item.get("credential_hash") or None,
+        lab_org_id=item.get("lab_org_id") or None,
+        fleet_hash=item.get("fleet_hash") or None,
         batch_expected_free_at=_optional_float(item.get("batch_expected_free_at")),
     )
 
@@ -492,6 +495,7 @@ class DynamoStateStore:
         count_attempt: bool,
         reason: str,
         retry_of_batch: str | None = None,
+        agent_id: str | None = None,
     ) -> Job | None:
         attempts = job.attempts + (1 if count_attempt else 0)
         common = _values(
@@ -503,6 +507,9 @@ class DynamoStateStore:
             reason=reason,
         )
         condition = "batch_id = :b AND #s IN (:assigned, :running)"
+        if agent_id is not None:
+            condition += " AND agent_id = :a"
+            common.update(_values(a=agent_id))
         if attempts >= job.max_attempts:
             item = self._update(
                 self._jobs,
@@ -558,63 +565,88 @@ class DynamoStateStore:
         device_id: str,
         installed: AppRef | None,
         now: float,
-        session_id: str | None = None,
-    ) -> Agent:
+        *,
+        credential_hash: str,
+        lab_org_id: str | None = None,
+        fleet_hash: str | None = None,
+    ) -> Agent | None:
         sets = [
             "#t = :target",
             "device_id = :device",
             "last_seen = :now",
             "registered_at = :now",
             "#s = :idle",
-            "session_id = :sid",
+            "credential_hash = :cred",
         ]
         values: dict[str, Any] = {
             "target": target.value,
             "device": device_id,
             "now": now,
             "idle": AgentStatus.IDLE.value,
-            "sid": session_id or "",
+            "cred": credential_hash,
+            "fleet": fleet_hash or "",
         }
+        removed = ["session_id"]  # the clear-text session of older registrations
+        for name, value in (("lab_org_id", lab_org_id), ("fleet_hash", fleet_hash)):
+            if value:
+                sets.append(f"{name} = :{name}")
+                values[name] = value
+            else:
+                removed.append(name)
         # What the device holds is what the agent says now: after a restart with nothing
         # to report, the next batch installs again rather than trust a wiped device.
-        clear = ""
         if installed is not None:
             sets += ["installed_org = :iorg", "installed_app = :iapp"]
             values.update(iorg=installed.org_id, iapp=installed.app_version_id)
         else:
-            clear = " REMOVE installed_org, installed_app"
-        item = self._update(
-            self._agents,
-            {"agent_id": agent_id},
-            UpdateExpression="SET " + ", ".join(sets) + clear,
-            ConditionExpression="attribute_not_exists(batch_id)",
-            ExpressionAttributeNames={"#t": "target", "#s": "status"},
-            ExpressionAttributeValues=_values(**values),
-        )
-        if item is None:
-            # It still holds a batch: it restarted mid-batch and will resume it.
+            removed += ["installed_org", "installed_app"]
+        # Only the fleet token that registered an agent id may register it again.
+        same_fleet = "(attribute_not_exists(fleet_hash) OR fleet_hash = :fleet)"
+        for _ in range(REGISTER_ATTEMPTS):
             item = self._update(
                 self._agents,
                 {"agent_id": agent_id},
-                UpdateExpression="SET last_seen = :now, #s = :busy, session_id = :sid",
-                ConditionExpression="attribute_exists(batch_id)",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_values(
-                    now=now, busy=AgentStatus.BUSY.value, sid=session_id or ""
-                ),
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removed),
+                ConditionExpression=f"attribute_not_exists(batch_id) AND {same_fleet}",
+                ExpressionAttributeNames={"#t": "target", "#s": "status"},
+                ExpressionAttributeValues=_values(**values),
             )
-        if item is None:
-            return self.register_agent(agent_id, target, device_id, installed, now, session_id)
-        return agent_from_item(item)
+            if item is None:
+                # It still holds a batch: it restarted mid-batch and will resume it.
+                item = self._update(
+                    self._agents,
+                    {"agent_id": agent_id},
+                    UpdateExpression=(
+                        "SET last_seen = :now, #s = :busy, credential_hash = :cred "
+                        "REMOVE session_id"
+                    ),
+                    ConditionExpression=f"attribute_exists(batch_id) AND {same_fleet}",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues=_values(
+                        now=now,
+                        busy=AgentStatus.BUSY.value,
+                        cred=credential_hash,
+                        fleet=fleet_hash or "",
+                    ),
+                )
+            if item is not None:
+                return agent_from_item(item)
+            holder = self.get_agent(agent_id)
+            if holder is not None and holder.fleet_hash not in (None, fleet_hash):
+                return None
+            # Otherwise its batch came or went between the two writes: try again.
+        raise RuntimeError(f"agent {agent_id}: registration kept racing with its batch")
 
-    def touch_agent(self, agent_id: str, now: float) -> Agent | None:
+    def touch_agent(self, agent_id: str, now: float, credential_hash: str) -> Agent | None:
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
             UpdateExpression="SET last_seen = :now",
-            ConditionExpression="attribute_exists(agent_id) AND #s <> :offline",
+            ConditionExpression="#s <> :offline AND credential_hash = :cred",
             ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=_values(now=now, offline=AgentStatus.OFFLINE.value),
+            ExpressionAttributeValues=_values(
+                now=now, offline=AgentStatus.OFFLINE.value, cred=credential_hash
+            ),
         )
         return agent_from_item(item) if item else None
 
@@ -892,6 +924,7 @@ class DynamoTokenStore:
                         "org_id": record.org_id,
                         "created_at": record.created_at,
                         "label": record.label,
+                        "target": record.target,
                     }
                 ),
                 ConditionExpression="attribute_not_exists(token_hash)",
@@ -916,6 +949,7 @@ class DynamoTokenStore:
             org_id=item.get("org_id"),
             created_at=float(item["created_at"]),
             label=item.get("label"),
+            target=item.get("target"),
         )
 
 

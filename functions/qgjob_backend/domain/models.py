@@ -109,9 +109,14 @@ class Agent:
     installed: AppRef | None = None
     batch_id: str | None = None
     batch_group: str | None = None  # the group of the batch it holds
-    # Set anew by every registration: a second process registering the same device
-    # supersedes the first, whose later calls are refused.
-    session_id: str | None = None
+    # The hash of this registration's credential, set anew by every registration: a
+    # second process registering the same device supersedes the first, whose later
+    # calls are refused.
+    credential_hash: str | None = None
+    # A private lab's agent runs only this org's jobs (None: a shared agent, any org).
+    lab_org_id: str | None = None
+    # The fleet token that registered it: only that token may register it again.
+    fleet_hash: str | None = None
     # When the batch it holds is expected to end (set with the batch, cleared on release).
     batch_expected_free_at: float | None = None
 

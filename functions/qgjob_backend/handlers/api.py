@@ -18,25 +18,31 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from qgjob_backend import __version__
-from qgjob_backend.domain.models import Agent, AppRef
-from qgjob_backend.handlers.api_models import (
+from qgjob_backend.agent_protocol import (
     AgentView,
     BatchRef,
-    BatchView,
-    HealthView,
-    JobView,
     LeaseResponse,
-    MetricsView,
     RegisterAgentRequest,
     ReportRequest,
     RequeueView,
+    parse_credential,
+)
+from qgjob_backend.domain.models import Agent, AppRef
+from qgjob_backend.handlers.api_models import (
+    HealthView,
+    JobView,
+    MetricsView,
     ResultView,
     RunView,
     SubmitResponse,
+    agent_view,
+    batch_view,
 )
+from qgjob_backend.handlers.body import check_body
 from qgjob_backend.schema import FINAL_STATUSES, JobPayload, JobStatus, SuiteSubmission
-from qgjob_backend.services.auth import require_agent, require_org
-from qgjob_backend.services.errors import ServiceError
+from qgjob_backend.services.agents import AgentCredential
+from qgjob_backend.services.auth import Principal, require_fleet, require_org
+from qgjob_backend.services.errors import Forbidden, ServiceError, Unauthorized
 from qgjob_backend.services.submission import SubmitResult, as_suite
 from qgjob_backend.wiring import LazyServices
 
@@ -48,7 +54,14 @@ app.configure_openapi(
     title="qgjob API",
     version=__version__,
     description="Submit AppWright test jobs, follow runs, and serve device agents.",
-    security_schemes={"bearerAuth": HTTPBearer(description="An org token or an agent token.")},
+    security_schemes={
+        "bearerAuth": HTTPBearer(
+            description=(
+                "An org token; for POST /agents/register a fleet token; for every other "
+                "agent route the agent credential that register returned."
+            )
+        )
+    },
     security=[{"bearerAuth": []}],
 )
 
@@ -69,12 +82,7 @@ def _org() -> str:
 
 
 def _created(result: SubmitResult, single: bool) -> Response[SubmitResponse]:
-    body = SubmitResponse(
-        run_id=result.run.run_id,
-        job_ids=result.run.job_ids,
-        job_id=result.run.job_ids[0] if single else None,
-        replayed=not result.created,
-    )
+    body = SubmitResponse.of(result.run, result.jobs, single=single, replayed=not result.created)
     return Response(
         status_code=HTTPStatus.CREATED if result.created else HTTPStatus.OK,
         content_type=content_types.APPLICATION_JSON,
@@ -146,79 +154,88 @@ def metrics() -> MetricsView:
 
 
 # --------------------------------------------------------------- agents
-# lambda_handler has already checked these callers hold an agent token.
-SESSION_HEADER = "X-Qgjob-Agent-Session"
+# lambda_handler has already authenticated these callers: register with a fleet token,
+# every other agent route with an agent credential (see agent_protocol).
+def _credential(agent_id: str) -> AgentCredential:
+    """The caller's credential, which must be the agent's named in the path."""
+    credential: AgentCredential = app.context["agent"]
+    if credential.agent_id != agent_id:
+        raise Forbidden(
+            f"this credential belongs to agent {credential.agent_id}, not to agent {agent_id}"
+        )
+    return credential
 
 
-def _session() -> str | None:
-    """The registration this agent process holds (absent for older agents)."""
-    value: str | None = app.current_event.headers.get(SESSION_HEADER)
-    return value
-
-
-def _agent_view(agent: Agent, lease_expires_at: float | None = None) -> AgentView:
+def _agent_view(
+    agent: Agent, lease_expires_at: float | None = None, credential: str | None = None
+) -> AgentView:
     config = services().config
-    return AgentView.of(agent, config.lease_seconds, config.heartbeat_seconds, lease_expires_at)
+    return agent_view(
+        agent, config.lease_seconds, config.heartbeat_seconds, lease_expires_at, credential
+    )
 
 
-@app.post("/agents/register", summary="Register (or re-register) a device agent")
+@app.post(
+    "/agents/register",
+    summary="Register (or re-register) a device agent; the answer carries its credential",
+)
 def register_agent(request: RegisterAgentRequest) -> AgentView:
     installed = (
         AppRef(request.installed.org_id, request.installed.app_version_id)
         if request.installed
         else None
     )
-    agent = services().agents.register(request.target, request.device_id, installed)
-    # Only the registering process learns its session; later views never show it.
-    return _agent_view(agent).with_session(agent.session_id)
+    fleet: Principal = app.context["fleet"]
+    registration = services().agents.register(fleet, request.target, request.device_id, installed)
+    # Only the registering process learns its credential; later views never show it.
+    return _agent_view(registration.agent, credential=registration.credential)
 
 
 @app.post("/agents/<agent_id>/heartbeat", summary="Keep the agent's lease")
 def heartbeat(agent_id: str) -> AgentView:
-    beat = services().agents.heartbeat(agent_id, _session())
+    beat = services().agents.heartbeat(_credential(agent_id))
     return _agent_view(beat.agent, beat.lease_expires_at)
 
 
 @app.post("/agents/<agent_id>/lease", summary="The agent's batch: current one, or a new one")
 def lease(agent_id: str) -> LeaseResponse:
-    leased = services().agents.lease(agent_id, _session())
-    return LeaseResponse(batch=BatchView.of(leased.batch, leased.jobs) if leased else None)
+    leased = services().agents.lease(_credential(agent_id))
+    return LeaseResponse(batch=batch_view(leased.batch, leased.jobs) if leased else None)
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")
 def installed(agent_id: str, batch_id: str) -> RequeueView:
-    services().agents.record_install(agent_id, batch_id, _session())
+    services().agents.record_install(_credential(agent_id), batch_id)
     return RequeueView(requeued=0)
 
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/start", summary="A test starts")
 def start_job(agent_id: str, job_id: str, request: BatchRef) -> JobView:
-    return JobView.of(services().agents.start(agent_id, job_id, request.batch_id, _session()))
+    return JobView.of(services().agents.start(_credential(agent_id), job_id, request.batch_id))
 
 
 @app.post("/agents/<agent_id>/jobs/<job_id>/result", summary="A test's result")
 def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView:
     job = services().agents.report(
-        agent_id,
+        _credential(agent_id),
         job_id,
         request.batch_id,
         JobStatus(request.status),
         request.duration_s,
         request.message,
         request.output,
-        _session(),
     )
     return JobView.of(job)
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/complete", summary="Batch done; frees the agent")
 def complete_batch(agent_id: str, batch_id: str) -> RequeueView:
-    return RequeueView(requeued=services().agents.complete(agent_id, batch_id, _session()))
+    return RequeueView(requeued=services().agents.complete(_credential(agent_id), batch_id))
 
 
 @app.post("/agents/<agent_id>/deregister", summary="Agent going away; its batch is released")
 def deregister(agent_id: str) -> RequeueView:
-    return RequeueView(requeued=services().agents.deregister(agent_id, _session()))
+    return RequeueView(requeued=services().agents.deregister(_credential(agent_id)))
 
 
 # --------------------------------------------------------------- errors
@@ -257,19 +274,45 @@ def on_aws_error(error: Exception) -> Response[Any]:
 PUBLIC_PATHS = frozenset({"/health"})
 
 
+REGISTER_PATH = "/agents/register"
+
+
+def _bearer(headers: dict[str, str]) -> str | None:
+    scheme, _, token = (headers.get("authorization") or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def _authenticate(event: dict[str, Any]) -> dict[str, Any]:
     """Who is calling, checked before the body is even validated (no token -> 401).
 
-    Agent routes need an agent token; every other route an org token.
+    Registering an agent needs a fleet token, every other agent route the credential of
+    an agent registration (its agent is checked against the path in the route), every
+    other route an org token.
     """
     path = event.get("path") or "/"
     if path in PUBLIC_PATHS:
         return {}
     headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    token = _bearer(headers)
+    credential = parse_credential(token) if token else None
+    is_agent_route = path.startswith("/agents/") or path == "/agents"
+    if is_agent_route and path != REGISTER_PATH:
+        if credential is not None:
+            return {"agent": AgentCredential(*credential)}
+        services().tokens.authenticate(headers.get("authorization"))  # 401 when no token
+        raise Forbidden(
+            "agent routes need the agent credential that POST /agents/register returned "
+            "(a fleet token may only register)"
+        )
+    if credential is not None:
+        raise Unauthorized(
+            "an agent credential is only for its agent's own routes; "
+            "register with a fleet token, submit with an org token"
+        )
     principal = services().tokens.authenticate(headers.get("authorization"))
-    if path.startswith("/agents/") or path == "/agents":
-        require_agent(principal)
-        return {}
+    if path == REGISTER_PATH:
+        return {"fleet": require_fleet(principal)}
     return {"org_id": require_org(principal)}
 
 
@@ -325,6 +368,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return _reply(400, "body: not UTF-8 text; send a JSON object")
     if size > MAX_BODY_BYTES:
         return _reply(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+    # Deep nesting, non-JSON numbers and non-object bodies: refused here, because the
+    # resolver's own parsing turns the first two into a 5xx and accepts `[job]` as a job.
+    rejection = check_body(event.get("body") or "")
+    if rejection is not None:
+        return _reply(rejection.status, rejection.message)
     app.append_context(**identity)
     return app.resolve(_as_json(event), context)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pydantic import BaseModel, Field
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-
+from qgjob_backend.agent_protocol import AgentView, BatchJob, BatchView
 from qgjob_backend.domain.models import Agent, Batch, Job, Run
 from qgjob_backend.ports import OrgMetrics
-from qgjob_backend.schema import FINAL_STATUSES, Identifier, JobStatus, Target
-
-MAX_OUTPUT_CHARS = 64 * 1024
+from qgjob_backend.schema import FINAL_STATUSES, JobStatus, Target
 
 
 class JobView(BaseModel):
@@ -56,11 +53,36 @@ class JobView(BaseModel):
 
 
 class SubmitResponse(BaseModel):
+    """What a submit created or, replayed with the same idempotency key, found.
+
+    A replay reports the jobs as they are now (one batch read of at most
+    MAX_TESTS_PER_SUITE jobs), not as they were when first submitted.
+    """
+
     run_id: str
     job_ids: list[str]
     job_id: str | None = Field(default=None, description="Set when one job was submitted.")
-    status: JobStatus = JobStatus.QUEUED
+    status: JobStatus | None = Field(
+        description="The current status shared by every job of the submission (the job's, "
+        "for one job; `queued` for new work); null while its jobs differ (see `counts`)."
+    )
+    counts: dict[str, int] = Field(description="The submission's jobs by current status.")
     replayed: bool = Field(description="True when the idempotency key matched an earlier submit.")
+
+    @classmethod
+    def of(cls, run: Run, jobs: list[Job], *, single: bool, replayed: bool) -> SubmitResponse:
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job.status.value] = counts.get(job.status.value, 0) + 1
+        shared = {job.status for job in jobs}
+        return cls(
+            run_id=run.run_id,
+            job_ids=run.job_ids,
+            job_id=run.job_ids[0] if single else None,
+            status=shared.pop() if len(shared) == 1 else None,
+            counts=counts,
+            replayed=replayed,
+        )
 
 
 class RunView(BaseModel):
@@ -123,105 +145,37 @@ class HealthView(BaseModel):
 
 
 # ------------------------------------------------------------------ agents
-class InstalledApp(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    org_id: Identifier
-    app_version_id: Identifier
-
-
-class RegisterAgentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target: Target
-    device_id: Identifier
-    installed: InstalledApp | None = None
-
-
-class AgentView(BaseModel):
-    agent_id: str
-    target: Target
-    status: str
-    batch_id: str | None
-    lease_seconds: float
-    heartbeat_seconds: float
-    lease_expires_at: float | None = None
-    session_id: str | None = Field(
-        default=None,
-        description="Set by register: send it back as X-Qgjob-Agent-Session on agent calls.",
+# The wire models live in agent_protocol (shared with the agent); these build them.
+def agent_view(
+    agent: Agent,
+    lease_seconds: float,
+    heartbeat_seconds: float,
+    lease_expires_at: float | None = None,
+    credential: str | None = None,
+) -> AgentView:
+    return AgentView(
+        agent_id=agent.agent_id,
+        target=agent.target,
+        status=agent.status.value,
+        batch_id=agent.batch_id,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        lease_expires_at=lease_expires_at,
+        lab_org_id=agent.lab_org_id,
+        credential=credential,
     )
 
-    @classmethod
-    def of(
-        cls,
-        agent: Agent,
-        lease_seconds: float,
-        heartbeat_seconds: float,
-        lease_expires_at: float | None = None,
-    ) -> AgentView:
-        return cls(
-            agent_id=agent.agent_id,
-            target=agent.target,
-            status=agent.status.value,
-            batch_id=agent.batch_id,
-            lease_seconds=lease_seconds,
-            heartbeat_seconds=heartbeat_seconds,
-            lease_expires_at=lease_expires_at,
-        )
 
-    def with_session(self, session_id: str | None) -> AgentView:
-        return self.model_copy(update={"session_id": session_id})
-
-
-class BatchJob(BaseModel):
-    job_id: str
-    test_path: str
-    timeout_s: int
-    status: JobStatus
-
-
-class BatchView(BaseModel):
-    batch_id: str
-    org_id: str
-    app_version_id: str
-    target: Target
-    install_required: bool
-    lease_expires_at: float
-    jobs: list[BatchJob]
-
-    @classmethod
-    def of(cls, batch: Batch, jobs: list[Job]) -> BatchView:
-        return cls(
-            batch_id=batch.batch_id,
-            org_id=batch.org_id,
-            app_version_id=batch.app_version_id,
-            target=batch.target,
-            install_required=batch.install_required,
-            lease_expires_at=batch.lease_expires_at,
-            jobs=[
-                BatchJob(
-                    job_id=j.job_id, test_path=j.test_path, timeout_s=j.timeout_s, status=j.status
-                )
-                for j in jobs
-            ],
-        )
-
-
-class LeaseResponse(BaseModel):
-    batch: BatchView | None
-
-
-class BatchRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-
-
-class ReportRequest(BatchRef):
-    status: Literal["passed", "failed", "error", "timed_out"] = Field(
-        description="The test's outcome; error means infrastructure, not the test."
+def batch_view(batch: Batch, jobs: list[Job]) -> BatchView:
+    return BatchView(
+        batch_id=batch.batch_id,
+        org_id=batch.org_id,
+        app_version_id=batch.app_version_id,
+        target=batch.target,
+        install_required=batch.install_required,
+        lease_expires_at=batch.lease_expires_at,
+        jobs=[
+            BatchJob(job_id=j.job_id, test_path=j.test_path, timeout_s=j.timeout_s, status=j.status)
+            for j in jobs
+        ],
     )
-    duration_s: float = Field(ge=0, le=7 * 24 * 3600)
-    message: Annotated[str, StringConstraints(max_length=2000)] | None = None
-    output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
-
-
-class RequeueView(BaseModel):
-    requeued: int

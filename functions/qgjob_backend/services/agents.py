@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from aws_lambda_powertools import Logger
 
+from qgjob_backend.agent_protocol import OUTPUT_EXCERPT_CHARS, agent_id_for, format_credential
 from qgjob_backend.domain.models import Agent, AgentStatus, AppRef, Batch, BatchState, Job
 from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
 from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.auth import Principal, hash_token
 from qgjob_backend.services.dispatch import DispatchService
-from qgjob_backend.services.errors import Conflict, NotFound
+from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
 from qgjob_backend.services.estimates import EstimateService
 from qgjob_backend.services.recovery import requeue_unfinished
 
 logger = Logger(child=True)
 
-OUTPUT_EXCERPT_CHARS = 2000
 DEREGISTER_ATTEMPTS = 3
 
 
-def agent_id_for(target: Target, device_id: str) -> str:
-    """Stable across restarts, so an agent that comes back resumes its own batch."""
-    return f"{target.value}-{device_id}"
+@dataclass(frozen=True)
+class AgentCredential:
+    """What an agent call proves: the registration of ``agent_id`` that knows ``secret``."""
+
+    agent_id: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    agent: Agent
+    credential: str  # shown to the registering process once; only its hash is kept
 
 
 @dataclass(frozen=True)
@@ -46,40 +58,81 @@ class AgentService:
         dispatcher: DispatchService,
         clock: Callable[[], float],
         lease_seconds: float,
-        new_id: Callable[[], str],
         estimates: EstimateService,
+        new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32),
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._dispatcher = dispatcher
         self._clock = clock
         self._lease_seconds = lease_seconds
-        self._new_id = new_id
         self._estimates = estimates
+        self._new_secret = new_secret
 
-    def register(self, target: Target, device_id: str, installed: AppRef | None) -> Agent:
-        agent_id = agent_id_for(target, device_id)
+    def register(
+        self, fleet: Principal, target: Target, device_id: str, installed: AppRef | None
+    ) -> Registration:
+        """A new registration of the device (it supersedes any earlier one).
+
+        ``fleet`` is the fleet token's principal: its target scope limits what it may
+        register, its org makes the agent a private lab's.
+        """
+        if fleet.target is not None and fleet.target is not target:
+            raise Forbidden(f"target: this fleet token registers only {fleet.target.value} agents")
+        agent_id = agent_id_for(target, device_id, fleet.org_id)
+        secret = self._new_secret()
         agent = self._store.register_agent(
-            agent_id, target, device_id, installed, self._clock(), session_id=self._new_id()
+            agent_id,
+            target,
+            device_id,
+            installed,
+            self._clock(),
+            credential_hash=hash_token(secret),
+            lab_org_id=fleet.org_id,
+            fleet_hash=fleet.token_hash or None,
         )
-        logger.info("agent registered", extra={"agent_id": agent_id, "status": agent.status})
-        return agent
-
-    def _live_agent(self, agent_id: str, session: str | None) -> Agent:
-        agent = self._store.touch_agent(agent_id, self._clock())
         if agent is None:
-            raise NotFound(
-                f"agent {agent_id} is not registered (or was marked offline): register again"
+            raise Conflict(
+                f"device_id: agent {agent_id} belongs to another fleet token; "
+                "use another --device-id"
             )
-        _require_session(agent, session)
+        logger.info(
+            "agent registered",
+            extra={"agent_id": agent_id, "status": agent.status, "lab_org_id": fleet.org_id},
+        )
+        return Registration(agent, format_credential(agent_id, secret))
+
+    def _refused(self, credential: AgentCredential) -> NotFound | Conflict:
+        """Why a registration's call was refused (read only once a write has failed)."""
+        agent = self._store.get_agent(credential.agent_id)
+        if agent is None or agent.status is AgentStatus.OFFLINE:
+            return NotFound(
+                f"agent {credential.agent_id} is not registered (or was marked offline): "
+                "register again"
+            )
+        return _superseded(agent)
+
+    def _live_agent(self, credential: AgentCredential) -> Agent:
+        """Records a sign of life of this registration (one conditional write)."""
+        agent = self._store.touch_agent(
+            credential.agent_id, self._clock(), hash_token(credential.secret)
+        )
+        if agent is None:
+            raise self._refused(credential)
         return agent
 
-    def _check_session(self, agent_id: str, session: str | None) -> None:
-        if session is not None:
-            _require_session(self._store.get_agent(agent_id), session, agent_id)
+    def _authorized(self, credential: AgentCredential) -> Agent:
+        """The agent, when ``credential`` is its current registration's."""
+        agent = self._store.get_agent(credential.agent_id)
+        if agent is None:
+            raise NotFound(f"agent {credential.agent_id} is not registered: register again")
+        if not _holds(agent, credential):
+            raise _superseded(agent)
+        return agent
 
-    def heartbeat(self, agent_id: str, session: str | None = None) -> Heartbeat:
-        agent = self._live_agent(agent_id, session)
+    def heartbeat(self, credential: AgentCredential) -> Heartbeat:
+        agent = self._live_agent(credential)
+        agent_id = agent.agent_id
         if agent.batch_id is None:
             return Heartbeat(agent, None)
         until = self._clock() + self._lease_seconds
@@ -87,9 +140,10 @@ class AgentService:
             raise Conflict(f"batch {agent.batch_id}: lease lost; stop it and lease again")
         return Heartbeat(agent, until)
 
-    def lease(self, agent_id: str, session: str | None = None) -> LeasedBatch | None:
+    def lease(self, credential: AgentCredential) -> LeasedBatch | None:
         """The agent's current batch (resume after a restart) or a freshly planned one."""
-        agent = self._live_agent(agent_id, session)
+        agent = self._live_agent(credential)
+        agent_id = agent.agent_id
         if agent.batch_id is None and agent.status is AgentStatus.IDLE:
             # An idle agent is the moment to plan: no need to wait for the schedule.
             self._dispatcher.plan([agent.target])
@@ -122,8 +176,8 @@ class AgentService:
             raise NotFound(f"batch {batch_id} not found for agent {agent_id}")
         return batch
 
-    def record_install(self, agent_id: str, batch_id: str, session: str | None = None) -> None:
-        self._check_session(agent_id, session)
+    def record_install(self, credential: AgentCredential, batch_id: str) -> None:
+        agent_id = self._authorized(credential).agent_id
         batch = self._own_batch(agent_id, batch_id)
         now = self._clock()
         if not self._store.record_install(agent_id, batch_id, batch.app, now):
@@ -133,8 +187,8 @@ class AgentService:
             self._estimates.record_install(batch, now)
         logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
 
-    def start(self, agent_id: str, job_id: str, batch_id: str, session: str | None = None) -> Job:
-        self._check_session(agent_id, session)
+    def start(self, credential: AgentCredential, job_id: str, batch_id: str) -> Job:
+        agent_id = self._authorized(credential).agent_id
         job = self._store.start_job(job_id, agent_id, batch_id, self._clock())
         if job is None:
             raise Conflict(
@@ -145,22 +199,28 @@ class AgentService:
 
     def report(
         self,
-        agent_id: str,
+        credential: AgentCredential,
         job_id: str,
         batch_id: str,
         status: JobStatus,
         duration_s: float,
         message: str | None,
         output: str | None,
-        session: str | None = None,
     ) -> Job:
-        self._check_session(agent_id, session)
+        agent_id = self._authorized(credential).agent_id
         current = self._store.get_job(job_id)
         if current is None:
             raise NotFound(f"job {job_id} not found")
+        if current.agent_id != agent_id or current.batch_id != batch_id:
+            # Not this agent's job in this batch (any more): nothing it sends may change
+            # the job or its output, unless it repeats an error report already applied.
+            if self._error_applied(current, agent_id, batch_id, status):
+                return current
+            raise self._late_report(job_id, agent_id, batch_id)
         now = self._clock()
         if status is JobStatus.ERROR and current.attempts + 1 < current.max_attempts:
-            # Infrastructure errors are retried; the test itself did not fail.
+            # Infrastructure errors are retried; the test itself did not fail. The write
+            # is conditional on this agent and batch still holding the job.
             retried = self._store.requeue_job(
                 current,
                 batch_id,
@@ -168,6 +228,7 @@ class AgentService:
                 count_attempt=True,
                 reason=message or "agent error",
                 retry_of_batch=batch_id,
+                agent_id=agent_id,
             )
             if retried is not None:
                 logger.info("job errored; requeued", extra={"job_id": job_id})
@@ -190,22 +251,38 @@ class AgentService:
             self._estimates.record_test(job)
             return job
         replay = self._store.get_job(job_id)
-        if replay and replay.batch_id == batch_id and replay.status is status:
+        if (
+            replay
+            and replay.batch_id == batch_id
+            and replay.agent_id == agent_id
+            and replay.status is status
+        ):
             return replay  # the same report delivered twice
-        if replay and status is JobStatus.ERROR and replay.retry_of_batch == batch_id:
-            return replay  # the same error report, which already put the job back
+        if replay and self._error_applied(replay, agent_id, batch_id, status):
+            return replay
+        raise self._late_report(job_id, agent_id, batch_id)
+
+    def _error_applied(self, job: Job, agent_id: str, batch_id: str, status: JobStatus) -> bool:
+        """A retried delivery of this agent's error report, which already put the job back."""
+        if status is not JobStatus.ERROR or job.retry_of_batch != batch_id:
+            return False
+        batch = self._store.get_batch(batch_id)  # only on this rare path
+        return batch is not None and batch.agent_id == agent_id
+
+    @staticmethod
+    def _late_report(job_id: str, agent_id: str, batch_id: str) -> Conflict:
         logger.warning(
             "late report rejected",
             extra={"job_id": job_id, "agent_id": agent_id, "batch_id": batch_id},
         )
-        raise Conflict(
-            f"job {job_id}: result rejected, the lease of batch {batch_id} was lost "
-            "and the job was handed to another agent"
+        return Conflict(
+            f"job {job_id}: result rejected, batch {batch_id} of agent {agent_id} does not "
+            "hold it (its lease was lost and the job was handed back or to another agent)"
         )
 
-    def complete(self, agent_id: str, batch_id: str, session: str | None = None) -> int:
+    def complete(self, credential: AgentCredential, batch_id: str) -> int:
         """The agent is done with the batch; anything it did not finish goes back."""
-        self._check_session(agent_id, session)
+        agent_id = self._authorized(credential).agent_id
         batch = self._own_batch(agent_id, batch_id)
         now = self._clock()
         requeued = 0
@@ -225,7 +302,7 @@ class AgentService:
         logger.info("batch complete", extra={"batch_id": batch_id, "requeued": requeued})
         return requeued
 
-    def deregister(self, agent_id: str, session: str | None = None) -> int:
+    def deregister(self, credential: AgentCredential) -> int:
         """Hands back any batch and marks the agent offline.
 
         A plan may give the agent a batch between the release and the offline write
@@ -233,31 +310,27 @@ class AgentService:
         """
         requeued = 0
         for _ in range(DEREGISTER_ATTEMPTS):
-            agent = self._store.get_agent(agent_id)
-            if agent is None:
-                raise NotFound(f"agent {agent_id} is not registered")
-            _require_session(agent, session)
+            agent = self._authorized(credential)
             if agent.batch_id:
-                requeued += self.complete(agent_id, agent.batch_id)
-            if self._store.deregister_agent(agent_id, self._clock()):
+                requeued += self.complete(credential, agent.batch_id)
+            if self._store.deregister_agent(agent.agent_id, self._clock()):
                 logger.info(
-                    "agent deregistered", extra={"agent_id": agent_id, "requeued": requeued}
+                    "agent deregistered", extra={"agent_id": agent.agent_id, "requeued": requeued}
                 )
                 return requeued
-        raise Conflict(f"agent {agent_id} kept receiving batches while deregistering; retry")
-
-
-def _require_session(agent: Agent | None, session: str | None, agent_id: str = "") -> None:
-    """A call from a process whose registration another process has since replaced.
-
-    Calls without a session (older agents) are not checked.
-    """
-    if session is None:
-        return
-    if agent is None:
-        raise NotFound(f"agent {agent_id} is not registered: register again")
-    if agent.session_id != session:
         raise Conflict(
-            f"agent {agent.agent_id}: another process registered this device since; "
-            "this process must stop (one agent process per --device-id)"
+            f"agent {credential.agent_id} kept receiving batches while deregistering; retry"
         )
+
+
+def _holds(agent: Agent, credential: AgentCredential) -> bool:
+    expected = agent.credential_hash or ""
+    return bool(expected) and hmac.compare_digest(expected, hash_token(credential.secret))
+
+
+def _superseded(agent: Agent) -> Conflict:
+    return Conflict(
+        f"agent {agent.agent_id}: this credential is not the agent's current registration "
+        "(another process registered this device since, or it is forged); this process "
+        "must stop (one agent process per --device-id)"
+    )

@@ -137,8 +137,9 @@ class DispatchService:
             return []
         now = self._clock()
         fresh_after = now - self._settings.agent_offline_seconds
-        idle: list[IdleAgent] = []
-        busy: list[BusyAgent] = []
+        # Agents by lab: None is the shared fleet (any org), an org id a private lab.
+        idle: dict[str | None, list[IdleAgent]] = {}
+        busy: dict[str | None, list[BusyAgent]] = {}
         install_s: dict[str, float] = {}
         for target, backlog in backlogs.items():
             if not backlog:
@@ -146,25 +147,41 @@ class DispatchService:
             for agent in self._store.list_agents(target):
                 if agent.last_seen < fresh_after:
                     continue
+                lab = agent.lab_org_id
                 if agent.status is AgentStatus.IDLE and agent.batch_id is None:
-                    idle.append(IdleAgent(agent.agent_id, target.value, agent.installed))
+                    idle.setdefault(lab, []).append(
+                        IdleAgent(agent.agent_id, target.value, agent.installed)
+                    )
                 elif agent.batch_id and agent.batch_group:
                     # It holds its group's app and is free again when its batch should end.
                     free_at = agent.batch_expected_free_at or now
-                    busy.append(BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at))
+                    busy.setdefault(lab, []).append(
+                        BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at)
+                    )
             install_s[target.value] = self._estimates.install_seconds(target)
-        if not any(Target(a.target) in wanted for a in idle):
+        if not any(Target(a.target) in wanted for agents in idle.values() for a in agents):
             return []
-        planned = plan_batches(
-            [backlog_view(job) for backlog in backlogs.values() for job in backlog],
-            idle,
-            now,
-            self._settings.policy,
-            busy=busy,
-            install_s=install_s,
-        )
+        waiting = [backlog_view(job) for backlog in backlogs.values() for job in backlog]
+        planned: list[PlannedBatch] = []
+        # A private lab runs only its org's jobs: plan those first, then the shared fleet
+        # gets everything not yet given out (a lab's org may use both).
+        for lab in sorted(lab for lab in idle if lab is not None):
+            lab_jobs = [job for job in waiting if job.org_id == lab]
+            if lab_jobs:
+                planned += self._plan(lab_jobs, idle[lab], busy.get(lab, []), now, install_s)
+        if idle.get(None):
+            taken = {job_id for plan in planned for job_id in plan.job_ids}
+            rest = [job for job in waiting if job.job_id not in taken]
+            planned += self._plan(rest, idle[None], busy.get(None, []), now, install_s)
+        labs = {a.agent_id: lab for lab, agents in idle.items() for a in agents}
         committed = []
         for plan in planned:
+            if labs.get(plan.agent_id) not in (None, plan.org_id):
+                logger.error(
+                    "plan gave a lab agent another org's batch",
+                    extra={"agent_id": plan.agent_id, "org_id": plan.org_id},
+                )
+                continue
             batch = self._to_batch(plan, now)
             if self._store.commit_batch(batch, now):
                 committed.append(batch)
@@ -182,6 +199,18 @@ class DispatchService:
                 # Another dispatcher or lease call won the race for this agent or these jobs.
                 logger.info("batch not committed (lost a race)", extra={"agent_id": plan.agent_id})
         return committed
+
+    def _plan(
+        self,
+        jobs: list[BacklogJob],
+        idle: list[IdleAgent],
+        busy: list[BusyAgent],
+        now: float,
+        install_s: dict[str, float],
+    ) -> list[PlannedBatch]:
+        if not jobs:
+            return []
+        return plan_batches(jobs, idle, now, self._settings.policy, busy=busy, install_s=install_s)
 
     def _to_batch(self, plan: PlannedBatch, now: float) -> Batch:
         return batch_of(plan, "batch-" + self._new_id(), now, self._settings.lease_seconds)

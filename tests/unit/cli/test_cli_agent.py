@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from qgjob.agent import Agent, Journal
+from qgjob.agent_protocol import AgentView, BatchView
 from qgjob.errors import EXIT_INFRA, AuthError, Conflict, NotFound, ServerError, Unreachable
 from qgjob.runners import CommandRunner, InstallError, RunOutcome
 
@@ -36,7 +37,12 @@ def make_batch(
         "install_required": install_required,
         "lease_expires_at": 1000.0,
         "jobs": [
-            {"job_id": f"{batch_id}-j{i}", "test_path": path, "timeout_s": timeout_s}
+            {
+                "job_id": f"{batch_id}-j{i}",
+                "test_path": path,
+                "timeout_s": timeout_s,
+                "status": "assigned",
+            }
             for i, path in enumerate(tests, start=1)
         ],
     }
@@ -56,7 +62,7 @@ class FakeAgentApi:
         self.completed: list[tuple[str, int]] = []
         self.deregistered = 0
         self.heartbeats = 0
-        self.sessions: list[str | None] = []
+        self.credentials: list[str | None] = []
         self.calls: list[str] = []  # start/result/complete/deregister, in order
         self.lose_lease_on_start: set[str] = set()
         self.lose_lease_on_result: set[str] = set()
@@ -70,18 +76,22 @@ class FakeAgentApi:
     # -- agent endpoints
     def register(
         self, target: str, device_id: str, installed: Mapping[str, str] | None = None
-    ) -> Json:
+    ) -> AgentView:
         self.registrations.append(installed)
         self.known = True
-        return {
-            "agent_id": f"{target}-{device_id}",
-            "lease_seconds": 120,
-            "heartbeat_seconds": 5,
-            "session_id": f"s{len(self.registrations)}",
-        }
+        agent_id = f"{target}-{device_id}"
+        return AgentView(
+            agent_id=agent_id,
+            target=target,
+            status="idle",
+            batch_id=None,
+            lease_seconds=120,
+            heartbeat_seconds=5,
+            credential=f"qgja.{agent_id}.s{len(self.registrations)}",
+        )
 
-    def use_session(self, session_id: str | None) -> None:
-        self.sessions.append(session_id)
+    def use_credential(self, credential: str | None) -> None:
+        self.credentials.append(credential)
 
     def heartbeat(self, agent_id: str) -> Json:
         self.heartbeats += 1
@@ -91,7 +101,7 @@ class FakeAgentApi:
             raise self.heartbeat_errors.pop(0)
         return {"agent_id": agent_id, "status": "busy", "batch_id": None}
 
-    def lease(self, agent_id: str) -> Json | None:
+    def lease(self, agent_id: str) -> BatchView | None:
         if self.on_lease is not None:
             self.on_lease()
         if self.lease_errors:
@@ -107,7 +117,7 @@ class FakeAgentApi:
             return None
         batch = dict(self.current)
         batch["jobs"] = [j for j in self.current["jobs"] if j["job_id"] not in self.results]
-        return batch
+        return BatchView.model_validate(batch)
 
     def _own(self, batch_id: str) -> Json:
         if self.current is None or self.current["batch_id"] != batch_id:
@@ -865,7 +875,7 @@ def test_journal_rejects_unknown_events(tmp_path: Path) -> None:
         Journal(tmp_path / "j").record("finish", agent_id="a", batch_id="b", accepted=True)
 
 
-def test_the_agent_sends_its_session_and_stops_when_another_process_supersedes_it() -> None:
+def test_the_agent_uses_its_credential_and_stops_when_another_process_supersedes_it() -> None:
     api = FakeAgentApi()
     api.lease_errors.append(Conflict(409, "another process registered this device since"))
     agent = make_agent(api, FakeRunner())
@@ -873,4 +883,5 @@ def test_the_agent_sends_its_session_and_stops_when_another_process_supersedes_i
     code = agent.run()
 
     assert code == EXIT_INFRA
-    assert api.sessions == ["s1"]  # the main API client carries the registration's session
+    # The main API client carries the registration's credential from then on.
+    assert api.credentials == ["qgja.emulator-1.s1"]

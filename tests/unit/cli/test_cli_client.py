@@ -9,6 +9,7 @@ import pytest
 import requests
 import responses
 
+from qgjob.agent_protocol import BatchView
 from qgjob.client import (
     ApiClient,
     ApiError,
@@ -102,11 +103,27 @@ def test_client_errors_map_to_typed_exceptions_without_retry(
     assert sleeps.calls == []
 
 
+@pytest.mark.parametrize(
+    ("status", "kind", "message"),
+    [
+        pytest.param(404, NotFound, "job x not found", id="404"),
+        pytest.param(409, Conflict, "job x is running; cannot cancel", id="409"),
+    ],
+)
 @responses.activate
-def test_404_and_409_are_invalid_input(client: ApiClient) -> None:
-    responses.get(f"{BASE}/jobs/x", json={"message": "job x not found"}, status=404)
-    with pytest.raises(InvalidInput, match="job x not found"):
-        client.get_job("x")
+def test_404_and_409_are_invalid_input(
+    client: ApiClient, sleeps: Sleeps, status: int, kind: type[InvalidInput], message: str
+) -> None:
+    responses.post(f"{BASE}/jobs/x/cancel", json={"message": message}, status=status)
+    with pytest.raises(InvalidInput) as caught:
+        client.cancel_job("x")
+
+    assert type(caught.value) is kind
+    assert caught.value.status == status
+    assert caught.value.message == message
+    assert caught.value.exit_code == EXIT_USAGE
+    assert len(responses.calls) == 1, "a 4xx is not retried"
+    assert sleeps.calls == []
 
 
 @responses.activate
@@ -211,11 +228,28 @@ def test_agent_endpoints_use_the_contract_paths_and_bodies(client: ApiClient) ->
     agent = "emulator-1"
     responses.post(
         f"{BASE}/agents/register",
-        json={"agent_id": agent, "lease_seconds": 120, "heartbeat_seconds": 30},
+        json={
+            "agent_id": agent,
+            "target": "emulator",
+            "status": "idle",
+            "batch_id": None,
+            "lease_seconds": 120,
+            "heartbeat_seconds": 30,
+            "credential": f"qgja.{agent}.s",
+        },
     )
+    batch = {
+        "batch_id": "b1",
+        "org_id": "acme",
+        "app_version_id": "v1",
+        "target": "emulator",
+        "install_required": True,
+        "lease_expires_at": 5.0,
+        "jobs": [],
+    }
     responses.post(f"{BASE}/agents/{agent}/heartbeat", json={"agent_id": agent})
     responses.post(f"{BASE}/agents/{agent}/lease", json={"batch": None})
-    responses.post(f"{BASE}/agents/{agent}/lease", json={"batch": {"batch_id": "b1", "jobs": []}})
+    responses.post(f"{BASE}/agents/{agent}/lease", json={"batch": batch})
     responses.post(f"{BASE}/agents/{agent}/batches/b1/installed", body=b"")
     responses.post(f"{BASE}/agents/{agent}/jobs/j1/start", json={"job_id": "j1"})
     responses.post(f"{BASE}/agents/{agent}/jobs/j1/result", json={"job_id": "j1"})
@@ -225,7 +259,7 @@ def test_agent_endpoints_use_the_contract_paths_and_bodies(client: ApiClient) ->
     client.register("emulator", "1", {"org_id": "acme", "app_version_id": "v1"})
     client.heartbeat(agent)
     assert client.lease(agent) is None
-    assert client.lease(agent) == {"batch_id": "b1", "jobs": []}
+    assert client.lease(agent) == BatchView.model_validate(batch)
     assert client.installed(agent, "b1") == {}
     client.start_job(agent, "j1", "b1")
     client.report_result(agent, "j1", "b1", "failed", 1.5, "assertion", "out")
@@ -255,13 +289,35 @@ def test_rejects_an_endpoint_without_scheme() -> None:
 
 
 @responses.activate
-def test_agent_calls_carry_the_session_once_set() -> None:
+def test_agent_calls_carry_the_credential_once_registered() -> None:
+    register_answer = {
+        "agent_id": "emulator-1",
+        "target": "emulator",
+        "status": "idle",
+        "batch_id": None,
+        "lease_seconds": 60,
+        "heartbeat_seconds": 10,
+        "credential": "qgja.emulator-1.secret",
+    }
+    responses.post(f"{BASE}/agents/register", json=register_answer)
     responses.post(f"{BASE}/agents/emulator-1/heartbeat", json={"agent_id": "emulator-1"})
-    client = ApiClient(BASE, "tok", sleep=lambda _: None)
+    client = ApiClient(BASE, "fleet-token", sleep=lambda _: None)
 
+    answer = client.register("emulator", "1")
+    client.use_credential(answer.credential)
     client.heartbeat("emulator-1")
-    client.use_session("sess-1")
-    client.heartbeat("emulator-1")
+    client.register("emulator", "1")  # registering again is the fleet token's job
 
-    assert "X-Qgjob-Agent-Session" not in responses.calls[0].request.headers
-    assert responses.calls[1].request.headers["X-Qgjob-Agent-Session"] == "sess-1"
+    sent = [c.request.headers["Authorization"] for c in responses.calls]
+    assert sent == [
+        "Bearer fleet-token",
+        "Bearer qgja.emulator-1.secret",
+        "Bearer fleet-token",
+    ]
+
+
+@responses.activate
+def test_a_malformed_lease_answer_is_a_server_error(client: ApiClient) -> None:
+    responses.post(f"{BASE}/agents/a/lease", json={"batch": {"batch_id": "b1"}})
+    with pytest.raises(ServerError, match="malformed lease answer"):
+        client.lease("a")

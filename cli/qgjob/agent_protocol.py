@@ -1,0 +1,1 @@
+../../functions/qgjob_backend/agent_protocol.py

@@ -1,0 +1,144 @@
+"""The device-agent protocol: the one definition shared by the API and the `qgjob agent`.
+
+Wire models, the credential format, the agent-id rule and the size limits live here so
+the two sides cannot drift. Like ``schema.py`` this module imports nothing but pydantic,
+the standard library and the schema, because the CLI ships it too
+(``cli/qgjob/agent_protocol.py`` is a link to this file).
+
+Identity, in two steps:
+
+1. ``POST /agents/register`` with a **fleet token** (``Authorization: Bearer qgj_agent_…``).
+   A fleet token may do nothing else. It may be scoped to one target and to one org
+   (a private lab: its agents get only that org's batches).
+2. The answer carries an **agent credential** (``qgja.<agent_id>.<secret>``), bound to
+   that one registration. Every other agent call sends it as the bearer token. A newer
+   registration of the same device replaces it, and the old one is refused (409).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Relative: the same file is qgjob_backend.agent_protocol here and qgjob.agent_protocol in
+# the CLI, each beside its own copy of the schema.
+from .schema import Identifier, JobStatus, Target
+
+# ----------------------------------------------------------------- identity
+CREDENTIAL_PREFIX = "qgja."
+# The separator between device and lab org in an agent id: never part of an Identifier,
+# so a private lab's agent id can never equal a shared agent's.
+LAB_SEPARATOR = "@"
+
+
+def agent_id_for(target: Target | str, device_id: str, lab_org_id: str | None = None) -> str:
+    """Stable across restarts, so an agent that comes back resumes its own batch.
+
+    A private lab's agents are namespaced by their org: two labs may both have a
+    ``pixel-7`` without one replacing the other's registration.
+    """
+    target_value = target.value if isinstance(target, Target) else target
+    agent_id = f"{target_value}-{device_id}"
+    return f"{agent_id}{LAB_SEPARATOR}{lab_org_id}" if lab_org_id else agent_id
+
+
+def format_credential(agent_id: str, secret: str) -> str:
+    return f"{CREDENTIAL_PREFIX}{agent_id}.{secret}"
+
+
+def parse_credential(token: str) -> tuple[str, str] | None:
+    """(agent_id, secret) of an agent credential, or None when ``token`` is not one.
+
+    The secret never contains a '.', an agent id may: split at the last one.
+    """
+    if not token.startswith(CREDENTIAL_PREFIX):
+        return None
+    agent_id, dot, secret = token[len(CREDENTIAL_PREFIX) :].rpartition(".")
+    if not dot or not agent_id or not secret:
+        return None
+    return agent_id, secret
+
+
+# ------------------------------------------------------------------- limits
+MAX_MESSAGE_CHARS = 2000  # a result's one-line reason
+MAX_OUTPUT_CHARS = 64 * 1024  # the output an agent sends with a result
+OUTPUT_EXCERPT_CHARS = 2000  # the tail of it kept on the job (the rest goes to S3)
+MAX_BATCH_ID_CHARS = 128
+MAX_REPORTED_DURATION_S = 7 * 24 * 3600
+
+ReportStatus = Literal["passed", "failed", "error", "timed_out"]
+
+
+# ----------------------------------------------------------------- requests
+class InstalledApp(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    org_id: Identifier
+    app_version_id: Identifier
+
+
+class RegisterAgentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: Target
+    device_id: Identifier
+    installed: InstalledApp | None = None
+
+
+class BatchRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
+
+
+class ReportRequest(BatchRef):
+    status: ReportStatus = Field(
+        description="The test's outcome; error means infrastructure, not the test."
+    )
+    duration_s: float = Field(ge=0, le=MAX_REPORTED_DURATION_S)
+    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | None = None
+    output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
+
+
+# ---------------------------------------------------------------- responses
+class AgentView(BaseModel):
+    agent_id: str
+    target: Target
+    status: str
+    batch_id: str | None
+    lease_seconds: float
+    heartbeat_seconds: float
+    lease_expires_at: float | None = None
+    lab_org_id: str | None = Field(
+        default=None, description="Set for a private lab's agent: it runs only this org's jobs."
+    )
+    credential: str | None = Field(
+        default=None,
+        description=(
+            "Set by register only: the bearer token of every later call of this agent "
+            "registration. It is shown once and never stored in clear."
+        ),
+    )
+
+
+class BatchJob(BaseModel):
+    job_id: str
+    test_path: str
+    timeout_s: int
+    status: JobStatus
+
+
+class BatchView(BaseModel):
+    batch_id: str
+    org_id: str
+    app_version_id: str
+    target: Target
+    install_required: bool
+    lease_expires_at: float
+    jobs: list[BatchJob]
+
+
+class LeaseResponse(BaseModel):
+    batch: BatchView | None
+
+
+class RequeueView(BaseModel):
+    requeued: int
