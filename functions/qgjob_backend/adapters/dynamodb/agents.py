@@ -1,0 +1,213 @@
+"""Device agents: registration, signs of life, installs, and going offline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgjob_backend.adapters.dynamodb.codec import Item, expression_values, optional_float
+from qgjob_backend.adapters.dynamodb.table import DynamoTables
+from qgjob_backend.domain.models import Agent, AgentStatus, AppRef
+from qgjob_backend.schema import Target
+
+TARGET_INDEX = "target-index"
+REGISTER_ATTEMPTS = 5
+
+
+def agent_from_item(item: Item) -> Agent:
+    installed = None
+    if item.get("installed_org") and item.get("installed_app"):
+        installed = AppRef(item["installed_org"], item["installed_app"])
+    return Agent(
+        agent_id=item["agent_id"],
+        target=Target(item["target"]),
+        device_id=item["device_id"],
+        status=AgentStatus(item["status"]),
+        last_seen=float(item["last_seen"]),
+        registered_at=float(item["registered_at"]),
+        installed=installed,
+        batch_id=item.get("batch_id"),
+        batch_group=item.get("batch_group"),
+        credential_hash=item.get("credential_hash") or None,
+        lab_org_id=item.get("lab_org_id") or None,
+        fleet_hash=item.get("fleet_hash") or None,
+        batch_expected_free_at=optional_float(item.get("batch_expected_free_at")),
+    )
+
+
+class AgentStore(DynamoTables):
+    """The agents table."""
+
+    # ------------------------------------------------------------- agents
+    def get_agent(self, agent_id: str) -> Agent | None:
+        item = self._get(self._agents, {"agent_id": agent_id})
+        return agent_from_item(item) if item else None
+
+    def register_agent(
+        self,
+        agent_id: str,
+        target: Target,
+        device_id: str,
+        installed: AppRef | None,
+        now: float,
+        *,
+        credential_hash: str,
+        lab_org_id: str | None = None,
+        fleet_hash: str | None = None,
+    ) -> Agent | None:
+        sets = [
+            "#t = :target",
+            "device_id = :device",
+            "last_seen = :now",
+            "registered_at = :now",
+            "#s = :idle",
+            "credential_hash = :cred",
+        ]
+        values: dict[str, Any] = {
+            "target": target.value,
+            "device": device_id,
+            "now": now,
+            "idle": AgentStatus.IDLE.value,
+            "cred": credential_hash,
+            "fleet": fleet_hash or "",
+        }
+        removed = ["session_id"]  # the clear-text session of older registrations
+        for name, value in (("lab_org_id", lab_org_id), ("fleet_hash", fleet_hash)):
+            if value:
+                sets.append(f"{name} = :{name}")
+                values[name] = value
+            else:
+                removed.append(name)
+        # What the device holds is what the agent says now: after a restart with nothing
+        # to report, the next batch installs again rather than trust a wiped device.
+        if installed is not None:
+            sets += ["installed_org = :iorg", "installed_app = :iapp"]
+            values.update(iorg=installed.org_id, iapp=installed.app_version_id)
+        else:
+            removed += ["installed_org", "installed_app"]
+        # Only the fleet token that registered an agent id may register it again.
+        same_fleet = "(attribute_not_exists(fleet_hash) OR fleet_hash = :fleet)"
+        for _ in range(REGISTER_ATTEMPTS):
+            item = self._update(
+                self._agents,
+                {"agent_id": agent_id},
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removed),
+                ConditionExpression=f"attribute_not_exists(batch_id) AND {same_fleet}",
+                ExpressionAttributeNames={"#t": "target", "#s": "status"},
+                ExpressionAttributeValues=expression_values(**values),
+            )
+            if item is None:
+                # It still holds a batch: it restarted mid-batch and will resume it.
+                item = self._update(
+                    self._agents,
+                    {"agent_id": agent_id},
+                    UpdateExpression=(
+                        "SET last_seen = :now, #s = :busy, credential_hash = :cred "
+                        "REMOVE session_id"
+                    ),
+                    ConditionExpression=f"attribute_exists(batch_id) AND {same_fleet}",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues=expression_values(
+                        now=now,
+                        busy=AgentStatus.BUSY.value,
+                        cred=credential_hash,
+                        fleet=fleet_hash or "",
+                    ),
+                )
+            if item is not None:
+                return agent_from_item(item)
+            holder = self.get_agent(agent_id)
+            if holder is not None and holder.fleet_hash not in (None, fleet_hash):
+                return None
+            # Otherwise its batch came or went between the two writes: try again.
+        raise RuntimeError(f"agent {agent_id}: registration kept racing with its batch")
+
+    def touch_agent(self, agent_id: str, now: float, credential_hash: str) -> Agent | None:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET last_seen = :now",
+            ConditionExpression="#s <> :offline AND credential_hash = :cred",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(
+                now=now, offline=AgentStatus.OFFLINE.value, cred=credential_hash
+            ),
+        )
+        return agent_from_item(item) if item else None
+
+    def list_agents(self, target: Target) -> list[Agent]:
+        items = self._query(
+            TableName=self._agents,
+            IndexName=TARGET_INDEX,
+            KeyConditionExpression="#t = :target",
+            ExpressionAttributeNames={"#t": "target"},
+            ExpressionAttributeValues=expression_values(target=target.value),
+        )
+        return [agent_from_item(item) for item in items]
+
+    def list_all_agents(self) -> list[Agent]:
+        return [agent_from_item(item) for item in self._scan(TableName=self._agents)]
+
+    def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
+        agent = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET installed_org = :org, installed_app = :app, last_seen = :now",
+            ConditionExpression="batch_id = :b",
+            ExpressionAttributeValues=expression_values(
+                org=app.org_id, app=app.app_version_id, now=now, b=batch_id
+            ),
+        )
+        if agent is None:
+            return False
+        self._update(
+            self._batches,
+            {"batch_id": batch_id},
+            UpdateExpression="SET installed_at = if_not_exists(installed_at, :now)",
+            ConditionExpression="agent_id = :a",
+            ExpressionAttributeValues=expression_values(now=now, a=agent_id),
+        )
+        return True
+
+    def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
+        status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression=(
+                "SET #s = :status, updated_at = :now "
+                "REMOVE batch_id, batch_group, batch_expected_free_at"
+            ),
+            ConditionExpression="batch_id = :b",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(status=status.value, now=now, b=batch_id),
+        )
+        return item is not None
+
+    def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET #s = :offline, updated_at = :now",
+            ConditionExpression=(
+                "#s = :idle AND last_seen < :cutoff AND attribute_not_exists(batch_id)"
+            ),
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(
+                offline=AgentStatus.OFFLINE.value,
+                idle=AgentStatus.IDLE.value,
+                cutoff=silent_since,
+                now=now,
+            ),
+        )
+        return item is not None
+
+    def deregister_agent(self, agent_id: str, now: float) -> bool:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET #s = :offline, updated_at = :now",
+            ConditionExpression="attribute_exists(agent_id) AND attribute_not_exists(batch_id)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(offline=AgentStatus.OFFLINE.value, now=now),
+        )
+        return item is not None

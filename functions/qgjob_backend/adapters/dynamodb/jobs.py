@@ -1,0 +1,381 @@
+"""Runs and jobs: submission, admission into group backlogs, and each job's transitions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from qgjob_backend.adapters.dynamodb.codec import (
+    TRANSACTION_LIMIT,
+    Item,
+    deserialize,
+    expression_values,
+    is_condition_failure,
+    optional_float,
+    serialize,
+)
+from qgjob_backend.adapters.dynamodb.table import DynamoTables
+from qgjob_backend.domain.models import Job, Run
+from qgjob_backend.ports import JobOutcome
+from qgjob_backend.schema import JobStatus, Target
+
+BACKLOG_INDEX = "backlog-index"
+UNADMITTED_INDEX = "unadmitted-index"
+UNADMITTED_SHARD = "pending"
+
+
+def backlog_sort_key(job: Job) -> str:
+    return f"{job.group_key}#{job.priority:02d}#{job.created_at:020.6f}#{job.position:05d}"
+
+
+def job_to_item(job: Job) -> Item:
+    item: Item = {
+        "job_id": job.job_id,
+        "run_id": job.run_id,
+        "org_id": job.org_id,
+        "app_version_id": job.app_version_id,
+        "target": job.target.value,
+        "test_path": job.test_path,
+        "priority": job.priority,
+        "status": job.status.value,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "timeout_s": job.timeout_s,
+        "max_attempts": job.max_attempts,
+        "position": job.position,
+        "attempts": job.attempts,
+        "group_key": job.group_key,
+        "admitted": job.admitted,
+        "agent_id": job.agent_id,
+        "batch_id": job.batch_id,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_s": job.duration_s,
+        "message": job.message,
+        "output_excerpt": job.output_excerpt,
+        "output_key": job.output_key,
+        "retry_of_batch": job.retry_of_batch,
+        "resends": job.resends,
+        "estimate_s": job.estimate_s,
+    }
+    if job.status is JobStatus.QUEUED and not job.admitted:
+        item["unadmitted_shard"] = UNADMITTED_SHARD
+    return item
+
+
+def job_from_item(item: Item) -> Job:
+    return Job(
+        job_id=item["job_id"],
+        run_id=item["run_id"],
+        org_id=item["org_id"],
+        app_version_id=item["app_version_id"],
+        target=Target(item["target"]),
+        test_path=item["test_path"],
+        priority=int(item["priority"]),
+        status=JobStatus(item["status"]),
+        created_at=float(item["created_at"]),
+        updated_at=float(item["updated_at"]),
+        timeout_s=int(item["timeout_s"]),
+        max_attempts=int(item["max_attempts"]),
+        position=int(item.get("position", 0)),
+        attempts=int(item.get("attempts", 0)),
+        admitted=bool(item.get("admitted", False)),
+        agent_id=item.get("agent_id"),
+        batch_id=item.get("batch_id"),
+        started_at=item.get("started_at"),
+        finished_at=item.get("finished_at"),
+        duration_s=item.get("duration_s"),
+        message=item.get("message"),
+        output_excerpt=item.get("output_excerpt"),
+        output_key=item.get("output_key"),
+        retry_of_batch=item.get("retry_of_batch"),
+        resends=int(item.get("resends", 0)),
+        estimate_s=optional_float(item.get("estimate_s")),
+    )
+
+
+def run_to_item(run: Run) -> Item:
+    return {
+        "run_id": run.run_id,
+        "org_id": run.org_id,
+        "app_version_id": run.app_version_id,
+        "target": run.target.value,
+        "priority": run.priority,
+        "job_ids": run.job_ids,
+        "fingerprint": run.fingerprint,
+        "created_at": run.created_at,
+    }
+
+
+def run_from_item(item: Item) -> Run:
+    return Run(
+        run_id=item["run_id"],
+        org_id=item["org_id"],
+        app_version_id=item["app_version_id"],
+        target=Target(item["target"]),
+        priority=int(item["priority"]),
+        job_ids=list(item["job_ids"]),
+        fingerprint=item["fingerprint"],
+        created_at=float(item["created_at"]),
+    )
+
+
+class JobStore(DynamoTables):
+    """The runs and jobs tables."""
+
+    # --------------------------------------------------------------- runs
+    def get_run(self, run_id: str) -> Run | None:
+        item = self._get(self._runs, {"run_id": run_id})
+        return run_from_item(item) if item else None
+
+    def create_run(self, run: Run) -> bool:
+        return self._put_new(self._runs, "run_id", run_to_item(run))
+
+    def create_jobs(self, jobs: Sequence[Job]) -> None:
+        for start in range(0, len(jobs), TRANSACTION_LIMIT):
+            chunk = jobs[start : start + TRANSACTION_LIMIT]
+            puts = [
+                {
+                    "Put": {
+                        "TableName": self._jobs,
+                        "Item": serialize(job_to_item(job)),
+                        "ConditionExpression": "attribute_not_exists(job_id)",
+                    }
+                }
+                for job in chunk
+            ]
+            try:
+                self._db.transact_write_items(TransactItems=puts)
+            except ClientError as error:
+                if not is_condition_failure(error):
+                    raise
+                # A replay after a partial write: add only the jobs still missing.
+                for job in chunk:
+                    self._put_new(self._jobs, "job_id", job_to_item(job))
+
+    # --------------------------------------------------------------- jobs
+    def get_job(self, job_id: str) -> Job | None:
+        item = self._get(self._jobs, {"job_id": job_id})
+        return job_from_item(item) if item else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        unique = list(dict.fromkeys(job_ids))
+        for start in range(0, len(unique), 100):
+            keys = [serialize({"job_id": j}) for j in unique[start : start + 100]]
+            request: dict[str, Any] = {self._jobs: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                for raw in response.get("Responses", {}).get(self._jobs, []):
+                    job = job_from_item(deserialize(raw))
+                    found[job.job_id] = job
+                request = response.get("UnprocessedKeys") or {}
+        return [found[j] for j in unique if j in found]
+
+    def admit_job(self, job: Job, now: float) -> Job | None:
+        # The estimate the dispatcher looked up rides along (kept as is when there is none).
+        estimate = "" if job.estimate_s is None else ", estimate_s = :est"
+        extra = {} if job.estimate_s is None else {"est": job.estimate_s}
+        item = self._update(
+            self._jobs,
+            {"job_id": job.job_id},
+            UpdateExpression=(
+                "SET admitted = :true, backlog_target = :target, backlog_key = :bk, "
+                f"updated_at = :now{estimate} REMOVE unadmitted_shard"
+            ),
+            ConditionExpression="attribute_exists(unadmitted_shard) AND #s = :queued",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(
+                true=True,
+                target=job.target.value,
+                bk=backlog_sort_key(job),
+                now=now,
+                queued=JobStatus.QUEUED.value,
+                **extra,
+            ),
+        )
+        return job_from_item(item) if item else None
+
+    def backlog(self, target: Target) -> list[Job]:
+        items = self._query(
+            TableName=self._jobs,
+            IndexName=BACKLOG_INDEX,
+            KeyConditionExpression="backlog_target = :target",
+            ExpressionAttributeValues=expression_values(target=target.value),
+        )
+        return [job_from_item(item) for item in items]
+
+    def unadmitted_job_ids(self, created_before: float) -> list[str]:
+        items = self._query(
+            TableName=self._jobs,
+            IndexName=UNADMITTED_INDEX,
+            KeyConditionExpression="unadmitted_shard = :shard AND created_at < :cutoff",
+            ExpressionAttributeValues=expression_values(
+                shard=UNADMITTED_SHARD, cutoff=created_before
+            ),
+        )
+        return [item["job_id"] for item in items]
+
+    def claim_resend(self, job: Job, now: float) -> bool:
+        item = self._update(
+            self._jobs,
+            {"job_id": job.job_id},
+            UpdateExpression="SET resends = :next, last_sent_at = :now",
+            ConditionExpression=(
+                "attribute_exists(unadmitted_shard) AND "
+                "(attribute_not_exists(resends) OR resends = :seen)"
+            ),
+            ExpressionAttributeValues=expression_values(
+                next=job.resends + 1, seen=job.resends, now=now
+            ),
+        )
+        return item is not None
+
+    def cancel_job(self, job_id: str, now: float) -> Job | None:
+        item = self._update(
+            self._jobs,
+            {"job_id": job_id},
+            UpdateExpression=(
+                "SET #s = :cancelled, finished_at = :now, updated_at = :now, "
+                "message = :msg REMOVE backlog_target, backlog_key, unadmitted_shard"
+            ),
+            ConditionExpression="#s = :queued",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(
+                cancelled=JobStatus.CANCELLED.value,
+                queued=JobStatus.QUEUED.value,
+                now=now,
+                msg="cancelled before it started",
+            ),
+        )
+        return job_from_item(item) if item else None
+
+    def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
+        item = self._update(
+            self._jobs,
+            {"job_id": job_id},
+            # A restarted agent re-starting its running job keeps the first start, so the
+            # job's timeout still bounds a test that keeps crashing its agent.
+            UpdateExpression=(
+                "SET #s = :running, started_at = if_not_exists(started_at, :now), updated_at = :now"
+            ),
+            ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(
+                running=JobStatus.RUNNING.value,
+                assigned=JobStatus.ASSIGNED.value,
+                now=now,
+                b=batch_id,
+                a=agent_id,
+            ),
+        )
+        return job_from_item(item) if item else None
+
+    def finish_job(
+        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+    ) -> Job | None:
+        sets = ["#s = :final", "finished_at = :now", "updated_at = :now", "duration_s = :dur"]
+        values: dict[str, Any] = {
+            "final": outcome.status.value,
+            "now": now,
+            "dur": outcome.duration_s,
+            "b": batch_id,
+            "a": agent_id,
+            "assigned": JobStatus.ASSIGNED.value,
+            "running": JobStatus.RUNNING.value,
+        }
+        optional = {
+            "message": outcome.message,
+            "output_excerpt": outcome.output_excerpt,
+            "output_key": outcome.output_key,
+        }
+        # A result replaces everything an earlier attempt left behind.
+        removes = ["retry_of_batch"]
+        for name, value in optional.items():
+            if value is None:
+                removes.append(name)
+            else:
+                sets.append(f"{name} = :{name}")
+                values[name] = value
+        item = self._update(
+            self._jobs,
+            {"job_id": job_id},
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+            ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(**values),
+        )
+        return job_from_item(item) if item else None
+
+    def requeue_job(
+        self,
+        job: Job,
+        batch_id: str,
+        now: float,
+        *,
+        count_attempt: bool,
+        reason: str,
+        retry_of_batch: str | None = None,
+        agent_id: str | None = None,
+    ) -> Job | None:
+        attempts = job.attempts + (1 if count_attempt else 0)
+        common = expression_values(
+            b=batch_id,
+            assigned=JobStatus.ASSIGNED.value,
+            running=JobStatus.RUNNING.value,
+            now=now,
+            attempts=attempts,
+            reason=reason,
+        )
+        condition = "batch_id = :b AND #s IN (:assigned, :running)"
+        if agent_id is not None:
+            condition += " AND agent_id = :a"
+            common.update(expression_values(a=agent_id))
+        if attempts >= job.max_attempts:
+            item = self._update(
+                self._jobs,
+                {"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #s = :error, attempts = :attempts, finished_at = :now, "
+                    "updated_at = :now, message = :reason"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    **common,
+                    **expression_values(error=JobStatus.ERROR.value),
+                },
+            )
+        else:
+            requeued = replace(job, status=JobStatus.QUEUED)
+            # Only an agent's own error report marks the job, so its retried delivery is
+            # recognised; a requeue by the reaper clears the mark.
+            if retry_of_batch:
+                marker, removed = "retry_of_batch = :retry_of, ", ""
+                extra = expression_values(retry_of=retry_of_batch)
+            else:
+                marker, removed, extra = "", ", retry_of_batch", {}
+            item = self._update(
+                self._jobs,
+                {"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #s = :queued, attempts = :attempts, updated_at = :now, message = :reason, "
+                    f"{marker}backlog_target = :target, backlog_key = :bk "
+                    f"REMOVE batch_id, agent_id, started_at{removed}"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    **common,
+                    **expression_values(
+                        queued=JobStatus.QUEUED.value,
+                        target=job.target.value,
+                        bk=backlog_sort_key(requeued),
+                    ),
+                    **extra,
+                },
+            )
+        return job_from_item(item) if item else None

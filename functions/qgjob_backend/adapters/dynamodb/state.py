@@ -1,0 +1,11 @@
+"""The StateStore port over DynamoDB: one store composed of each aggregate's part."""
+
+from __future__ import annotations
+
+from qgjob_backend.adapters.dynamodb.agents import AgentStore
+from qgjob_backend.adapters.dynamodb.batches import BatchStore
+from qgjob_backend.adapters.dynamodb.jobs import JobStore
+
+
+class DynamoStateStore(JobStore, AgentStore, BatchStore):
+    """StateStore over the jobs, runs, agents and batches tables (see template.yaml)."""
