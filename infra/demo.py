@@ -138,6 +138,23 @@ def fetch_views(endpoint: str, tokens: Mapping[str, str], runs: Sequence[Submitt
             )
             response.raise_for_status()
             run.view = response.json()
+            run.view["jobs"] = _run_jobs(session, endpoint, tokens[run.suite.org_id], run.run_id)
+
+
+def _run_jobs(session: requests.Session, endpoint: str, token: str, run_id: str) -> list[Any]:
+    """Every job of a run: GET /runs/{id} holds only its counters, the jobs are paged."""
+    jobs: list[Any] = []
+    params: dict[str, str] = {}
+    while True:
+        response = session.get(
+            f"{endpoint}/runs/{run_id}/jobs", headers=_auth(token), params=params, timeout=30
+        )
+        response.raise_for_status()
+        page = response.json()
+        jobs.extend(page["jobs"])
+        if not page.get("next_cursor"):
+            return jobs
+        params = {"cursor": page["next_cursor"]}
 
 
 def fetch_metrics(endpoint: str, tokens: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -3,9 +3,12 @@
 What runs, all on 127.0.0.1:
 - moto's server, with every table, queue and bucket of template.yaml (DynamoDB requests
   serialized, see infra.moto_server);
-- the Lambda functions of template.yaml, in this process, each behind a lock (one
-  invocation at a time, like one warm Lambda container);
+- the Lambda functions of template.yaml, in this process: the api function runs up to
+  ``api_concurrency`` invocations at once (like that many warm containers), the others
+  one at a time;
 - an API Gateway shim: HTTP -> REST proxy events -> the api function -> HTTP;
+- the push channel: the template's WebSocket API and its Management API
+  (infra.websocket_gateway), so idle agents are woken by the dispatcher, not by polling;
 - an SQS event-source poller feeding jobs.fifo to the dispatcher (partial batch failures);
 - the EventBridge schedules (dispatcher planning, reaper), much faster than in AWS;
 - simulated ``qgjob agent`` processes, a few per target.
@@ -33,6 +36,7 @@ from typing import Any
 
 import boto3
 
+from infra import metering
 from infra.agents import AgentPool, AgentProcess
 from infra.moto_server import MotoServer
 from infra.runtime import (
@@ -46,6 +50,7 @@ from infra.runtime import (
     rate_seconds,
 )
 from infra.template import FUNCTION_TYPE, LOCAL_STACK_NAME, LocalTemplate, provision
+from infra.websocket_gateway import WebSocketGateway, websocket_api
 from qgjob_backend.schema import Target
 
 log = logging.getLogger("qgjob.local")
@@ -79,6 +84,9 @@ class LocalStackOptions:
     # SIGTERM'd agents finish their current test first; after this they are killed. The
     # stack's state lives in memory and goes with it, so a prompt stop matters more.
     agent_stop_grace_s: float = 3.0
+    # Invocations of the api function that run at once: a heartbeat need not wait for a
+    # 1,000-test submit (the dispatcher and the reaper run one invocation at a time).
+    api_concurrency: int = 4
 
 
 # ----------------------------------------------------------------- the stack
@@ -101,6 +109,7 @@ class ReadyInfo:
     moto_endpoint: str
     state_dir: str
     agents: list[str]
+    push_url: str = ""  # the WebSocket push channel agents connect to ("" without one)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -129,6 +138,7 @@ class LocalStack:
         self._stop = threading.Event()
         self._moto: MotoServer | None = None
         self._shim: ApiGatewayShim | None = None
+        self.push_gateway: WebSocketGateway | None = None
         self._workers: list[SqsEventSource | Schedule] = []
         self.functions: dict[str, LambdaFunction] = {}
         self.agent_pool: AgentPool | None = None
@@ -177,12 +187,14 @@ class LocalStack:
     def _start(self) -> None:
         state_dir = self.options.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
+        metering.install_from_env(self.template, self._handler_overrides)  # QGJOB_METER_FILE
         self._start_moto()
         clients = {name: boto3.client(name) for name in ("dynamodb", "sqs", "s3")}
         refs = provision(self.template, clients)
         log.info("created %s", ", ".join(f"{k}={v}" for k, v in refs.items()))
         os.environ.update(self.template.function_environment())
         self._load_functions(state_dir / "functions.log")
+        self._start_push_channel()  # before any function runs: they read PUSH_* once
         org_tokens = {org: self._token_factory("org", org) for org in self.options.orgs}
         agent_token = self._token_factory("agent", None)
         self._start_api()
@@ -197,6 +209,7 @@ class LocalStack:
             moto_endpoint=self.moto_endpoint,
             state_dir=str(state_dir.resolve()),
             agents=[a.agent_id for a in agents],
+            push_url=self.push_gateway.url if self.push_gateway else "",
         )
         if self.options.ready_file:
             _write_atomically(self.options.ready_file, self.ready.to_json())
@@ -236,9 +249,14 @@ class LocalStack:
                 memory_mb=int(self._function_setting(logical_id, "MemorySize", 128)),
                 region=self.template.region,
                 account_id=self.template.account_id,
+                concurrency=self._concurrency(logical_id),
             )
         if self.options.route_function_logs:
             _route_console_logs_to(log_path)
+
+    def _concurrency(self, logical_id: str) -> int:
+        behind_api = bool(self.template.function_events(logical_id, "Api"))
+        return self.options.api_concurrency if behind_api else 1
 
     def _function_setting(self, logical_id: str, name: str, default: Any) -> Any:
         globals_ = self.template.template.get("Globals", {}).get("Function", {})
@@ -263,6 +281,22 @@ class LocalStack:
             account_id=self.template.account_id,
         )
         self._shim.start()
+
+    def _start_push_channel(self) -> None:
+        """The template's WebSocket API; its URLs replace the AWS ones in the environment."""
+        spec = websocket_api(self.template)
+        if spec is None:
+            return
+        self.push_gateway = WebSocketGateway(
+            spec, self.functions, account_id=self.template.account_id
+        )
+        self.push_gateway.start()
+        os.environ.update(
+            {
+                "PUSH_URL": self.push_gateway.url,
+                "PUSH_ENDPOINT": self.push_gateway.management_endpoint,
+            }
+        )
 
     def _start_event_sources(self, sqs: Any) -> None:
         queue_urls = {
@@ -337,10 +371,14 @@ class LocalStack:
         if self.agent_pool is not None:
             self.agent_pool.stop_all(grace_s=self.options.agent_stop_grace_s)
             self.agent_pool = None
+        if self.push_gateway is not None:
+            self.push_gateway.stop()  # connections close while the functions still run
+            self.push_gateway = None
         self._stop.set()
         for function in self.functions.values():
             function.stop()  # the loops' waiting invocations end at once
         self._join_workers()
+        metering.flush()  # the final counts, when QGJOB_METER_FILE is set
         if self._shim is not None:
             self._shim.stop()
             self._shim = None

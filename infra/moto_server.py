@@ -7,19 +7,37 @@ TransactWriteItems restores a deep copy of every table it touched, taken when it
 wiping out whatever other requests wrote meanwhile. The stack's functions run
 concurrently (api, dispatcher and reaper, like separate Lambdas), so this module runs
 DynamoDB requests one at a time. SQS and S3 requests stay concurrent.
+
+It also patches two of moto's costs that grow with the stack's state (see
+`install_moto_patches`): a transaction's rollback snapshot and SQS's queue attributes.
 """
 
 from __future__ import annotations
 
+import base64
+import copy
+import functools
+import hashlib
+import inspect
+import json
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal
 
+import moto
+import moto.dynamodb.models as dynamodb_models
+from moto.core.responses import ActionResult
+from moto.core.utils import camelcase_to_underscores
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.table import Table
+from moto.dynamodb.responses import DynamoResult
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.sqs.models import Queue
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from infra.serving import ServerThread
@@ -49,6 +67,7 @@ class MotoServer:
     """moto's full server (every service) on ``host``, a free port by default."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        install_moto_patches()
         app = SerializedDynamoDB(DomainDispatcherApplication(create_backend_app))
         server: BaseWSGIServer = make_server(
             host, port, app, threaded=True, request_handler=MotoRequestHandler
@@ -64,3 +83,264 @@ class MotoServer:
 
     def stop(self) -> None:
         self._serving.stop()
+
+
+# ------------------------------------------------------------- moto patches
+#
+# Three of moto's costs grow with the stack's state, so a local stack under load stalls:
+# - TransactWriteItems deep-copies every table it touches, once per item of the
+#   transaction, to roll back on failure (a 25-item transaction on a 5,000-item table
+#   copied 125,000 items).
+# - A Query, Scan or BatchGetItem response goes through moto's generic serializer, about a
+#   millisecond per item: the dispatcher's 1,000-item backlog pages took seconds.
+# - SQS builds a queue's whole attribute dict, counting its messages three times, to read
+#   one attribute: four times per message sent, three per message received.
+# Each patch keeps moto's behaviour and is pinned to the source it was written against:
+# when moto changes, `install_moto_patches` refuses to start instead of guessing.
+
+
+class MotoPatchError(RuntimeError):
+    """moto's code is not the code a patch was written for: review the patch."""
+
+
+def _source_digest(function: Callable[..., Any]) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode("utf-8")).hexdigest()
+
+
+def _check_pinned(function: Callable[..., Any], digest: str) -> None:
+    if _source_digest(function) != digest:
+        raise MotoPatchError(
+            f"moto's {function.__module__}.{function.__qualname__} changed (moto "
+            f"{moto.__version__}); review infra/moto_server.py's patch of it and re-pin it"
+        )
+
+
+# moto 5.2.5, moto/dynamodb/models/__init__.py and moto/sqs/models.py.
+TRANSACT_WRITE_ITEMS_SHA256 = "81db2cb7d94e39c90b3a2077e1f4bb41a449c558ef9b1b1e2910fdaa39978ad4"
+ACTION_RESULT_EXECUTE_SHA256 = "6333faa349b58671258985778d2aaf02d31e0617aae380442e4c683c36ab248d"
+DYNAMO_RESULT_SHA256 = "60bf60c38edb801fb832be6f52fa15c4d403053250980babef761d96bf2f8227"
+QUEUE_ATTRIBUTES_SHA256 = "40cb990b121628d535cecbcd0e0d333984024633b70a097489ae8611e1a59338"
+
+_ItemKey = tuple[str, DynamoType, DynamoType | None]
+_transaction = threading.local()  # .active: this thread runs a patched transaction
+
+
+class _TransactionCopy:
+    """Stands in for the ``copy`` module inside moto.dynamodb.models.
+
+    In a patched transaction moto's snapshot of a whole table (``copy.deepcopy(table)``)
+    is the table itself, and its rollback (``self.tables[name] = snapshot``) a no-op:
+    `_TouchedItems` has the snapshot and does the rollback. Everything else is ``copy``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        if getattr(_transaction, "active", False) and isinstance(value, Table):
+            return value
+        return copy.deepcopy(value, memo)
+
+
+class _TouchedItems:
+    """The items one transaction may write, as they were before it: its rollback."""
+
+    def __init__(self, tables: dict[str, Table]) -> None:
+        self._tables = tables
+        # key -> (copy of the item or None when absent, whether its hash partition existed)
+        self._before: dict[_ItemKey, tuple[Item | None, bool]] = {}
+
+    @classmethod
+    def take(cls, tables: dict[str, Table], transact_items: Any) -> _TouchedItems | None:
+        """The snapshot, or None when a write's place is not certain (moto's copy then)."""
+        snapshot = cls(tables)
+        for entry in transact_items:
+            key = _write_key(tables, entry)
+            if key == "unsure":
+                return None
+            if isinstance(key, tuple) and key not in snapshot._before:
+                snapshot._before[key] = snapshot._read(key)
+        return snapshot
+
+    def _read(self, key: _ItemKey) -> tuple[Item | None, bool]:
+        table_name, hash_value, range_value = key
+        items: Any = self._tables[table_name].items
+        partition = items.get(hash_value)
+        if range_value is None:
+            return copy.deepcopy(partition), hash_value in items
+        item = partition.get(range_value) if partition is not None else None
+        return copy.deepcopy(item), partition is not None
+
+    def restore(self) -> None:
+        for (table_name, hash_value, range_value), (item, had_partition) in self._before.items():
+            table = self._tables.get(table_name)
+            if table is None:
+                continue
+            items: Any = table.items
+            if range_value is None:
+                if item is None:
+                    items.pop(hash_value, None)
+                else:
+                    items[hash_value] = item
+                continue
+            if item is not None:
+                items[hash_value][range_value] = item
+                continue
+            partition = items.get(hash_value)
+            if partition is not None:
+                partition.pop(range_value, None)
+                if not partition and not had_partition:
+                    del items[hash_value]
+
+
+def _write_key(tables: dict[str, Table], entry: Any) -> _ItemKey | Literal["no-write", "unsure"]:
+    """Where one TransactItems entry can write, found the way moto finds it.
+
+    "no-write" for an entry that writes nothing (a ConditionCheck; not exactly one
+    operation: moto refuses it); "unsure" for a table named by ARN or unknown, a table
+    with a stream (its records of a rolled-back write would stay), a key missing.
+    """
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return "no-write"
+    ((op_type, op),) = entry.items()
+    if op_type == "ConditionCheck":
+        return "no-write"
+    try:
+        table = tables.get(op["TableName"])
+        if table is None or table.stream_shard is not None:
+            return "unsure"
+        # moto reads the key first (get_keys_value): without its attributes, nothing is
+        # written; a Put's key is in its item.
+        attrs = op["Item"] if op_type == "Put" else op["Key"]
+        hash_value = DynamoType(attrs[table.hash_key_attr])
+        range_attr = table.range_key_attr
+        range_value = None if range_attr is None else DynamoType(attrs[range_attr])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return "unsure"
+    return (table.name, hash_value, range_value)
+
+
+def _patched_transact_write_items(
+    original: Callable[[Any, list[dict[str, Any]]], None],
+) -> Callable[[Any, list[dict[str, Any]]], None]:
+    @functools.wraps(original)
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        snapshot = _TouchedItems.take(self.tables, transact_items)
+        if snapshot is None or getattr(_transaction, "active", False):
+            original(self, transact_items)  # moto's own whole-table copy
+            return
+        _transaction.active = True
+        try:
+            original(self, transact_items)
+        except BaseException:
+            snapshot.restore()
+            raise
+        finally:
+            _transaction.active = False
+
+    transact_write_items.qgjob_patched = True  # type: ignore[attr-defined]
+    return transact_write_items
+
+
+# The members of a read's response that hold items, by operation (BatchGetItem's
+# Responses: table name -> items).
+_ITEM_MEMBERS = {"Query": "Items", "Scan": "Items", "BatchGetItem": "Responses"}
+
+
+def _base64(value: object) -> str:
+    if isinstance(value, bytes | bytearray):  # B and BS values: base64, as the serializer does
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _patched_execute_result(
+    original: Callable[[ActionResult, Any], Any],
+) -> Callable[[ActionResult, Any], Any]:
+    """DynamoDB reads with their items encoded by `json`, the rest by moto's serializer.
+
+    moto's serializer walks each attribute value against the AttributeValue shape, about
+    a millisecond per item: a 1,000-item page costs a second of CPU. The items are already
+    plain DynamoDB JSON (DynamoResult converts them), so `json.dumps` writes the same.
+    """
+
+    @functools.wraps(original)
+    def execute_result(self: ActionResult, context: Any) -> Any:
+        member = _ITEM_MEMBERS.get(context.operation_model.name)
+        result = self.result
+        if member is None or not isinstance(result, dict) or member not in result:
+            return original(self, context)
+        rest = ActionResult({name: value for name, value in result.items() if name != member})
+        status, headers, body = original(rest, context)
+        payload = json.loads(body)
+        payload[member] = result[member]
+        return status, headers, json.dumps(payload, default=_base64)
+
+    execute_result.qgjob_patched = True  # type: ignore[attr-defined]
+    return execute_result
+
+
+class _LazyQueueAttributes(Mapping[str, Any]):
+    """`Queue.attributes`, computing only the attributes that are read.
+
+    The same keys, order and values as moto's property, which builds every attribute
+    (three of them scan all messages) even when one cheap attribute is read.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        names = list(queue.BASE_ATTRIBUTES)
+        if queue.fifo_queue:
+            names += queue.FIFO_ATTRIBUTES
+        if getattr(queue, "kms_master_key_id", None):
+            names += queue.KMS_ATTRIBUTES
+        self._names = tuple(dict.fromkeys(names))
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        queue = self._queue
+        if name == "RedrivePolicy" and queue.redrive_policy:
+            return json.dumps(queue.redrive_policy)
+        value = getattr(queue, camelcase_to_underscores(name))
+        return str(value).lower() if isinstance(value, bool) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+_patch_lock = threading.Lock()
+
+
+def install_moto_patches() -> None:
+    """Installs the patches once per process; MotoPatchError when moto changed."""
+    with _patch_lock:
+        transact = DynamoDBBackend.transact_write_items
+        if not getattr(transact, "qgjob_patched", False):
+            _check_pinned(transact, TRANSACT_WRITE_ITEMS_SHA256)
+            if getattr(dynamodb_models, "copy", None) is not copy:
+                raise MotoPatchError("moto.dynamodb.models no longer uses the copy module")
+            patched = _patched_transact_write_items(transact)
+            setattr(dynamodb_models, "copy", _TransactionCopy())  # noqa: B010
+            setattr(DynamoDBBackend, "transact_write_items", patched)  # noqa: B010
+        execute = DynamoResult.execute_result
+        if not getattr(execute, "qgjob_patched", False):
+            _check_pinned(execute, ACTION_RESULT_EXECUTE_SHA256)
+            _check_pinned(DynamoResult, DYNAMO_RESULT_SHA256)
+            setattr(DynamoResult, "execute_result", _patched_execute_result(execute))  # noqa: B010
+        attributes = Queue.__dict__["attributes"]
+        if not getattr(attributes.fget, "qgjob_patched", False):
+            _check_pinned(attributes.fget, QUEUE_ATTRIBUTES_SHA256)
+
+            def lazy_attributes(queue: Queue) -> Mapping[str, Any]:
+                return _LazyQueueAttributes(queue)
+
+            lazy_attributes.qgjob_patched = True  # type: ignore[attr-defined]
+            lazy_attributes.original = attributes.fget  # type: ignore[attr-defined]
+            setattr(Queue, "attributes", property(lazy_attributes))  # noqa: B010

@@ -1,7 +1,8 @@
 """The AWS side of running Lambda functions locally: invocation, API Gateway, SQS, schedules.
 
-- `LambdaFunction`: a handler invoked with a Lambda context, one invocation at a time;
-  a waiting invocation is skipped when its caller left or the stack is stopping.
+- `LambdaFunction`: a handler invoked with a Lambda context, up to its concurrency at a
+  time (one by default); a waiting invocation is skipped when its caller left or the stack
+  is stopping.
 - `ApiGatewayShim`: a threaded HTTP server behaving like the REST API's ``/{proxy+}``
   resource (proxy events in, proxy results out, 403/413/502/503 like API Gateway).
 - `SqsEventSource`: Lambda's SQS event-source mapping with ReportBatchItemFailures.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import importlib
 import logging
@@ -19,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -63,8 +66,10 @@ class ShuttingDownError(InvocationSkippedError):
 class LambdaFunction:
     """One function of the template, invoked in-process with a Lambda context.
 
-    A lock serializes invocations: the handlers keep per-invocation state on module-level
-    objects (as a single Lambda container may), so two concurrent calls would interfere.
+    ``concurrency`` invocations run at once, on their callers' threads, like that many
+    Lambda containers; the others wait their turn. The handlers keep per-invocation state
+    on module-level objects (as one container may): with more than one, that state is made
+    per thread first (`isolate_resolver_state`). The default, 1, runs one at a time.
     """
 
     def __init__(
@@ -76,14 +81,20 @@ class LambdaFunction:
         memory_mb: int,
         region: str,
         account_id: str,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if concurrency > 1:
+            isolate_resolver_state()
         self.name = name
+        self.concurrency = concurrency
         self._handler = handler
         self._timeout_s = timeout_s
         self._memory_mb = memory_mb
         self._region = region
         self._account_id = account_id
-        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(concurrency)
         # Bumped by drop_waiting(): an invocation that began waiting before is skipped.
         self._generation = 0
         self._stopped = False
@@ -96,7 +107,7 @@ class LambdaFunction:
         them for callers that left, or while the stack stops, only delays everything else.
         """
         generation = self._generation
-        with self._lock:
+        with self._slots:
             if self._stopped or generation != self._generation:
                 raise ShuttingDownError(self.name)
             if caller_gone():
@@ -118,6 +129,84 @@ class LambdaFunction:
         """Skips every invocation that has not started, now and from now on."""
         self._stopped = True
         self.drop_waiting()
+
+
+# The request state Powertools keeps on a REST resolver (and on its BaseRouter class) while
+# it resolves one event; its HttpResolverLocal keeps the same four per request (ContextVar).
+RESOLVER_REQUEST_STATE = ("current_event", "lambda_context", "context", "processed_stack_frames")
+
+
+class ResolverStateError(RuntimeError):
+    """Powertools keeps request state this module does not know of: review the patch."""
+
+
+@dataclass
+class _RequestState:
+    current_event: Any = None
+    lambda_context: Any = None
+    context: dict[str, Any] = field(default_factory=dict)
+    processed_stack_frames: list[str] = field(default_factory=list)
+
+
+_resolver_state = threading.local()
+_isolate_lock = threading.Lock()
+
+
+def _request_state() -> _RequestState:
+    state: _RequestState | None = getattr(_resolver_state, "state", None)
+    if state is None:
+        state = _resolver_state.state = _RequestState()
+    return state
+
+
+def isolate_resolver_state() -> None:
+    """Makes the request state of Powertools' API Gateway resolvers per thread (idempotent).
+
+    A resolver keeps the event it is resolving on its class (``BaseRouter.current_event``)
+    and its context dict on the instance: two invocations on two threads would read each
+    other's. Like Powertools' own HttpResolverLocal (per asyncio task), each attribute of
+    RESOLVER_REQUEST_STATE becomes a property backed by per-thread state, and ``resolve``
+    puts the event and Lambda context there. Raises ResolverStateError when Powertools'
+    per-request state is not those four attributes any more.
+    """
+    from aws_lambda_powertools.event_handler import api_gateway
+    from aws_lambda_powertools.event_handler.http_resolver import HttpResolverLocal
+    from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
+
+    resolver: Any = api_gateway.ApiGatewayResolver
+    with _isolate_lock:
+        if getattr(resolver, "qgjob_thread_local", False):
+            return
+        known = {n for n, v in vars(HttpResolverLocal).items() if isinstance(v, property)}
+        if known - {"_state"} != set(RESOLVER_REQUEST_STATE):
+            raise ResolverStateError(
+                f"Powertools' per-request resolver state is now {sorted(known)}; "
+                "review infra.runtime.isolate_resolver_state"
+            )
+        for name in RESOLVER_REQUEST_STATE:
+            setattr(resolver, name, _state_property(name))
+        original_resolve = resolver.resolve
+
+        @functools.wraps(original_resolve)
+        def resolve(self: Any, event: Any, context: Any) -> Any:
+            raw = event.raw_event if isinstance(event, BaseProxyEvent) else event
+            state = _request_state()
+            state.current_event = self._to_proxy_event(raw)
+            state.lambda_context = context
+            return original_resolve(self, event, context)
+
+        resolver.resolve = resolve
+        resolver.qgjob_thread_local = True
+
+
+def _state_property(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(_request_state(), name)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(_request_state(), name, value)
+
+    return property(get, set_, doc=f"Powertools' {name}, per thread (see isolate_resolver_state)")
 
 
 def import_handler(dotted: str) -> Handler:

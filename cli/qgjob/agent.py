@@ -4,9 +4,17 @@ One agent drives one device slot. Its loop:
 
     register -> loop { lease; if a batch: install when needed (then POST installed);
                        for each job: start, run, report; complete the batch
-                       else wait poll_seconds }
+                       else wait: until a push, or the server's wait_s (push channel
+                       connected), or poll_seconds (no push channel) }
 
-- A background thread heartbeats every `heartbeat_seconds` (from the register answer).
+- When the register answer has a `push_url`, a background thread keeps a WebSocket
+  connection to it (`qgjob.push`): the dispatcher pushes each new batch's id, and the
+  idle agent leases at once instead of polling. Connected, it leases anyway after the
+  lease answer's `wait_s` (else the register answer's `idle_poll_seconds`): the safety
+  poll, which is also its only sign of life while idle.
+- A background thread heartbeats every `heartbeat_seconds` (from the register answer)
+  while a batch is held, and never while idle (so an idle agent costs nothing but its
+  safety poll).
 - A 409 on start or result means the lease was lost: the batch stops at once and the
   job is not reported (or its report was rejected); the server requeues or has already
   reassigned the work.
@@ -45,6 +53,7 @@ from qgjob.agent_protocol import (
     AgentView,
     BatchJob,
     BatchView,
+    LeaseResponse,
     agent_id_for,
 )
 from qgjob.errors import (
@@ -59,12 +68,15 @@ from qgjob.errors import (
     ServerError,
     Unreachable,
 )
+from qgjob.push import PushChannel, PushFactory, open_push_channel
 from qgjob.runners.base import InstallError, Runner, RunOutcome, truncate_output
 
 Json = dict[str, Any]
 T = TypeVar("T")
 
 DEFAULT_HEARTBEAT_S = 30.0
+# A connected idle agent's safety poll when neither the lease nor register answer says.
+DEFAULT_IDLE_POLL_S = 300.0
 DEFAULT_JOB_TIMEOUT_S = 1800.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -82,7 +94,7 @@ class AgentApi(Protocol):
 
     def heartbeat(self, agent_id: str) -> Json: ...
 
-    def lease(self, agent_id: str) -> BatchView | None: ...
+    def lease(self, agent_id: str) -> LeaseResponse: ...
 
     def installed(self, agent_id: str, batch_id: str) -> Json: ...
 
@@ -191,6 +203,7 @@ class Agent:
         log: Callable[[str], None] = _stderr,
         backoff_base: float = BACKOFF_BASE_S,
         backoff_max: float = BACKOFF_MAX_S,
+        push: PushFactory | None = open_push_channel,
     ) -> None:
         self.api = api
         self.runner = runner
@@ -221,6 +234,10 @@ class Agent:
         self._heartbeat_stop = threading.Event()
         self._batch_lost = threading.Event()
         self._needs_register = True
+        self._push_factory = push  # None: never use a push channel, poll
+        self._push: PushChannel | None = None
+        self._idle_poll_s: float | None = None  # from the register answer
+        self._idle_mode = ""  # how the agent last waited while idle (logged on change)
 
     # ------------------------------------------------------------------ control
 
@@ -248,6 +265,7 @@ class Agent:
                 self._loop()
             finally:
                 self._heartbeat_stop.set()
+                self._close_push()
                 if heartbeat is not None:
                     heartbeat.join(timeout=5.0)
         except _Fatal as fatal:
@@ -291,12 +309,26 @@ class Agent:
         if self.heartbeat_interval is None and answer.heartbeat_seconds > 0:
             self.heartbeat_interval = answer.heartbeat_seconds
         self._needs_register = False
+        self._idle_poll_s = answer.idle_poll_seconds
+        self._open_push(answer.push_url, answer.credential)
         lab = f", lab of org {answer.lab_org_id}" if answer.lab_org_id else ""
         self.log(
             f"registered (lease {answer.lease_seconds:.3g}s{lab}, "
             f"heartbeat {self.heartbeat_interval or DEFAULT_HEARTBEAT_S:.3g}s, "
             f"installed {self._app_label(self.installed_app)})"
         )
+
+    def _open_push(self, url: str | None, credential: str) -> None:
+        """A connection for this registration (a new credential needs a new connection)."""
+        self._close_push()
+        if url and self._push_factory is not None:
+            self._push = self._push_factory(url, credential, self.log)
+            self._push.start()
+
+    def _close_push(self) -> None:
+        if self._push is not None:
+            self._push.stop()
+            self._push = None
 
     def _deregister(self) -> None:
         try:
@@ -320,7 +352,8 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         while not self._heartbeat_stop.wait(self.heartbeat_interval or DEFAULT_HEARTBEAT_S):
-            self.heartbeat_once()
+            if self.current_batch_id is not None:  # idle: the safety poll is the sign of life
+                self.heartbeat_once()
 
     def heartbeat_once(self) -> None:
         """One heartbeat. A 404 makes the main loop register again before its next lease;
@@ -353,7 +386,9 @@ class Agent:
             try:
                 if self._needs_register:
                     self._register()
-                batch = self.api.lease(self.agent_id)
+                if self._push is not None:
+                    self._push.clear()  # a push from now on means: lease again
+                answer = self.api.lease(self.agent_id)
             except Conflict as error:
                 # Another process registered this device: two agents must not share it.
                 raise _Fatal(f"lease refused: {error}", EXIT_INFRA) from None
@@ -369,8 +404,9 @@ class Agent:
                 self._wait_after_failure(f"lease failed: {error}", failures)
                 continue
             failures = 0
+            batch = answer.batch
             if batch is None:
-                self._wait(self._poll_seconds)
+                self._wait_idle(answer.wait_s)
                 continue
             try:
                 self.run_batch(batch)
@@ -607,6 +643,25 @@ class Agent:
         delay = self._backoff(failures)
         self.log(f"{message}; retrying in {delay:g}s")
         self._wait(delay)
+
+    def _wait_idle(self, wait_s: float | None) -> None:
+        """No batch: until a push arrives, else the safety poll; without a live push
+        connection, poll_seconds as before (ended early when the connection comes up:
+        the listener's connect wakes the agent, and it leases)."""
+        push = self._push
+        if push is None:
+            self._wait(self._poll_seconds)
+            return
+        if push.connected:
+            seconds = wait_s or self._idle_poll_s or DEFAULT_IDLE_POLL_S
+            mode = f"idle: waiting for a push (leasing at least every {seconds:g}s)"
+        else:
+            seconds = self._poll_seconds
+            mode = f"idle: no push connection; polling every {seconds:g}s"
+        if mode != self._idle_mode:  # logged when it changes, not every wait
+            self._idle_mode = mode
+            self.log(mode)
+        push.wait(seconds, fallback_s=self._poll_seconds, stop=lambda: self.stopping)
 
     def _wait(self, seconds: float) -> None:
         if self._sleep is not None:

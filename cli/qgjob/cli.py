@@ -36,6 +36,7 @@ TOKEN_ENV = "QGJOB_TOKEN"  # noqa: S105 - the name of an env var
 # here so `--help` does not need pydantic.
 TARGETS = ("emulator", "device", "browserstack")
 DEFAULT_POLL_INTERVAL_S = 2.0
+DEFAULT_MAX_POLL_INTERVAL_S = 30.0
 DEFAULT_WAIT_TIMEOUT_S = 3600.0
 MAX_JUNIT_OUTPUTS = 200
 EXIT_INTERRUPTED = 130
@@ -122,7 +123,18 @@ poll_option = click.option(
     default=DEFAULT_POLL_INTERVAL_S,
     show_default=True,
     metavar="S",
-    help="Seconds between status polls with --wait.",
+    help=(
+        "Seconds before the first status poll with --wait. While nothing changes each "
+        "wait is 1.5x the last, up to --max-poll-interval; progress brings it back to S."
+    ),
+)
+max_poll_option = click.option(
+    "--max-poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_MAX_POLL_INTERVAL_S,
+    show_default=True,
+    metavar="S",
+    help="Longest wait between two status polls with --wait.",
 )
 wait_timeout_option = click.option(
     "--wait-timeout",
@@ -224,6 +236,7 @@ timed out or was cancelled, 3 when --wait-timeout passed first."""
 @click.option("--retries", type=int, metavar="N", help="Re-runs after an infrastructure error.")
 @click.option("--wait", is_flag=True, help="Wait until every test finished; print a table.")
 @poll_option
+@max_poll_option
 @wait_timeout_option
 @junit_option
 @json_option
@@ -240,6 +253,7 @@ def submit(
     retries: int | None,
     wait: bool,
     poll_interval: float,
+    max_poll_interval: float,
     wait_timeout: float,
     junit: str | None,
     as_json: bool,
@@ -269,7 +283,8 @@ def submit(
         return
     if not state.as_json:
         click.echo(render.submitted_text(answer, payload))
-    _finish_run_wait(ctx, state, client, run_id, poll_interval, wait_timeout, junit)
+    polls = Polling(poll_interval, max_poll_interval, wait_timeout)
+    _finish_run_wait(ctx, state, client, run_id, polls, junit)
 
 
 def _as_option_problem(item: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
@@ -304,13 +319,22 @@ def _validated_suite(fields: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- waiting
 
 
+@dataclass(frozen=True)
+class Polling:
+    """--poll-interval, --max-poll-interval and --wait-timeout."""
+
+    first: float
+    longest: float
+    timeout: float
+
+
 def _wait_for(
     state: CliState,
     fetch: Callable[[], dict[str, Any]],
     done: Callable[[dict[str, Any]], bool],
     progress: Callable[[dict[str, Any], float], str],
-    poll_interval: float,
-    wait_timeout: float,
+    changed: Callable[[dict[str, Any]], object],
+    polls: Polling,
     resume_hint: str,
 ) -> tuple[dict[str, Any], bool]:
     """Polls until done; returns the last view and whether --wait-timeout passed first.
@@ -334,11 +358,14 @@ def _wait_for(
         failures[:] = [error]
         _note(state, f"qgjob: warning: {error}; still waiting")
 
+    wait_timeout = polls.timeout
     try:
         outcome: WaitOutcome = wait_until(
             fetch,
             done,
-            poll_interval=poll_interval,
+            poll_interval=polls.first,
+            max_poll_interval=polls.longest,
+            progress=changed,
             wait_timeout=wait_timeout,
             clock=state.clock,
             sleep=state.sleep,
@@ -356,26 +383,41 @@ def _wait_for(
     return outcome.view, outcome.timed_out
 
 
+def _with_jobs(state: CliState, client: ApiClient, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's progress and its jobs (read a page at a time, once: a poll reads only
+    the counters). When the jobs cannot be read the verdict still stands, on counts."""
+    from qgjob.errors import ServerError, Unreachable
+
+    run_id = str(run.get("run_id"))
+    try:
+        jobs = client.run_jobs(run_id)
+    except (Unreachable, ServerError) as error:
+        _note(state, f"qgjob: warning: could not read the jobs of run {run_id}: {error}")
+        jobs = []
+    return {**run, "jobs": jobs}
+
+
 def _finish_run_wait(
     ctx: click.Context,
     state: CliState,
     client: ApiClient,
     run_id: str,
-    poll_interval: float,
-    wait_timeout: float,
+    polls: Polling,
     junit: str | None,
 ) -> None:
-    from qgjob.follow import run_done
+    from qgjob.follow import run_done, run_progress
 
-    run, timed_out = _wait_for(
+    progress, timed_out = _wait_for(
         state,
         lambda: client.get_run(run_id),
         run_done,
         render.progress_line,
-        poll_interval,
-        wait_timeout,
+        run_progress,
+        polls,
         f"qgjob status --run-id {run_id} --wait",
     )
+    wait_timeout = polls.timeout
+    run = _with_jobs(state, client, progress)
     if junit:
         from qgjob.junit import write_junit
 
@@ -433,6 +475,7 @@ Without --wait the exit code is 0 whatever the status. With --wait: 0 all passed
 @click.option("--run-id", metavar="ID", help="A run id: prints every job of the run.")
 @click.option("--wait", is_flag=True, help="Wait until the job or run finished.")
 @poll_option
+@max_poll_option
 @wait_timeout_option
 @junit_option
 @json_option
@@ -443,6 +486,7 @@ def status(
     run_id: str | None,
     wait: bool,
     poll_interval: float,
+    max_poll_interval: float,
     wait_timeout: float,
     junit: str | None,
     as_json: bool,
@@ -454,11 +498,12 @@ def status(
     if junit and not (wait and run_id):
         raise click.UsageError("--junit needs --run-id and --wait")
     client = state.client()
+    polls = Polling(poll_interval, max_poll_interval, wait_timeout)
     if run_id:
         if wait:
-            _finish_run_wait(ctx, state, client, run_id, poll_interval, wait_timeout, junit)
+            _finish_run_wait(ctx, state, client, run_id, polls, junit)
             return
-        run = client.get_run(run_id)
+        run = _with_jobs(state, client, client.get_run(run_id))
         _emit(state, run, render.run_text(run))
         return
     assert job_id is not None
@@ -466,15 +511,15 @@ def status(
         job = client.get_job(job_id)
         _emit(state, job, render.job_text(job))
         return
-    from qgjob.follow import job_done
+    from qgjob.follow import job_done, job_progress
 
     job, timed_out = _wait_for(
         state,
         lambda: client.get_job(job_id),
         job_done,
         lambda view, elapsed: f"job {job_id}: {view.get('status')} after {elapsed:.0f}s",
-        poll_interval,
-        wait_timeout,
+        job_progress,
+        polls,
         f"qgjob status --job-id {job_id} --wait",
     )
     data = dict(job, wait_timed_out=True) if timed_out else job

@@ -12,13 +12,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from pydantic import BaseModel, ValidationError
 
 from qgjob import __version__
-from qgjob.agent_protocol import AgentView, BatchView, LeaseResponse
+from qgjob.agent_protocol import AgentView, LeaseResponse
 from qgjob.errors import (
     ApiError,
     AuthError,
@@ -49,6 +49,9 @@ DEFAULT_RETRIES = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 30.0
+# Pages read for one run's jobs at most (a suite has at most 1,000 tests, 100 a page): a
+# server that kept answering with a cursor could not keep the client reading forever.
+MAX_RUN_PAGES = 50
 
 
 def _segment(value: str) -> str:
@@ -216,7 +219,31 @@ class ApiClient:
         return self.request("GET", f"/jobs/{_segment(job_id)}/result")
 
     def get_run(self, run_id: str) -> Json:
+        """The run's progress: total, counts by state, finished, passed (no jobs)."""
         return self.request("GET", f"/runs/{_segment(run_id)}")
+
+    def get_run_jobs(
+        self, run_id: str, cursor: str | None = None, limit: int | None = None
+    ) -> Json:
+        """One page of the run's jobs -> {"run_id", "jobs", "next_cursor"}."""
+        query = {k: v for k, v in (("limit", limit), ("cursor", cursor)) if v is not None}
+        suffix = f"?{urlencode(query)}" if query else ""
+        return self.request("GET", f"/runs/{_segment(run_id)}/jobs{suffix}")
+
+    def run_jobs(self, run_id: str, max_pages: int = MAX_RUN_PAGES) -> list[Json]:
+        """Every job of the run, in suite order, a page at a time."""
+        jobs: list[Json] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            page = self.get_run_jobs(run_id, cursor)
+            jobs.extend(j for j in page.get("jobs") or [] if isinstance(j, dict))
+            next_cursor = page.get("next_cursor")
+            if not isinstance(next_cursor, str) or not next_cursor:
+                return jobs
+            cursor = next_cursor
+        raise ServerError(
+            200, f"run {run_id}: still more jobs after {max_pages} pages; giving up reading them"
+        )
 
     def cancel_job(self, job_id: str) -> Json:
         return self.request("POST", f"/jobs/{_segment(job_id)}/cancel", {})
@@ -245,9 +272,10 @@ class ApiClient:
     def heartbeat(self, agent_id: str) -> Json:
         return self._agent(agent_id, "/heartbeat")
 
-    def lease(self, agent_id: str) -> BatchView | None:
-        """The batch to run (the current one first, after a restart), or None when idle."""
-        return _parse(LeaseResponse, self._agent(agent_id, "/lease"), "lease").batch
+    def lease(self, agent_id: str) -> LeaseResponse:
+        """The batch to run (the current one first, after a restart), or none when idle
+        (and then how long to wait for a push before leasing again)."""
+        return _parse(LeaseResponse, self._agent(agent_id, "/lease"), "lease")
 
     def installed(self, agent_id: str, batch_id: str) -> Json:
         return self._agent(agent_id, f"/batches/{_segment(batch_id)}/installed")

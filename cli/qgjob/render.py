@@ -17,6 +17,7 @@ STATUS_ORDER = (
     "error",
     "timed_out",
     "cancelled",
+    "active",  # assigned to an agent or running: the server counts them as one
     "running",
     "assigned",
     "queued",
@@ -64,13 +65,15 @@ def run_total(run: Json) -> int:
 
 
 def run_passed(run: Json) -> bool:
-    """True when the run is finished and every job passed."""
-    jobs = run.get("jobs") or []
+    """True when the run is finished and every job passed (the server's verdict, from its
+    counters; the jobs' statuses only for an answer without one)."""
     if not run.get("finished"):
         return False
-    if jobs:
-        return all(job.get("status") == "passed" for job in jobs)
-    return bool(run.get("passed"))
+    verdict = run.get("passed")
+    if isinstance(verdict, bool):
+        return verdict
+    jobs = run.get("jobs") or []
+    return bool(jobs) and all(job.get("status") == "passed" for job in jobs)
 
 
 def duration_text(seconds: Any) -> str:

@@ -117,6 +117,20 @@ class AgentView(BaseModel):
             "registration. It is shown once and never stored in clear."
         ),
     )
+    push_url: str | None = Field(
+        default=None,
+        description=(
+            "Set by register when the deployment has a push channel: a WebSocket URL the "
+            "agent connects to (with its credential) to hear of a new batch at once."
+        ),
+    )
+    idle_poll_seconds: float | None = Field(
+        default=None,
+        description=(
+            "How long an idle agent connected to the push channel waits between leases "
+            "(its safety poll); an idle agent sends no heartbeats."
+        ),
+    )
 
 
 class BatchJob(BaseModel):
@@ -138,6 +152,13 @@ class BatchView(BaseModel):
 
 class LeaseResponse(BaseModel):
     batch: BatchView | None
+    wait_s: float | None = Field(
+        default=None,
+        description=(
+            "With no batch: how long to wait before the next lease when no push arrives "
+            "(the agent's own --poll-seconds applies when it has no push channel)."
+        ),
+    )
 
 
 class RequeueView(BaseModel):

@@ -20,8 +20,10 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-# One batch commits in one DynamoDB transaction: 100 items, two of them agent and batch.
-MAX_BATCH_JOBS = 98
+# One batch commits in one DynamoDB transaction of at most 100 items: the agent, the
+# batch and an org metrics shard, each job, and each job's run (its counters): when every
+# job is of another run, 3 + 2 x 48 = 99.
+MAX_BATCH_JOBS = 48
 
 
 def _number(
@@ -59,6 +61,8 @@ class Config:
     batch_max_jobs: int = 25
     # A job written to DynamoDB but not admitted by the dispatcher after this long is re-sent.
     resend_grace_seconds: float = 30.0
+    # ... unless jobs.fifo still holds messages (admission lags): then once per this long.
+    resend_hold_seconds: float = 300.0
     # An agent silent for this long is treated as gone even without a batch.
     agent_offline_seconds: float = 360.0
     # Queued jobs gain one priority level per this many seconds of waiting (no starvation).
@@ -71,6 +75,16 @@ class Config:
     default_install_seconds_emulator: float = 60.0
     default_install_seconds_device: float = 120.0
     default_install_seconds_browserstack: float = 90.0
+    # A plan reads at most this many waiting jobs per target: the most urgent, then oldest.
+    plan_backlog_window: int = 2000
+    # The WebSocket URL agents connect to for batch notifications (None: no push channel).
+    push_url: str | None = None
+    # An idle agent with a push connection leases this often (its safety poll and its
+    # sign of life: idle agents send no heartbeats).
+    idle_poll_seconds: float = 300.0
+    # The API Gateway Management API of the push channel (https://<api>.execute-api.<region>
+    # .amazonaws.com/<stage>): where the dispatcher posts to agents' connections.
+    push_endpoint: str | None = None
 
     @property
     def default_install_seconds(self) -> dict[Target, float]:
@@ -89,6 +103,7 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         env = os.environ if env is None else env
         lease = _number(env, "LEASE_SECONDS", 120.0, 1.0)
+        idle_poll = _number(env, "IDLE_POLL_SECONDS", 300.0, 1.0)
         return cls(
             jobs_table=_required(env, "JOBS_TABLE"),
             runs_table=_required(env, "RUNS_TABLE"),
@@ -101,7 +116,11 @@ class Config:
             lease_seconds=lease,
             batch_max_jobs=int(_number(env, "BATCH_MAX_JOBS", 25, 1, MAX_BATCH_JOBS)),
             resend_grace_seconds=_number(env, "RESEND_GRACE_SECONDS", 30.0, 0.0),
-            agent_offline_seconds=_number(env, "AGENT_OFFLINE_SECONDS", 3 * lease, 1.0),
+            resend_hold_seconds=_number(env, "RESEND_HOLD_SECONDS", 300.0, 0.0),
+            # Idle agents are heard from once per safety poll: allow two to be missed.
+            agent_offline_seconds=_number(
+                env, "AGENT_OFFLINE_SECONDS", max(3 * lease, 2.5 * idle_poll), 1.0
+            ),
             aging_seconds=_number(env, "AGING_SECONDS", 120.0, 1.0),
             max_batch_seconds=_number(env, "MAX_BATCH_SECONDS", 900.0, 1.0),
             unknown_estimate_seconds=_number(env, "UNKNOWN_ESTIMATE_SECONDS", 90.0, 0.1),
@@ -114,4 +133,8 @@ class Config:
             default_install_seconds_browserstack=_number(
                 env, "DEFAULT_INSTALL_SECONDS_BROWSERSTACK", 90.0, 0.0
             ),
+            plan_backlog_window=int(_number(env, "PLAN_BACKLOG_WINDOW", 2000, 1, 100_000)),
+            push_url=env.get("PUSH_URL", "").strip() or None,
+            idle_poll_seconds=idle_poll,
+            push_endpoint=env.get("PUSH_ENDPOINT", "").strip() or None,
         )

@@ -4,13 +4,18 @@ Every state-changing method is one conditional write (or one transaction) in the
 DynamoDB adapter: it returns None/False when its precondition no longer holds, so a
 step run twice, late or concurrently changes nothing the second time. The in-memory
 fake used by unit tests honours the same preconditions.
+
+Counters (domain.progress): every method that moves a job to another counter (create,
+commit, cancel, finish, requeue, time out) moves its run's counters and its org's metrics
+in the same conditional write, so ``get_run`` and ``org_metrics`` each read a bounded,
+constant number of items and never drift. A job's run must exist before its jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import Agent, AppRef, Batch, Job, Run
@@ -27,6 +32,14 @@ class JobOutcome:
 
 
 @dataclass(frozen=True)
+class JobPage:
+    """Jobs of a run in submission order; ``more``: later positions follow."""
+
+    jobs: list[Job]
+    more: bool
+
+
+@dataclass(frozen=True)
 class OrgMetrics:
     jobs_by_status: dict[str, int]
     batches: int
@@ -36,13 +49,22 @@ class OrgMetrics:
 
 class StateStore(Protocol):
     # ----------------------------------------------------------------- runs
-    def get_run(self, run_id: str) -> Run | None: ...
+    def get_run(self, run_id: str, *, consistent: bool = True) -> Run | None:
+        """The run and its counters: one item. ``consistent=False`` (half the cost) may
+        lag the latest writes by a moment, never show them out of order."""
 
     def create_run(self, run: Run) -> bool:
-        """Writes the run if no run has that id; False when it already exists."""
+        """Writes the run if no run has that id; False when it already exists. Its job ids
+        must be ``domain.progress.run_job_ids`` of the run (ValueError otherwise)."""
 
     def create_jobs(self, jobs: Sequence[Job]) -> None:
-        """Writes each job that does not exist yet; existing ones are left untouched."""
+        """Writes each job that does not exist yet, counting it queued on its run and org;
+        existing ones are left untouched (and not counted again). LookupError when a
+        job's run does not exist."""
+
+    def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
+        """Up to ``limit`` jobs of the run with a position above ``after``, by position
+        (bounded: one index query and one batch read of at most ``limit`` jobs)."""
 
     # ----------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> Job | None: ...
@@ -52,8 +74,9 @@ class StateStore(Protocol):
     def admit_job(self, job: Job, now: float) -> Job | None:
         """queued and not yet admitted -> in its group's backlog. None when not applicable."""
 
-    def backlog(self, target: Target) -> list[Job]:
-        """Admitted queued jobs of a target (every group)."""
+    def backlog(self, target: Target, limit: int | None = None) -> list[Job]:
+        """Admitted queued jobs of a target (every group): the most urgent first, then the
+        oldest; at most ``limit`` of them."""
 
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
         """Jobs written before the cutoff but never admitted (their message may be lost)."""
@@ -61,16 +84,25 @@ class StateStore(Protocol):
     def claim_resend(self, job: Job, now: float) -> bool:
         """Still unadmitted and not re-sent by anyone since ``job`` was read: count a resend."""
 
-    def cancel_job(self, job_id: str, now: float) -> Job | None:
-        """queued -> cancelled."""
+    def cancel_job(self, job_id: str, now: float, *, job: Job | None = None) -> Job | None:
+        """queued -> cancelled. ``job``: the caller's copy (it names the run and org whose
+        counters move; without it the store reads the job)."""
 
     def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
         """assigned|running in this batch on this agent -> running (first start time kept)."""
 
     def finish_job(
-        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+        self,
+        job_id: str,
+        agent_id: str,
+        batch_id: str,
+        outcome: JobOutcome,
+        now: float,
+        *,
+        job: Job | None = None,
     ) -> Job | None:
-        """assigned|running in this batch on this agent -> final status."""
+        """assigned|running in this batch on this agent -> final status. ``job`` as in
+        cancel_job (passing it saves a read)."""
 
     def requeue_job(
         self,
@@ -108,6 +140,19 @@ class StateStore(Protocol):
         """Records a sign of life of this registration; None when the agent is unknown,
         marked offline, or registered since with another credential."""
 
+    def set_agent_connection(
+        self, agent_id: str, credential_hash: str, connection_id: str, now: float
+    ) -> Agent | None:
+        """The agent's push connection is now ``connection_id`` (a sign of life too); None
+        when the agent is unknown, offline, or registered since with another credential."""
+
+    def clear_agent_connection(self, agent_id: str, connection_id: str) -> bool:
+        """Forgets the agent's push connection, only if it is still ``connection_id``."""
+
+    def agent_for_connection(self, connection_id: str) -> str | None:
+        """The id of the agent whose push connection is ``connection_id`` (one index read;
+        eventually consistent: a connection stored a moment ago may not be found yet)."""
+
     def list_agents(self, target: Target) -> list[Agent]: ...
 
     def list_all_agents(self) -> list[Agent]: ...
@@ -126,7 +171,9 @@ class StateStore(Protocol):
 
     # -------------------------------------------------------------- batches
     def commit_batch(self, batch: Batch, now: float) -> bool:
-        """Atomically: agent idle -> busy, batch created, every job queued -> assigned.
+        """Atomically: agent idle -> busy, batch created, every job queued -> assigned,
+        with the counters of their runs and org (+1 batch). At most config.MAX_BATCH_JOBS
+        jobs (ValueError otherwise).
 
         False (and nothing written) when any precondition fails, e.g. another
         dispatcher assigned one of the jobs or the agent first.
@@ -152,7 +199,9 @@ class StateStore(Protocol):
         """active (its agent finished) -> done, or expired -> cleaned; leaves the lease index."""
 
     # -------------------------------------------------------------- metrics
-    def org_metrics(self, org_id: str) -> OrgMetrics: ...
+    def org_metrics(self, org_id: str) -> OrgMetrics:
+        """The org's counters (jobs by counter, batches, first installs, distinct agent /
+        app version / target pairs): a constant number of reads, whatever its history."""
 
 
 class EstimateConflict(RuntimeError):
@@ -188,6 +237,21 @@ class EstimateStore(Protocol):
 class JobQueue(Protocol):
     def send(self, jobs: Sequence[Job]) -> list[str]:
         """Sends one message per job (group = its group key); returns ids that failed."""
+
+    def depth(self) -> int:
+        """Messages in the queue, visible or in flight (SQS's approximate counts)."""
+
+    def request_plan(self) -> None:
+        """Asks the dispatcher to plan. Every request goes to one message group, so plans
+        run one at a time (they never race), and requests queued together make one plan."""
+
+
+class AgentNotifier(Protocol):
+    """The push channel: posts a message to one agent's WebSocket connection."""
+
+    def send(self, connection_id: str, message: Mapping[str, Any]) -> bool:
+        """Posts ``message`` as JSON; False when the connection is gone (HTTP 410), so the
+        caller can forget it. Any other failure raises."""
 
 
 class ArtifactStore(Protocol):

@@ -16,20 +16,35 @@ from qgjob_backend.adapters.dynamodb import (
     DynamoStateStore,
     DynamoTokenStore,
 )
+from qgjob_backend.adapters.push import ApiGatewayNotifier
 from qgjob_backend.adapters.s3 import S3ArtifactStore
 from qgjob_backend.adapters.sqs import SqsJobQueue
 from qgjob_backend.config import Config
 from qgjob_backend.domain.planner import PlanningPolicy
-from qgjob_backend.ports import ArtifactStore, EstimateStore, JobQueue, StateStore, TokenStore
+from qgjob_backend.ports import (
+    AgentNotifier,
+    ArtifactStore,
+    EstimateStore,
+    JobQueue,
+    StateStore,
+    TokenStore,
+)
 from qgjob_backend.services.agents import AgentService
 from qgjob_backend.services.auth import TokenService
 from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
 from qgjob_backend.services.estimates import EstimateService
+from qgjob_backend.services.push import PushService
 from qgjob_backend.services.reaper import ReaperService, ReaperSettings
 from qgjob_backend.services.submission import SubmissionService
 
 _BOTO_CONFIG = BotoConfig(
     retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=3, read_timeout=10
+)
+
+
+# A push is a wake-up with a safety poll behind it: fail fast rather than hold up a plan.
+_PUSH_BOTO_CONFIG = BotoConfig(
+    retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=3
 )
 
 
@@ -45,6 +60,10 @@ class Services:
     dispatcher: DispatchService
     agents: AgentService
     reaper: ReaperService
+    # The push channel: $connect/$disconnect, and waking agents of committed batches.
+    push: PushService
+    # Asks the dispatcher to plan (a message in the one plan group of jobs.fifo).
+    request_plan: Callable[[], None]
 
 
 def _client(name: str, session: Any | None) -> Any:
@@ -67,9 +86,11 @@ def assemble_services(
     estimate_store: EstimateStore,
     clock: Callable[[], float],
     new_id: Callable[[], str] = new_id,
+    notifier: AgentNotifier | None = None,
 ) -> Services:
     """Wires the services over any implementation of the ports (boto3 adapters or fakes)."""
     estimates = EstimateService(estimate_store, config.default_install_seconds)
+    push = PushService(store, notifier, clock)
     dispatcher = DispatchService(
         store,
         clock,
@@ -83,26 +104,33 @@ def assemble_services(
                 max_batch_seconds=config.max_batch_seconds,
                 unknown_estimate_s=config.unknown_estimate_seconds,
             ),
+            backlog_window=config.plan_backlog_window,
         ),
         estimates,
+        on_assigned=push.batches_assigned,
     )
     return Services(
         config=config,
+        request_plan=queue.request_plan,
         tokens=TokenService(token_store, clock),
         submissions=SubmissionService(store, queue, clock, new_id),
         dispatcher=dispatcher,
-        agents=AgentService(store, artifacts, dispatcher, clock, config.lease_seconds, estimates),
+        agents=AgentService(
+            store, artifacts, clock, config.lease_seconds, estimates, queue.request_plan
+        ),
         reaper=ReaperService(
             store,
             queue,
-            dispatcher,
             clock,
             ReaperSettings(
                 agent_offline_seconds=config.agent_offline_seconds,
                 resend_grace_seconds=config.resend_grace_seconds,
                 timeout_grace_seconds=config.lease_seconds,
+                resend_hold_seconds=config.resend_hold_seconds,
             ),
+            queue_depth=queue.depth,
         ),
+        push=push,
     )
 
 
@@ -125,7 +153,18 @@ def build_services(
         token_store=DynamoTokenStore(dynamodb, config.tokens_table),
         estimate_store=DynamoEstimateStore(dynamodb, config.estimates_table),
         clock=clock,
+        notifier=_notifier(config, session),
     )
+
+
+def _notifier(config: Config, session: Any | None) -> AgentNotifier | None:
+    """The push channel's Management API client, when the deployment has one."""
+    if config.push_endpoint is None:
+        return None
+    client = (session or boto3).client(
+        "apigatewaymanagementapi", endpoint_url=config.push_endpoint, config=_PUSH_BOTO_CONFIG
+    )
+    return ApiGatewayNotifier(client)
 
 
 class LazyServices:

@@ -152,10 +152,19 @@ class StackProcess:
         )
 
     def run_view(self, run_id: str, org: str) -> dict[str, Any]:
+        """GET /runs/{id} (the counters), with its jobs read from GET /runs/{id}/jobs."""
         response = self.api("GET", f"/runs/{run_id}", self.token(org))
         assert response.status_code == 200, response.text
         view: dict[str, Any] = response.json()
-        return view
+        view["jobs"] = []
+        params: dict[str, str] = {}
+        while True:
+            page = self.api("GET", f"/runs/{run_id}/jobs", self.token(org), params=params)
+            assert page.status_code == 200, page.text
+            view["jobs"].extend(page.json()["jobs"])
+            if not page.json()["next_cursor"]:
+                return view
+            params = {"cursor": page.json()["next_cursor"]}
 
     def metrics(self, org: str) -> dict[str, Any]:
         response = self.api("GET", "/metrics", self.token(org))
@@ -245,11 +254,13 @@ class AgentFleet:
         self._directory = directory
         self.agents: list[Agent] = []
 
-    def start(self, target: str, device_id: str, *, sim_scale: float) -> Agent:
+    def start(
+        self, target: str, device_id: str, *, sim_scale: float, poll_seconds: float = 0.1
+    ) -> Agent:
         journal = self._directory / f"{target}-{device_id}.jsonl"
         command = self._stack.cli.agent_command(
             target=target, device_id=device_id, journal=journal, sim_scale=sim_scale,
-            poll_seconds=0.1,
+            poll_seconds=poll_seconds,
         )  # fmt: skip
         return self._spawn(target, device_id, command, journal)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,14 +169,19 @@ class AgentCaller(ApiCaller):
     routes with the credential its latest registration returned (the agent is the one
     the path names; an agent never registered calls with no credential)."""
 
-    def __init__(self, fleet_token: str) -> None:
+    def __init__(self, fleet_token: str, before_lease: Callable[[], object] = lambda: None) -> None:
         super().__init__(fleet_token)
         self.fleet_token = fleet_token
         self.credentials: dict[str, str] = {}
+        # The dispatcher's work between an agent's wake-up and its lease (a lease never
+        # plans): the queued admissions and plan requests.
+        self._before_lease = before_lease
 
     def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> ApiResponse:
         registering = path == "/agents/register"
         agent_id = path.split("/")[2] if path.startswith("/agents/") else None
+        if path.endswith("/lease") and kwargs.pop("dispatch", True):
+            self._before_lease()
         if "token" not in kwargs:
             if agent_id is not None and not registering:
                 kwargs["token"] = self.credentials.get(agent_id)
@@ -189,8 +194,10 @@ class AgentCaller(ApiCaller):
 
 
 @pytest.fixture
-def agent_client(services: Services, agent_token: str) -> AgentCaller:
-    return AgentCaller(agent_token)
+def agent_client(
+    services: Services, agent_token: str, aws_session: boto3.Session, config: Config
+) -> AgentCaller:
+    return AgentCaller(agent_token, before_lease=lambda: dispatch_queue(aws_session, config))
 
 
 def receive_all(session: boto3.Session, queue_url: str) -> list[dict[str, Any]]:

@@ -180,7 +180,7 @@ def test_a_private_labs_agent_gets_only_its_orgs_batches(
     assert lab.status == 200
     assert (lab.body["agent_id"], lab.body["lab_org_id"]) == ("device-p1@acme", "acme")
 
-    assert agent_client.post("/agents/device-p1@acme/lease").body == {"batch": None}
+    assert agent_client.post("/agents/device-p1@acme/lease").body["batch"] is None
 
     acme_run = client.post("/runs", SUITE).body
     assert dispatch_queue(aws_session, config) == {"batchItemFailures": []}

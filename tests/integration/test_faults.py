@@ -81,7 +81,7 @@ def test_lost_lease_requeues_unfinished_jobs_and_rejects_the_late_report(
 
     assert report.expired_batches == 1
     assert report.requeued_jobs == len(jobs) - 1
-    after = {j["job_id"]: j for j in client.get(f"/runs/{run['run_id']}").body["jobs"]}
+    after = {j["job_id"]: j for j in client.get(f"/runs/{run['run_id']}/jobs").body["jobs"]}
     assert after[first]["status"] == "passed"
     assert after[second]["status"] == "queued"
     assert after[second]["attempts"] == 1  # it was running when the agent vanished

@@ -155,4 +155,4 @@ def test_an_empty_body_on_a_route_that_needs_one_is_still_a_422(client: ApiCalle
 
 
 def test_an_empty_object_on_a_route_without_a_body_is_accepted(agent: ApiCaller) -> None:
-    assert agent.post("/agents/device-d1/lease", {}).body == {"batch": None}
+    assert agent.post("/agents/device-d1/lease", {}).body["batch"] is None

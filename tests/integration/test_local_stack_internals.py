@@ -65,6 +65,7 @@ def test_provision_creates_everything_in_the_template(moto_endpoint: str) -> Non
     assert {i["IndexName"] for i in description["GlobalSecondaryIndexes"]} == {
         "backlog-index",
         "unadmitted-index",
+        "run-index",
     }
     attributes = clients["sqs"].get_queue_attributes(
         QueueUrl=refs["JobsQueue"], AttributeNames=["All"]

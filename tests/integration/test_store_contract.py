@@ -6,6 +6,7 @@ is what lets the unit tests trust ``tests/unit/fakes.MemoryStateStore``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -14,7 +15,7 @@ import boto3
 import pytest
 
 from qgjob_backend.adapters.dynamodb import DynamoTokenStore
-from qgjob_backend.config import Config
+from qgjob_backend.config import MAX_BATCH_JOBS, Config
 from qgjob_backend.domain.models import (
     Agent,
     AgentStatus,
@@ -25,7 +26,15 @@ from qgjob_backend.domain.models import (
     Run,
     group_key_for,
 )
-from qgjob_backend.ports import JobOutcome, StateStore, TokenRecord, TokenStore
+from qgjob_backend.domain.progress import counter_of, nonzero, run_job_ids
+from qgjob_backend.ports import (
+    JobOutcome,
+    JobPage,
+    OrgMetrics,
+    StateStore,
+    TokenRecord,
+    TokenStore,
+)
 from qgjob_backend.schema import JobStatus, Target
 from tests.integration.conftest import state_store_of
 from tests.unit.fakes import MemoryStateStore, MemoryTokenStore
@@ -91,10 +100,30 @@ def make_batch(batch_id: str, agent_id: str, job_ids: list[str], **overrides: An
     return Batch(**fields)
 
 
+# Runs the helpers create for their jobs hold this many jobs (so they never finish early).
+RUN_SIZE = 100
+
+
+def ensure_run(store: StateStore, run_id: str, org_id: str = "acme") -> Run:
+    """The run a job belongs to (a job's run is written before it), created if missing."""
+    run = store.get_run(run_id)
+    if run is None:
+        run = Run(run_id, org_id, "v1", Target.EMULATOR, 5, run_job_ids(run_id, RUN_SIZE), "fp", T0)
+        store.create_run(run)
+    return run
+
+
+def write_jobs(store: StateStore, jobs: list[Job]) -> None:
+    """create_jobs, after creating the runs the jobs belong to."""
+    for job in jobs:
+        ensure_run(store, job.run_id, job.org_id)
+    store.create_jobs(jobs)
+
+
 def queued(store: StateStore, *job_ids: str, **overrides: Any) -> list[Job]:
     """Jobs written and admitted into the backlog."""
     jobs = [make_job(j, position=i, **overrides) for i, j in enumerate(job_ids)]
-    store.create_jobs(jobs)
+    write_jobs(store, jobs)
     admitted = [store.admit_job(j, T0) for j in jobs]
     assert all(a is not None for a in admitted)
     return [a for a in admitted if a is not None]
@@ -139,6 +168,12 @@ def get_job(store: StateStore, job_id: str) -> Job:
     return job
 
 
+def get_run(store: StateStore, run_id: str = "run-1") -> Run:
+    found = store.get_run(run_id)
+    assert found is not None
+    return found
+
+
 def get_agent(store: StateStore, agent_id: str) -> Agent:
     found = store.get_agent(agent_id)
     assert found is not None
@@ -160,17 +195,24 @@ PASSED = JobOutcome(JobStatus.PASSED, 2.5, "ok", "tail", "results/acme/j1/b1.log
 
 # ================================================================== runs and jobs
 def test_a_run_is_created_once(store: StateStore) -> None:
-    run = Run("run-1", "acme", "v1", Target.DEVICE, 3, ["j1", "j2"], "fp", T0)
+    run = Run("run-1", "acme", "v1", Target.DEVICE, 3, run_job_ids("run-1", 2), "fp", T0)
 
     assert store.create_run(run) is True
     assert store.create_run(replace(run, fingerprint="other")) is False
     assert store.get_run("run-1") == run
+    assert store.get_run("run-1", consistent=False) == run
     assert store.get_run("run-unknown") is None
+
+
+def test_a_runs_job_ids_are_derived_from_the_run(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="run_job_ids"):
+        store.create_run(Run("run-1", "acme", "v1", Target.DEVICE, 3, ["j1"], "fp", T0))
+    assert store.get_run("run-1") is None
 
 
 def test_create_jobs_adds_only_missing_ones(store: StateStore) -> None:
     queued(store, "j1")
-    store.create_jobs([make_job("j1", test_path="changed.js"), make_job("j2", position=1)])
+    write_jobs(store, [make_job("j1", test_path="changed.js"), make_job("j2", position=1)])
 
     first, second = store.get_jobs(["j1", "j2"])
     assert (first.test_path, first.admitted) == ("tests/j1.spec.js", True)
@@ -178,8 +220,8 @@ def test_create_jobs_adds_only_missing_ones(store: StateStore) -> None:
 
 
 def test_jobs_read_back_in_the_order_asked_without_duplicates(store: StateStore) -> None:
-    store.create_jobs([make_job(j) for j in ("j1", "j2", "j3")])
-    store.create_jobs([make_job("x1", run_id="run-2")])
+    write_jobs(store, [make_job(j) for j in ("j1", "j2", "j3")])
+    write_jobs(store, [make_job("x1", run_id="run-2")])
 
     assert [j.job_id for j in store.get_jobs(["j3", "missing", "j1", "j3"])] == ["j3", "j1"]
     assert store.get_jobs([]) == []
@@ -188,7 +230,7 @@ def test_jobs_read_back_in_the_order_asked_without_duplicates(store: StateStore)
 
 def test_a_job_reads_back_as_written(store: StateStore) -> None:
     job = make_job("j1", target=Target.BROWSERSTACK, priority=1, position=7, max_attempts=1)
-    store.create_jobs([job])
+    write_jobs(store, [job])
 
     assert store.get_job("j1") == job
 
@@ -204,7 +246,7 @@ def test_returned_objects_are_copies(store: StateStore) -> None:
 # ================================================================== admit and backlog
 def test_a_job_is_admitted_only_once(store: StateStore) -> None:
     job = make_job("j1")
-    store.create_jobs([job])
+    write_jobs(store, [job])
 
     admitted = store.admit_job(job, T0 + 5)
     assert admitted is not None
@@ -215,7 +257,8 @@ def test_a_job_is_admitted_only_once(store: StateStore) -> None:
 
 
 def test_the_backlog_holds_admitted_queued_jobs_of_one_target_in_order(store: StateStore) -> None:
-    store.create_jobs(
+    write_jobs(
+        store,
         [
             make_job("late", created_at=T0 + 1),
             make_job("urgent", priority=1, created_at=T0 + 2),
@@ -223,7 +266,7 @@ def test_the_backlog_holds_admitted_queued_jobs_of_one_target_in_order(store: St
             make_job("first", position=0),
             make_job("device", target=Target.DEVICE),
             make_job("never-admitted"),
-        ]
+        ],
     )
     for job_id in ("late", "urgent", "second", "first", "device"):
         assert store.admit_job(get_job(store, job_id), T0) is not None
@@ -234,7 +277,7 @@ def test_the_backlog_holds_admitted_queued_jobs_of_one_target_in_order(store: St
 
 
 def test_unadmitted_jobs_are_found_until_admitted(store: StateStore) -> None:
-    store.create_jobs([make_job("j1", created_at=T0), make_job("j2", created_at=T0 + 10)])
+    write_jobs(store, [make_job("j1", created_at=T0), make_job("j2", created_at=T0 + 10)])
 
     assert store.unadmitted_job_ids(T0) == []  # strictly older than the cutoff
     assert store.unadmitted_job_ids(T0 + 10) == ["j1"]
@@ -245,7 +288,7 @@ def test_unadmitted_jobs_are_found_until_admitted(store: StateStore) -> None:
 
 def test_only_queued_jobs_are_cancelled(store: StateStore) -> None:
     queued(store, "j1")
-    store.create_jobs([make_job("j2")])
+    write_jobs(store, [make_job("j2")])
     assigned(store, "j3")
 
     cancelled = store.cancel_job("j1", T0 + 3)
@@ -296,7 +339,7 @@ def test_commit_batch_is_all_or_nothing_when_a_job_was_taken(store: StateStore) 
             lambda s: s.commit_batch(make_batch("b0", "a-2", ["j9"]), T0), id="agent-busy"
         ),
         pytest.param(lambda s: s.cancel_job("j2", T0), id="job-cancelled"),
-        pytest.param(lambda s: s.create_jobs([make_job("j3")]), id="job-not-admitted"),
+        pytest.param(lambda s: write_jobs(s, [make_job("j3")]), id="job-not-admitted"),
     ],
 )
 def test_commit_batch_checks_every_precondition(
@@ -333,9 +376,24 @@ def test_commit_batch_refuses_an_unknown_agent_or_job_or_a_reused_batch_id(
 def test_a_batch_larger_than_one_transaction_is_refused(store: StateStore) -> None:
     agent(store, "a-1")
 
-    with pytest.raises(ValueError, match="at most 98"):
-        store.commit_batch(make_batch("b1", "a-1", [f"j{i}" for i in range(99)]), T0)
+    with pytest.raises(ValueError, match=f"at most {MAX_BATCH_JOBS}"):
+        store.commit_batch(make_batch("b1", "a-1", [f"j{i}" for i in range(49)]), T0)
     assert get_agent(store, "a-1").batch_id is None
+
+
+def test_the_largest_batch_of_jobs_of_as_many_runs_commits_in_one_transaction(
+    store: StateStore,
+) -> None:
+    job_ids = [f"j{i}" for i in range(MAX_BATCH_JOBS)]
+    for i, job_id in enumerate(job_ids):  # each job of its own run: one counter item each
+        write_jobs(store, [make_job(job_id, run_id=f"run-{i}")])
+        assert store.admit_job(make_job(job_id, run_id=f"run-{i}"), T0) is not None
+    agent(store, "a-1")
+
+    assert store.commit_batch(make_batch("b1", "a-1", job_ids), T0) is True
+    assert {get_job(store, j).status for j in job_ids} == {JobStatus.ASSIGNED}
+    assert all(get_run(store, f"run-{i}").counts == {"active": 1} for i in range(len(job_ids)))
+    assert store.org_metrics("acme").jobs_by_status == {"active": MAX_BATCH_JOBS}
 
 
 # ================================================================== start / finish / requeue
@@ -583,6 +641,61 @@ def test_touch_only_a_known_agent_not_offline(store: StateStore) -> None:
     assert store.touch_agent("unknown", T0 + 9, cred("unknown")) is None
 
 
+def test_a_push_connection_is_stored_only_with_the_current_credential(
+    store: StateStore,
+) -> None:
+    agent(store, "a-1", credential_hash="h1")
+    agent(store, "a-1", credential_hash="h2", now=T0 + 1)  # a newer registration
+
+    assert store.set_agent_connection("a-1", "h1", "conn-old", T0 + 2) is None
+    assert get_agent(store, "a-1").connection_id is None
+    connected = store.set_agent_connection("a-1", "h2", "conn-1", T0 + 3)
+    assert connected is not None
+    assert (connected.connection_id, connected.last_seen) == ("conn-1", T0 + 3)
+    assert get_agent(store, "a-1").connection_id == "conn-1"
+    assert store.agent_for_connection("conn-1") == "a-1"
+    assert store.agent_for_connection("conn-unknown") is None
+
+
+def test_no_push_connection_for_an_unknown_or_offline_agent(store: StateStore) -> None:
+    agent(store, "a-1")
+    store.deregister_agent("a-1", T0)
+
+    assert store.set_agent_connection("a-1", cred("a-1"), "conn-1", T0 + 1) is None
+    assert store.set_agent_connection("nobody", cred("nobody"), "conn-2", T0 + 1) is None
+    assert get_agent(store, "a-1").connection_id is None
+
+
+def test_a_push_connection_is_cleared_only_by_its_own_id(store: StateStore) -> None:
+    agent(store, "a-1")
+    assert store.set_agent_connection("a-1", cred("a-1"), "conn-1", T0)
+    assert store.set_agent_connection("a-1", cred("a-1"), "conn-2", T0 + 1)  # reconnected
+
+    assert not store.clear_agent_connection("a-1", "conn-1")  # the old one's $disconnect
+    assert get_agent(store, "a-1").connection_id == "conn-2"
+    assert store.clear_agent_connection("a-1", "conn-2")
+    assert get_agent(store, "a-1").connection_id is None
+    assert not store.clear_agent_connection("a-1", "conn-2")  # a repeat changes nothing
+    assert not store.clear_agent_connection("nobody", "conn-2")
+
+
+@pytest.mark.parametrize("holding_a_batch", [False, True])
+def test_a_new_registration_forgets_the_old_processs_connection(
+    store: StateStore, holding_a_batch: bool
+) -> None:
+    if holding_a_batch:
+        assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    else:
+        agent(store, "a-1")
+    assert store.set_agent_connection("a-1", cred("a-1"), "conn-1", T0)
+
+    again = agent(store, "a-1", credential_hash="h-new", now=T0 + 5)
+
+    assert again.connection_id is None
+    assert get_agent(store, "a-1").connection_id is None
+    assert again.batch_id == ("b1" if holding_a_batch else None)
+
+
 def test_agents_are_listed_by_target(store: StateStore) -> None:
     agent(store, "emulator-b")
     agent(store, "emulator-a")
@@ -728,11 +841,11 @@ def test_org_metrics_count_only_that_org(store: StateStore) -> None:
     assigned(store, "j1", "j2", batch_id="b1", agent_id="a-1")
     store.record_install("a-1", "b1", AppRef("acme", "v1"), T0)
     store.finish_job("j1", "a-1", "b1", PASSED, T0)
-    store.create_jobs([make_job("g1", org_id="globex", run_id="run-g")])
+    write_jobs(store, [make_job("g1", org_id="globex", run_id="run-g")])
 
     metrics = store.org_metrics("acme")
 
-    assert metrics.jobs_by_status == {"passed": 1, "assigned": 1}
+    assert metrics.jobs_by_status == {"passed": 1, "active": 1}
     assert (metrics.batches, metrics.installs, metrics.agent_app_pairs) == (1, 1, 1)
     other = store.org_metrics("globex")
     assert (other.jobs_by_status, other.batches) == ({"queued": 1}, 0)
@@ -786,7 +899,7 @@ def test_restarting_a_running_job_keeps_its_first_start(store: StateStore) -> No
 
 
 def test_a_resend_is_claimed_once_per_read(store: StateStore) -> None:
-    store.create_jobs([make_job("j1")])
+    write_jobs(store, [make_job("j1")])
     seen = get_job(store, "j1")
 
     assert store.claim_resend(seen, T0 + 31) is True
@@ -799,7 +912,7 @@ def test_a_resend_is_claimed_once_per_read(store: StateStore) -> None:
 
 # ================================================================== duration estimates
 def test_admission_stamps_the_estimate_it_is_given(store: StateStore) -> None:
-    store.create_jobs([make_job("j1"), make_job("j2")])
+    write_jobs(store, [make_job("j1"), make_job("j2")])
 
     stamped = store.admit_job(replace(get_job(store, "j1"), estimate_s=42.5), T0)
     plain = store.admit_job(get_job(store, "j2"), T0)
@@ -834,3 +947,150 @@ def test_a_batch_without_an_expected_end_leaves_none_on_the_agent(store: StateSt
     assert batch.expected_end_at is None
     assert get_batch(store, "b1").expected_end_at is None
     assert get_agent(store, "a-1").batch_expected_free_at is None
+
+
+# ================================================================== counters
+def true_counts(store: StateStore, job_ids: list[str]) -> dict[str, int]:
+    """The jobs' real states, counted as the run counts them (assigned, running: active)."""
+    return nonzero(Counter(counter_of(j.status) for j in store.get_jobs(job_ids)))
+
+
+def test_every_transition_replayed_twice_leaves_the_counters_true(store: StateStore) -> None:
+    job_ids = [f"j{i}" for i in range(6)]
+    jobs = [
+        make_job(j, position=i, max_attempts=1 if j == "j5" else 3) for i, j in enumerate(job_ids)
+    ]
+    store.create_run(
+        Run("run-1", "acme", "v1", Target.EMULATOR, 5, run_job_ids("run-1", 6), "fp", T0)
+    )
+    replays: list[str] = []
+
+    def twice(name: str, step: Callable[[], object]) -> None:
+        first, second = step(), step()
+        assert first not in (None, False), f"{name}: the first call must apply"
+        assert second in (None, False) or name in ("create_jobs", "record_install"), name
+        replays.append(name)
+        expected = true_counts(store, job_ids)
+        assert get_run(store).counts == expected, f"run counters drifted after {name}"
+        assert store.org_metrics("acme").jobs_by_status == expected, f"org drifted: {name}"
+
+    def job(job_id: str) -> Job:
+        return get_job(store, job_id)
+
+    twice("create_jobs", lambda: store.create_jobs(jobs) or True)
+    for j in jobs:
+        assert store.admit_job(j, T0) is not None
+    agent(store, "a-1")
+    agent(store, "a-2")
+    b1 = make_batch("b1", "a-1", ["j0", "j1", "j2", "j3"])
+    twice("commit_batch", lambda: store.commit_batch(b1, T0))
+    assert get_run(store).counts == {"queued": 2, "active": 4}
+    for j in ("j0", "j1", "j2"):
+        first = store.start_job(j, "a-1", "b1", T0 + 1)
+        assert first is not None
+        assert store.start_job(j, "a-1", "b1", T0 + 1) is not None
+    assert get_run(store).counts == {"queued": 2, "active": 4}  # start moves no counter
+    twice("record_install", lambda: store.record_install("a-1", "b1", AppRef("acme", "v1"), T0))
+    twice("finish_job", lambda: store.finish_job("j0", "a-1", "b1", PASSED, T0 + 2))
+    failed = JobOutcome(JobStatus.FAILED, 1.0, "boom", None, None)
+    twice("finish_job", lambda: store.finish_job("j1", "a-1", "b1", failed, T0 + 2))
+    running = job("j2")
+    twice("time_out_job", lambda: store.time_out_job(running, T0 + 900))
+    j3 = job("j3")
+    twice(
+        "requeue_job", lambda: store.requeue_job(j3, "b1", T0 + 3, count_attempt=False, reason="x")
+    )
+    twice("cancel_job", lambda: store.cancel_job("j4", T0 + 3))
+    b2 = make_batch("b2", "a-2", ["j3", "j5"])
+    twice("commit_batch", lambda: store.commit_batch(b2, T0 + 4))
+    j5 = job("j5")
+    twice(
+        "requeue_job", lambda: store.requeue_job(j5, "b2", T0 + 5, count_attempt=True, reason="y")
+    )
+    assert job("j5").status is JobStatus.ERROR  # out of attempts
+    twice("finish_job", lambda: store.finish_job("j3", "a-2", "b2", PASSED, T0 + 6))
+
+    assert get_run(store).counts == {
+        "passed": 2, "failed": 1, "error": 1, "cancelled": 1, "timed_out": 1
+    }  # fmt: skip
+    metrics = store.org_metrics("acme")
+    assert (metrics.batches, metrics.installs, metrics.agent_app_pairs) == (2, 1, 2)
+    assert store.org_metrics("globex") == OrgMetrics({}, 0, 0, 0)
+    # Every StateStore method that moves a job to another counter was replayed.
+    assert set(replays) == {
+        "create_jobs", "commit_batch", "finish_job", "time_out_job", "requeue_job",
+        "cancel_job", "record_install",
+    }  # fmt: skip
+
+
+def test_a_failed_transition_moves_no_counter(store: StateStore) -> None:
+    batch = assigned(store, "j1", "j2")
+    before = (get_run(store).counts, store.org_metrics("acme"))
+
+    assert store.finish_job("j1", "a-other", "b1", PASSED, T0) is None  # not its agent
+    assert store.cancel_job("j1", T0) is None  # not queued
+    assert store.commit_batch(make_batch("b2", "a-1", ["j1"]), T0) is False  # agent busy
+    assert store.time_out_job(get_job(store, "j1"), T0) is None  # never started
+    assert (
+        store.requeue_job(get_job(store, "j1"), "b-other", T0, count_attempt=True, reason="x")
+        is None
+    )
+
+    assert (get_run(store).counts, store.org_metrics("acme")) == before
+    assert batch.job_ids == ["j1", "j2"]
+
+
+def test_jobs_need_their_run(store: StateStore) -> None:
+    with pytest.raises(LookupError, match="run-missing"):
+        store.create_jobs([make_job("j1", run_id="run-missing")])
+
+    assert store.get_job("j1") is None
+    assert store.org_metrics("acme").jobs_by_status == {}
+
+
+def test_a_replayed_creation_counts_only_the_jobs_it_adds(store: StateStore) -> None:
+    write_jobs(store, [make_job("j1")])
+
+    write_jobs(store, [make_job("j1"), make_job("j2", position=1), make_job("j3", position=2)])
+
+    assert get_run(store).counts == {"queued": 3}
+    assert store.org_metrics("acme").jobs_by_status == {"queued": 3}
+
+
+def test_a_large_run_is_created_and_counted_in_chunks(store: StateStore) -> None:
+    run_id = "run-big"
+    size = 250  # three transactions of at most 98 jobs
+    store.create_run(
+        Run(run_id, "acme", "v1", Target.EMULATOR, 5, run_job_ids(run_id, size), "fp", T0)
+    )
+    jobs = [make_job(f"k{i:03d}", run_id=run_id, position=i) for i in range(size)]
+
+    store.create_jobs(jobs)
+
+    assert get_run(store, run_id).counts == {"queued": size}
+    assert store.org_metrics("acme").jobs_by_status == {"queued": size}
+
+
+def test_a_runs_jobs_come_in_pages_in_suite_order(store: StateStore) -> None:
+    write_jobs(store, [make_job(f"j{i}", position=i) for i in (3, 0, 4, 1, 2)])
+    write_jobs(store, [make_job("x0", run_id="run-2", position=0)])
+
+    first = store.run_jobs("run-1", -1, 2)
+    second = store.run_jobs("run-1", first.jobs[-1].position, 2)
+    last = store.run_jobs("run-1", second.jobs[-1].position, 2)
+
+    assert ([j.job_id for j in first.jobs], first.more) == (["j0", "j1"], True)
+    assert ([j.job_id for j in second.jobs], second.more) == (["j2", "j3"], True)
+    assert ([j.job_id for j in last.jobs], last.more) == (["j4"], False)
+    assert store.run_jobs("run-1", -1, 5).more is False
+    assert store.run_jobs("run-1", 4, 5) == JobPage([], more=False)
+    assert [j.job_id for j in store.run_jobs("run-2", -1, 100).jobs] == ["x0"]
+    assert store.run_jobs("run-unknown", -1, 100) == JobPage([], more=False)
+
+
+def test_a_run_reads_as_its_counters_not_as_other_items(store: StateStore) -> None:
+    assigned(store, "j1")  # writes an org metrics shard and an agent/app pair marker
+
+    assert store.get_run("org#acme#0") is None
+    assert all(store.get_run(f"org#acme#{n}") is None for n in range(8))
+    assert get_run(store).counts == {"active": 1}

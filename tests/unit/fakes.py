@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from qgjob_backend.agent_protocol import parse_credential
-from qgjob_backend.config import Config
+from qgjob_backend.config import MAX_BATCH_JOBS, Config
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import (
     Agent,
@@ -39,7 +39,8 @@ from qgjob_backend.domain.planner import (
     PlanningPolicy,
     plan_batches,
 )
-from qgjob_backend.ports import EstimateConflict, JobOutcome, OrgMetrics, TokenRecord
+from qgjob_backend.domain.progress import moved, nonzero, run_job_ids
+from qgjob_backend.ports import EstimateConflict, JobOutcome, JobPage, OrgMetrics, TokenRecord
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.agents import AgentCredential, AgentService, Heartbeat, LeasedBatch
 from qgjob_backend.services.auth import Principal, TokenKind, TokenService
@@ -53,8 +54,6 @@ SHARED_FLEET = Principal(TokenKind.AGENT, None, None, "shared-fleet-token-hash")
 
 T = TypeVar("T")
 
-# DynamoDB's TransactWriteItems limit, mirrored by commit_batch (agent + batch + jobs).
-TRANSACTION_LIMIT = 100
 _IN_PROGRESS = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 
 
@@ -64,7 +63,7 @@ def _copy(value: T) -> T:
 
 def backlog_sort_key(job: Job) -> str:
     """The backlog index's sort key, as the DynamoDB adapter writes it."""
-    return f"{job.group_key}#{job.priority:02d}#{job.created_at:020.6f}#{job.position:05d}"
+    return f"{job.priority:02d}#{job.created_at:020.6f}#{job.group_key}#{job.position:05d}"
 
 
 class FakeClock:
@@ -108,6 +107,11 @@ class MemoryStateStore:
         self._unadmitted: set[str] = set()  # jobs carrying unadmitted_shard
         self._backlog: dict[str, tuple[Target, str]] = {}  # backlog_target, backlog_key
         self._leased: set[str] = set()  # batches carrying lease_shard
+        # The counters of domain.progress, moved with each transition as in the adapter:
+        # each run's (on the run), each org's (its shards summed), and the org totals.
+        self.org_jobs: dict[str, Counter[str]] = {}
+        self.org_totals: dict[str, Counter[str]] = {}
+        self._pairs: set[tuple[str, str, str, str]] = set()  # agent_app_pair markers
         # Fault injection: method name -> exception raised (once) before the method runs.
         self._faults: dict[str, BaseException] = {}
 
@@ -144,18 +148,44 @@ class MemoryStateStore:
                 "unadmitted": self._unadmitted,
                 "backlog": self._backlog,
                 "leased": self._leased,
+                "org_jobs": self.org_jobs,
+                "org_totals": self.org_totals,
+                "pairs": self._pairs,
             }
         )
 
+    # -------------------------------------------------------------- counters
+    def _runs_exist(self, run_ids: Sequence[str]) -> bool:
+        """The adapter's run counter updates are conditional on the run existing."""
+        return all(run_id in self.runs for run_id in run_ids)
+
+    def _count(self, run_id: str, org_id: str, delta: Mapping[str, int]) -> None:
+        counts = Counter(self.runs[run_id].counts)
+        counts.update(delta)
+        self.runs[run_id].counts = dict(counts)
+        self.org_jobs.setdefault(org_id, Counter()).update(delta)
+
+    def _move(self, stored: Job, after: JobStatus) -> None:
+        """Moves the counters of ``stored`` (not yet changed) to ``after``."""
+        self._count(stored.run_id, stored.org_id, moved(stored.status, after))
+
+    def _total(self, org_id: str, name: str) -> None:
+        self.org_totals.setdefault(org_id, Counter())[name] += 1
+
     # ------------------------------------------------------------------ runs
-    def get_run(self, run_id: str) -> Run | None:
-        return _copy(self.runs.get(run_id))
+    def get_run(self, run_id: str, *, consistent: bool = True) -> Run | None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        return replace(_copy(run), counts=nonzero(run.counts))
 
     def create_run(self, run: Run) -> bool:
         self._maybe_fail("create_run")
+        if run.job_ids != run_job_ids(run.run_id, len(run.job_ids)):
+            raise ValueError("a run's job ids must be domain.progress.run_job_ids of the run")
         if run.run_id in self.runs:
             return False
-        self.runs[run.run_id] = _copy(run)
+        self.runs[run.run_id] = replace(_copy(run), counts={})
         return True
 
     def create_jobs(self, jobs: Sequence[Job]) -> None:
@@ -163,9 +193,19 @@ class MemoryStateStore:
         for job in jobs:
             if job.job_id in self.jobs:
                 continue
+            if not self._runs_exist([job.run_id]):
+                raise LookupError(f"run {job.run_id} not found: create the run before its jobs")
             self.jobs[job.job_id] = _copy(job)
+            self._count(job.run_id, job.org_id, moved(None, job.status))
             if job.status is JobStatus.QUEUED and not job.admitted:
                 self._unadmitted.add(job.job_id)
+
+    def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
+        later = sorted(
+            (j for j in self.jobs.values() if j.run_id == run_id and j.position > after),
+            key=lambda j: j.position,
+        )
+        return JobPage([_copy(j) for j in later[:limit]], more=len(later) > limit)
 
     # ------------------------------------------------------------------ jobs
     def get_job(self, job_id: str) -> Job | None:
@@ -190,9 +230,9 @@ class MemoryStateStore:
         self._unadmitted.discard(job.job_id)
         return _copy(stored)
 
-    def backlog(self, target: Target) -> list[Job]:
+    def backlog(self, target: Target, limit: int | None = None) -> list[Job]:
         entries = sorted((key, job_id) for job_id, (t, key) in self._backlog.items() if t is target)
-        return [_copy(self.jobs[job_id]) for _, job_id in entries]
+        return [_copy(self.jobs[job_id]) for _, job_id in entries[:limit]]
 
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
         found = [
@@ -209,10 +249,15 @@ class MemoryStateStore:
         stored.resends += 1
         return True
 
-    def cancel_job(self, job_id: str, now: float) -> Job | None:
+    def cancel_job(self, job_id: str, now: float, *, job: Job | None = None) -> Job | None:
+        if job is not None and job.job_id != job_id:
+            raise ValueError(f"job {job.job_id} given for job {job_id}")
         stored = self.jobs.get(job_id)
         if stored is None or stored.status is not JobStatus.QUEUED:
             return None
+        if not self._runs_exist([stored.run_id]):
+            return None
+        self._move(stored, JobStatus.CANCELLED)
         stored.status = JobStatus.CANCELLED
         stored.finished_at = now
         stored.updated_at = now
@@ -242,12 +287,22 @@ class MemoryStateStore:
         return _copy(stored)
 
     def finish_job(
-        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+        self,
+        job_id: str,
+        agent_id: str,
+        batch_id: str,
+        outcome: JobOutcome,
+        now: float,
+        *,
+        job: Job | None = None,
     ) -> Job | None:
         self._maybe_fail("finish_job")
+        if job is not None and job.job_id != job_id:
+            raise ValueError(f"job {job.job_id} given for job {job_id}")
         stored = self._owned(job_id, agent_id, batch_id)
-        if stored is None:
+        if stored is None or not self._runs_exist([stored.run_id]):
             return None
+        self._move(stored, outcome.status)
         stored.status = outcome.status
         stored.finished_at = now
         stored.updated_at = now
@@ -275,15 +330,19 @@ class MemoryStateStore:
             return None
         if agent_id is not None and stored.agent_id != agent_id:
             return None
+        if not self._runs_exist([stored.run_id]):
+            return None
         # As in the adapter, the attempt count and limit come from the caller's copy.
         attempts = job.attempts + (1 if count_attempt else 0)
         stored.attempts = attempts
         stored.updated_at = now
         stored.message = reason
         if attempts >= job.max_attempts:
+            self._move(stored, JobStatus.ERROR)
             stored.status = JobStatus.ERROR
             stored.finished_at = now
         else:
+            self._move(stored, JobStatus.QUEUED)
             stored.status = JobStatus.QUEUED
             stored.batch_id = None
             stored.agent_id = None
@@ -335,8 +394,10 @@ class MemoryStateStore:
             stored.last_seen = now
             stored.status = AgentStatus.BUSY
             stored.credential_hash = credential_hash
+            stored.connection_id = None
             return _copy(stored)
         stored.credential_hash = credential_hash
+        stored.connection_id = None  # the replaced process's push connection
         stored.lab_org_id = lab_org_id
         stored.fleet_hash = fleet_hash
         return _copy(stored)
@@ -351,6 +412,31 @@ class MemoryStateStore:
             return None
         stored.last_seen = now
         return _copy(stored)
+
+    def set_agent_connection(
+        self, agent_id: str, credential_hash: str, connection_id: str, now: float
+    ) -> Agent | None:
+        stored = self.agents.get(agent_id)
+        if (
+            stored is None
+            or stored.status is AgentStatus.OFFLINE
+            or stored.credential_hash != credential_hash
+        ):
+            return None
+        stored.connection_id = connection_id
+        stored.last_seen = now
+        return _copy(stored)
+
+    def clear_agent_connection(self, agent_id: str, connection_id: str) -> bool:
+        stored = self.agents.get(agent_id)
+        if stored is None or stored.connection_id != connection_id:
+            return False
+        stored.connection_id = None
+        return True
+
+    def agent_for_connection(self, connection_id: str) -> str | None:
+        found = [a.agent_id for a in self.agents.values() if a.connection_id == connection_id]
+        return found[0] if found else None
 
     def list_agents(self, target: Target) -> list[Agent]:
         return [_copy(a) for _, a in sorted(self.agents.items()) if a.target is target]
@@ -367,6 +453,7 @@ class MemoryStateStore:
         batch = self.batches.get(batch_id)
         if batch is not None and batch.agent_id == agent_id and batch.installed_at is None:
             batch.installed_at = now
+            self._total(app.org_id, "installs")  # the batch's first install, counted once
         return True
 
     def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
@@ -397,8 +484,8 @@ class MemoryStateStore:
 
     # --------------------------------------------------------------- batches
     def commit_batch(self, batch: Batch, now: float) -> bool:
-        if len(batch.job_ids) + 2 > TRANSACTION_LIMIT:
-            raise ValueError(f"a batch holds at most {TRANSACTION_LIMIT - 2} jobs")
+        if len(batch.job_ids) > MAX_BATCH_JOBS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_JOBS} jobs")
         if len(set(batch.job_ids)) != len(batch.job_ids):
             # DynamoDB rejects a transaction touching one item twice (ValidationException).
             raise ValueError("a batch names a job twice")
@@ -412,6 +499,8 @@ class MemoryStateStore:
             job = self.jobs.get(job_id)
             if job is None or job.status is not JobStatus.QUEUED or job_id not in self._backlog:
                 return False
+        if not self._runs_exist([self.jobs[j].run_id for j in batch.job_ids]):
+            return False
         # Every precondition holds: apply all writes (all or nothing).
         agent.status = AgentStatus.BUSY
         agent.batch_id = batch.batch_id
@@ -422,11 +511,18 @@ class MemoryStateStore:
             self._leased.add(batch.batch_id)
         for job_id in batch.job_ids:
             job = self.jobs[job_id]
+            self._move(job, JobStatus.ASSIGNED)
             job.status = JobStatus.ASSIGNED
             job.batch_id = batch.batch_id
             job.agent_id = batch.agent_id
             job.updated_at = now
             del self._backlog[job_id]
+        self._total(batch.org_id, "batches")
+        # After the commit, as in the adapter: each distinct pair counted once.
+        pair = (batch.org_id, batch.agent_id, batch.app_version_id, batch.target.value)
+        if pair not in self._pairs:
+            self._pairs.add(pair)
+            self._total(batch.org_id, "agent_app_pairs")
         return True
 
     def get_batch(self, batch_id: str) -> Batch | None:
@@ -456,8 +552,9 @@ class MemoryStateStore:
             return None
         if stored.status is not JobStatus.RUNNING or stored.batch_id != job.batch_id:
             return None
-        if stored.started_at != job.started_at:
+        if stored.started_at != job.started_at or not self._runs_exist([stored.run_id]):
             return None
+        self._move(stored, JobStatus.TIMED_OUT)
         stored.status = JobStatus.TIMED_OUT
         stored.finished_at = now
         stored.updated_at = now
@@ -486,11 +583,13 @@ class MemoryStateStore:
 
     # --------------------------------------------------------------- metrics
     def org_metrics(self, org_id: str) -> OrgMetrics:
-        statuses = Counter(j.status.value for j in self.jobs.values() if j.org_id == org_id)
-        batches = [b for b in self.batches.values() if b.org_id == org_id]
-        installs = sum(1 for b in batches if b.installed_at is not None)
-        pairs = {(b.agent_id, b.app_version_id, b.target.value) for b in batches}
-        return OrgMetrics(dict(statuses), len(batches), installs, len(pairs))
+        totals = self.org_totals.get(org_id, Counter())
+        return OrgMetrics(
+            jobs_by_status=nonzero(self.org_jobs.get(org_id, Counter())),
+            batches=totals["batches"],
+            installs=totals["installs"],
+            agent_app_pairs=totals["agent_app_pairs"],
+        )
 
 
 # -------------------------------------------------------------------- estimates
@@ -565,6 +664,8 @@ class MemoryJobQueue:
 
     def __init__(self) -> None:
         self.sent: list[Job] = []
+        self.plan_requests = 0
+        self.messages_waiting = 0  # what depth() reports
         self.error: BaseException | None = None  # raised by every send while set
         # Jobs it matches are reported as failed (and not recorded as sent).
         self.failing: Callable[[Job], bool] = lambda job: False
@@ -579,6 +680,14 @@ class MemoryJobQueue:
         failed = [j.job_id for j in jobs if self.failing(j)]
         self.sent.extend(_copy(j) for j in jobs if j.job_id not in failed)
         return failed
+
+    def depth(self) -> int:
+        return self.messages_waiting
+
+    def request_plan(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.plan_requests += 1
 
 
 class MemoryArtifactStore:
@@ -640,16 +749,27 @@ class MemoryServices:
     fleet: Principal = SHARED_FLEET
 
     def __post_init__(self) -> None:
-        self.as_agent = ActingAgents(self.agents, self.fleet)
+        self.as_agent = ActingAgents(self.agents, self.fleet, self.plan_pending)
+        self._plans_done = 0
+
+    def plan_pending(self) -> int:
+        """What the dispatcher does with the plan requests queued since it last ran: one
+        plan for all of them. Returns the number of batches committed."""
+        if self.queue.plan_requests == self._plans_done:
+            return 0
+        self._plans_done = self.queue.plan_requests
+        return len(self.dispatcher.plan())
 
 
 def build_memory_services(
-    settings: Config | None = None, clock: FakeClock | None = None
+    settings: Config | None = None,
+    clock: FakeClock | None = None,
+    store: MemoryStateStore | None = None,
 ) -> MemoryServices:
     """The real services over the in-memory fakes, through the production wiring."""
     settings = settings or fake_config()
     clock = clock or FakeClock()
-    store = MemoryStateStore()
+    store = store or MemoryStateStore()
     queue = MemoryJobQueue()
     artifacts = MemoryArtifactStore()
     token_store = MemoryTokenStore()
@@ -685,9 +805,12 @@ class ActingAgents:
     agent id, and carry the credential its last ``register`` returned. Tests about who
     may call what use the AgentService and credentials directly."""
 
-    def __init__(self, agents: AgentService, fleet: Principal) -> None:
+    def __init__(
+        self, agents: AgentService, fleet: Principal, plan_pending: Callable[[], int]
+    ) -> None:
         self._agents = agents
         self._fleet = fleet
+        self._plan_pending = plan_pending
         self.credentials: dict[str, AgentCredential] = {}
 
     def register(
@@ -711,6 +834,9 @@ class ActingAgents:
         return self._agents.heartbeat(self.credential(agent_id))
 
     def lease(self, agent_id: str) -> LeasedBatch | None:
+        """The dispatcher first handles the plan requests queued so far, as it would
+        between an agent's wake-up and its lease."""
+        self._plan_pending()
         return self._agents.lease(self.credential(agent_id))
 
     def record_install(self, agent_id: str, batch_id: str) -> None:

@@ -67,6 +67,7 @@ def submit_and_admit(svc: MemoryServices, **overrides: Any) -> list[str]:
     result = svc.submissions.submit("acme", suite)
     for job in result.jobs:
         svc.dispatcher.admit(job.job_id)
+    svc.queue.request_plan()  # as the dispatcher does once it admitted jobs
     return [j.job_id for j in result.jobs]
 
 

@@ -62,6 +62,7 @@ def submit_and_admit(svc: MemoryServices, **overrides: Any) -> list[str]:
     result = submit(svc, **overrides)
     for job in result.jobs:
         assert svc.dispatcher.admit(job.job_id) is not None
+    svc.queue.request_plan()  # as the dispatcher does once it admitted jobs
     return [j.job_id for j in result.jobs]
 
 
@@ -301,8 +302,13 @@ def test_another_orgs_job_and_run_are_not_found(svc: MemoryServices) -> None:
     with pytest.raises(NotFound):
         svc.submissions.cancel("globex", result.run.job_ids[0])
     assert svc.submissions.job("acme", result.run.job_ids[0]).job_id == result.run.job_ids[0]
-    run, jobs = svc.submissions.run("acme", result.run.run_id)
-    assert [j.job_id for j in jobs] == run.job_ids
+    run = svc.submissions.run("acme", result.run.run_id)
+    assert run.counts == {"queued": 3}
+    with pytest.raises(NotFound):
+        svc.submissions.run_jobs("globex", result.run.run_id)
+    page = svc.submissions.run_jobs("acme", result.run.run_id)
+    assert [j.job_id for j in page.jobs] == run.job_ids
+    assert page.next_cursor is None
 
 
 # ================================================================== admit and plan
@@ -515,11 +521,12 @@ def test_a_late_report_after_the_reaper_took_the_job_is_rejected(
 
     sweep = svc.reaper.sweep()
 
-    assert (sweep.expired_batches, sweep.requeued_jobs, sweep.assigned_batches) == (
+    assert (sweep.expired_batches, sweep.requeued_jobs, sweep.plans_requested) == (
         1,
         len(old.jobs),
         1,
     )
+    assert svc.plan_pending() == 1  # the reaper's plan request gives d2 the work
     taken = job(svc, job_ids[0])
     assert taken.agent_id == new_agent
     assert taken.batch_id != old.batch.batch_id
@@ -1035,6 +1042,11 @@ def _register(
     return AgentCredential(*parsed)
 
 
+def _lease(svc: MemoryServices, who: AgentCredential) -> LeasedBatch | None:
+    svc.plan_pending()  # the dispatcher handles the plan requests queued so far
+    return svc.agents.lease(who)
+
+
 def _every_call(svc: MemoryServices, who: AgentCredential, job_id: str, batch_id: str) -> list:
     return [
         lambda: svc.agents.heartbeat(who),
@@ -1051,7 +1063,7 @@ def _every_call(svc: MemoryServices, who: AgentCredential, job_id: str, batch_id
 def test_a_second_process_on_the_same_device_supersedes_the_first(svc: MemoryServices) -> None:
     job_ids = submit_and_admit(svc)
     first = _register(svc, "d1", svc.fleet)
-    leased = svc.agents.lease(first)
+    leased = _lease(svc, first)
     assert leased is not None
     batch_id = leased.batch.batch_id
     svc.agents.start(first, job_ids[0], batch_id)
@@ -1063,7 +1075,7 @@ def test_a_second_process_on_the_same_device_supersedes_the_first(svc: MemorySer
     for call in _every_call(svc, first, job_ids[0], batch_id):
         with pytest.raises(Conflict, match="not the agent's current registration"):
             call()
-    resumed = svc.agents.lease(second)
+    resumed = _lease(svc, second)
     assert resumed is not None
     assert resumed.batch.batch_id == batch_id  # the new process resumes the batch
     assert job(svc, job_ids[0]).status is JobStatus.RUNNING
@@ -1073,7 +1085,7 @@ def test_a_second_process_on_the_same_device_supersedes_the_first(svc: MemorySer
 def test_a_forged_credential_for_an_agent_changes_nothing(svc: MemoryServices) -> None:
     job_ids = submit_and_admit(svc)
     real = _register(svc, "d1", svc.fleet)
-    leased = svc.agents.lease(real)
+    leased = _lease(svc, real)
     assert leased is not None
     batch_id = leased.batch.batch_id
     svc.agents.start(real, job_ids[0], batch_id)
@@ -1091,7 +1103,7 @@ def test_another_agents_error_report_leaves_the_job_alone(svc: MemoryServices) -
     """Issue 8 item 2: the requeue path checks the reporter holds the job."""
     job_ids = submit_and_admit(svc)
     holder = _register(svc, "b", svc.fleet)
-    leased = svc.agents.lease(holder)
+    leased = _lease(svc, holder)
     assert leased is not None
     batch_id = leased.batch.batch_id
     svc.agents.start(holder, job_ids[0], batch_id)
@@ -1135,16 +1147,16 @@ def test_a_private_lab_runs_only_its_orgs_jobs(svc: MemoryServices) -> None:
     lab = _register(svc, "pixel", acme_lab)
     assert lab.agent_id == agent_id_for(Target.EMULATOR, "pixel", "acme") == "emulator-pixel@acme"
 
-    assert svc.agents.lease(lab) is None  # globex's jobs wait for a shared agent
+    assert _lease(svc, lab) is None  # globex's jobs wait for a shared agent
 
     acme_jobs = submit_and_admit(svc, org_id="acme")
-    leased = svc.agents.lease(lab)
+    leased = _lease(svc, lab)
     assert leased is not None
     assert leased.batch.org_id == "acme"
     assert set(leased.batch.job_ids) <= set(acme_jobs)
     shared = _register(svc, "pixel", svc.fleet)  # the same device name in the shared fleet
     assert shared.agent_id == "emulator-pixel"
-    got = svc.agents.lease(shared)
+    got = _lease(svc, shared)
     assert got is not None
     assert set(got.batch.job_ids) <= set(other_jobs)
 
@@ -1152,6 +1164,6 @@ def test_a_private_lab_runs_only_its_orgs_jobs(svc: MemoryServices) -> None:
 def test_a_lab_org_may_also_use_the_shared_fleet(svc: MemoryServices) -> None:
     job_ids = submit_and_admit(svc, org_id="acme")
     shared = _register(svc, "d1", svc.fleet)
-    leased = svc.agents.lease(shared)
+    leased = _lease(svc, shared)
     assert leased is not None
     assert set(leased.batch.job_ids) <= set(job_ids)

@@ -14,13 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
-from samtranslator.parser.parser import Parser
-from samtranslator.translator.translator import Translator
-from samtranslator.yaml_helper import yaml_parse
 
-from infra.template import TEMPLATE_PATH
+from tests.unit.sam_template import expanded_template, resources, source_template
 
 # Actions that have no resource-level permissions: IAM only accepts "*" for them.
 UNSCOPABLE_ACTIONS: dict[str, str] = {
@@ -99,25 +95,10 @@ def _as_list(value: Any) -> list[Any]:
 @pytest.fixture(scope="module")
 def expanded() -> dict[str, Any]:
     """template.yaml after the SAM transform, as `sam validate` / `sam deploy` expand it."""
-    template = yaml_parse(TEMPLATE_PATH.read_text(encoding="utf-8"))
-    # The transform wants packaged code; the local path is irrelevant to permissions.
-    template["Globals"]["Function"]["CodeUri"] = "s3://qgjob-test/code.zip"
-    translator = Translator(
-        None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1")
-    )
-    # No managed policy names are resolved through IAM: an empty map (the test is offline).
-    result: dict[str, Any] = translator.translate(
-        template, parameter_values={}, get_managed_policy_map=dict
-    )
-    return result
+    return expanded_template()
 
 
-def _resources(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
-    return {
-        logical_id: resource.get("Properties") or {}
-        for logical_id, resource in template["Resources"].items()
-        if resource["Type"] == resource_type
-    }
+_resources = resources
 
 
 def _statements(template: dict[str, Any]) -> Iterator[Statement]:
@@ -247,7 +228,7 @@ def test_senders_may_send_to_the_jobs_queue_only(
 def test_permissions_are_granted_on_the_roles_not_the_functions() -> None:
     # Next to `Role`, SAM drops a function's `Policies`: a permission added there would
     # silently never reach AWS. Grants belong on the <Function>Role resources.
-    template = yaml_parse(TEMPLATE_PATH.read_text(encoding="utf-8"))
+    template = source_template()
     with_policies = [
         logical_id
         for logical_id, resource in template["Resources"].items()
@@ -255,3 +236,50 @@ def test_permissions_are_granted_on_the_roles_not_the_functions() -> None:
         and "Policies" in (resource.get("Properties") or {})
     ]
     assert with_policies == []
+
+
+def test_only_the_dispatcher_may_post_to_the_push_channel_and_only_to_its_api(
+    expanded: dict[str, Any],
+) -> None:
+    # Waking agents (post_to_connection) is the dispatcher's alone, on this stack's
+    # WebSocket API and stage, and only the POST of the Management API.
+    connections = {
+        "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
+        "${PushApi}/${StageName}/POST/@connections/*"
+    }
+    dispatcher = _function_role(expanded, "DispatcherFunction")
+    assert _grants(
+        _role_statements(expanded, dispatcher), "execute-api:ManageConnections", connections
+    )
+    on_execute_api = sorted(
+        {
+            s.role
+            for s in _statements(expanded)
+            if any(a.startswith("execute-api:") for a in s.actions)
+        }
+    )
+    assert on_execute_api == [dispatcher]
+    resources = [
+        r
+        for s in _statements(expanded)
+        if "execute-api:ManageConnections" in s.actions
+        for r in s.resources
+    ]
+    assert resources == [connections]
+
+
+def test_the_push_function_may_only_update_agents_and_read_their_connection_index(
+    expanded: dict[str, Any],
+) -> None:
+    statements = _role_statements(expanded, _function_role(expanded, "PushFunction"))
+    granted = {
+        (action, str(resource))
+        for s in statements
+        if not s.actions[0].startswith(("logs:", "xray:"))
+        for action in s.actions
+        for resource in s.resources
+    }
+    assert granted == {
+        ("dynamodb:UpdateItem", str({"Fn::GetAtt": ["AgentsTable", "Arn"]})),
+        ("dynamodb:Query", str({"Fn::Sub": "${AgentsTable.Arn}/index/connection-index"})),
+    }

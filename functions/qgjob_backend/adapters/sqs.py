@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from qgjob_backend.domain.models import Job
 
 SQS_BATCH_LIMIT = 10
+# The message group of plan requests: one group, so plans run one at a time.
+PLAN_GROUP = "plan"
 
 
 def job_message(job: Job) -> dict[str, str]:
@@ -35,3 +38,25 @@ class SqsJobQueue:
             response = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)
             failed.extend(entry["Id"] for entry in response.get("Failed", []))
         return failed
+
+    def depth(self) -> int:
+        attributes = self._sqs.get_queue_attributes(
+            QueueUrl=self._url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return sum(int(value) for value in attributes.values())
+
+    def request_plan(self) -> None:
+        # A unique deduplication id: FIFO would drop a second request with the same id for
+        # five minutes, even one sent after the first was planned. Requests that queue up
+        # together are merged by the dispatcher instead.
+        self._sqs.send_message(
+            QueueUrl=self._url,
+            MessageBody=json.dumps({"plan": True}),
+            MessageGroupId=PLAN_GROUP,
+            MessageDeduplicationId=f"plan-{uuid.uuid4().hex}",
+        )
+
+
+def is_plan_request(body: object) -> bool:
+    return isinstance(body, dict) and body.get("plan") is True

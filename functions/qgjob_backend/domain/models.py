@@ -43,6 +43,9 @@ class Run:
     job_ids: list[str]
     fingerprint: str
     created_at: float
+    # Jobs per counter of domain.progress (assigned and running share "active"), kept in
+    # the same writes as each job's transitions; only counters above zero are present.
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,6 +122,8 @@ class Agent:
     fleet_hash: str | None = None
     # When the batch it holds is expected to end (set with the batch, cleared on release).
     batch_expected_free_at: float | None = None
+    # Its push-channel connection (API Gateway WebSocket), while it has one.
+    connection_id: str | None = None
 
 
 class BatchState(StrEnum):

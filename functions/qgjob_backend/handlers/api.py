@@ -6,13 +6,15 @@ import base64
 import json
 import sys
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,7 +31,9 @@ from qgjob_backend.agent_protocol import (
 )
 from qgjob_backend.domain.models import Agent, AppRef
 from qgjob_backend.handlers.api_models import (
+    ErrorView,
     HealthView,
+    JobPageView,
     JobView,
     MetricsView,
     ResultView,
@@ -43,7 +47,7 @@ from qgjob_backend.schema import FINAL_STATUSES, JobPayload, JobStatus, SuiteSub
 from qgjob_backend.services.agents import AgentCredential
 from qgjob_backend.services.auth import Principal, require_fleet, require_org
 from qgjob_backend.services.errors import Forbidden, ServiceError, Unauthorized
-from qgjob_backend.services.submission import SubmitResult, as_suite
+from qgjob_backend.services.submission import MAX_PAGE_JOBS, SubmitResult, as_suite
 from qgjob_backend.wiring import LazyServices
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -91,27 +95,72 @@ def _created(result: SubmitResult, single: bool) -> Response[SubmitResponse]:
 
 
 # -------------------------------------------------------------- clients
-@app.get("/health", summary="Liveness check (no token needed)")
+# What lambda_handler and the error handlers answer before or instead of a route.
+_ERRORS: dict[int, str] = {
+    400: "Malformed request (body, or cursor): the message says what to fix.",
+    401: "No token, or not a valid one.",
+    403: "Not an org token.",
+    404: "Not found (another org's runs and jobs are not found either).",
+    409: "Conflicts with the current state: the message says why.",
+    413: f"Body larger than {MAX_BODY_BYTES} bytes.",
+    503: "Temporarily unavailable: retry shortly.",
+}
+_ORG_ROUTE_ERRORS = (400, 401, 403, 404, 413, 503)
+
+
+def _responses(*errors: int, ok: dict[int, str] | None = None) -> dict[int, OpenAPIResponse]:
+    """Every status a route answers: its successes (``ok``, with the route's own body;
+    default 200), these ``errors`` (an ErrorView), and the 422 of request validation."""
+    documented: dict[int, OpenAPIResponse] = {
+        code: {"description": text} for code, text in (ok or {200: "OK"}).items()
+    }
+    for code in errors:
+        documented[code] = {
+            "description": _ERRORS[code],
+            "content": {"application/json": {"model": ErrorView}},
+        }
+    return documented
+
+
+@app.get("/health", summary="Liveness check (no token needed)", responses=_responses(400, 404, 413))
 def health() -> HealthView:
     return HealthView(status="ok", version=__version__)
 
 
-@app.post("/jobs", summary="Submit one test job", responses={201: {"description": "Created"}})
+@app.post(
+    "/jobs",
+    summary="Submit one test job",
+    responses=_responses(
+        *_ORG_ROUTE_ERRORS, 409, ok={201: "Created.", 200: "Replayed: the idempotency key's job."}
+    ),
+)
 def submit_job(payload: JobPayload) -> Response[SubmitResponse]:
     return _created(services().submissions.submit(_org(), as_suite(payload)), single=True)
 
 
-@app.post("/runs", summary="Submit a suite: many tests of one app version and target")
+@app.post(
+    "/runs",
+    summary="Submit a suite: many tests of one app version and target",
+    responses=_responses(
+        *_ORG_ROUTE_ERRORS, 409, ok={201: "Created.", 200: "Replayed: the idempotency key's run."}
+    ),
+)
 def submit_run(suite: SuiteSubmission) -> Response[SubmitResponse]:
     return _created(services().submissions.submit(_org(), suite), single=False)
 
 
-@app.get("/jobs/<job_id>", summary="Status of one job")
+@app.get("/jobs/<job_id>", summary="Status of one job", responses=_responses(*_ORG_ROUTE_ERRORS))
 def get_job(job_id: str) -> JobView:
     return JobView.of(services().submissions.job(_org(), job_id))
 
 
-@app.get("/jobs/<job_id>/result", summary="Result of a job, or 202 while it is not finished")
+@app.get(
+    "/jobs/<job_id>/result",
+    summary="Result of a job, or 202 while it is not finished",
+    responses=_responses(
+        *_ORG_ROUTE_ERRORS, ok={200: "Finished.", 202: "Not finished yet (finished: false)."}
+    ),
+)
 def get_result(job_id: str) -> Response[ResultView]:
     job = services().submissions.job(_org(), job_id)
     if job.status not in FINAL_STATUSES:
@@ -137,18 +186,48 @@ def get_result(job_id: str) -> Response[ResultView]:
     return Response(200, content_types.APPLICATION_JSON, body)
 
 
-@app.post("/jobs/<job_id>/cancel", summary="Cancel a queued job")
+@app.post(
+    "/jobs/<job_id>/cancel",
+    summary="Cancel a queued job",
+    responses=_responses(*_ORG_ROUTE_ERRORS, 409),
+)
 def cancel_job(job_id: str) -> JobView:
     return JobView.of(services().submissions.cancel(_org(), job_id))
 
 
-@app.get("/runs/<run_id>", summary="A run's jobs, counted by state (CI polls this)")
+@app.get(
+    "/runs/<run_id>",
+    summary="A run's progress: its jobs counted by state, one read (CI polls this)",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
 def get_run(run_id: str) -> RunView:
-    run, jobs = services().submissions.run(_org(), run_id)
-    return RunView.of(run, jobs)
+    return RunView.of(services().submissions.run(_org(), run_id))
 
 
-@app.get("/metrics", summary="Counters for the token's org: jobs by status, batches, installs")
+@app.get(
+    "/runs/<run_id>/jobs",
+    summary="A run's jobs, a page at a time, in the order the suite listed them",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
+def get_run_jobs(
+    run_id: str,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_JOBS, description="Jobs per page.")
+    ] = MAX_PAGE_JOBS,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, description="The next_cursor of the previous page."),
+    ] = None,
+) -> JobPageView:
+    page = services().submissions.run_jobs(_org(), run_id, cursor, limit)
+    return JobPageView.of(page.run, page.jobs, page.next_cursor)
+
+
+@app.get(
+    "/metrics",
+    summary="Counters for the token's org: jobs by status, batches, installs",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
 def metrics() -> MetricsView:
     return MetricsView.of(services().submissions.metrics(_org()))
 
@@ -170,8 +249,14 @@ def _agent_view(
     agent: Agent, lease_expires_at: float | None = None, credential: str | None = None
 ) -> AgentView:
     config = services().config
-    return agent_view(
+    view = agent_view(
         agent, config.lease_seconds, config.heartbeat_seconds, lease_expires_at, credential
+    )
+    if credential is None:
+        return view
+    # The registering process learns how to wait while idle: push, and a safety poll.
+    return view.model_copy(
+        update={"push_url": config.push_url, "idle_poll_seconds": config.idle_poll_seconds}
     )
 
 
@@ -200,7 +285,9 @@ def heartbeat(agent_id: str) -> AgentView:
 @app.post("/agents/<agent_id>/lease", summary="The agent's batch: current one, or a new one")
 def lease(agent_id: str) -> LeaseResponse:
     leased = services().agents.lease(_credential(agent_id))
-    return LeaseResponse(batch=batch_view(leased.batch, leased.jobs) if leased else None)
+    if leased is None:
+        return LeaseResponse(batch=None, wait_s=services().config.idle_poll_seconds)
+    return LeaseResponse(batch=batch_view(leased.batch, leased.jobs))
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from qgjob_backend.agent_protocol import AgentView, BatchJob, BatchView
+from qgjob_backend.domain import progress
 from qgjob_backend.domain.models import Agent, Batch, Job, Run
 from qgjob_backend.ports import OrgMetrics
-from qgjob_backend.schema import FINAL_STATUSES, JobStatus, Target
+from qgjob_backend.schema import JobStatus, Target
+
+COUNTS_DESCRIPTION = (
+    "Jobs by state, only states with jobs: queued, active (assigned to an agent or "
+    "running), passed, failed, error, cancelled, timed_out."
+)
 
 
 class JobView(BaseModel):
@@ -86,33 +92,46 @@ class SubmitResponse(BaseModel):
 
 
 class RunView(BaseModel):
+    """A run's progress from its counters (one read, whatever its size); its jobs are at
+    GET /runs/{run_id}/jobs."""
+
     run_id: str
     org_id: str
     app_version_id: str
     target: Target
-    total: int
-    counts: dict[str, int]
-    finished: bool
-    passed: bool
-    jobs: list[JobView]
+    total: int = Field(description="Jobs in the run.")
+    counts: dict[str, int] = Field(description=COUNTS_DESCRIPTION)
+    finished: bool = Field(description="Every job is in a final state.")
+    passed: bool = Field(description="Every job passed.")
 
     @classmethod
-    def of(cls, run: Run, jobs: list[Job]) -> RunView:
-        counts: dict[str, int] = {}
-        for job in jobs:
-            counts[job.status.value] = counts.get(job.status.value, 0) + 1
-        finished = len(jobs) == len(run.job_ids) and all(j.status in FINAL_STATUSES for j in jobs)
+    def of(cls, run: Run) -> RunView:
+        total = len(run.job_ids)
+        finished = progress.finished(total, run.counts)
         return cls(
             run_id=run.run_id,
             org_id=run.org_id,
             app_version_id=run.app_version_id,
             target=run.target,
-            total=len(run.job_ids),
-            counts=counts,
+            total=total,
+            counts=progress.nonzero(run.counts),
             finished=finished,
-            passed=finished and all(j.status is JobStatus.PASSED for j in jobs),
-            jobs=[JobView.of(j) for j in jobs],
+            passed=finished and progress.passed(total, run.counts),
         )
+
+
+class JobPageView(BaseModel):
+    """One page of a run's jobs, in the order the suite listed them."""
+
+    run_id: str
+    jobs: list[JobView]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+    @classmethod
+    def of(cls, run: Run, jobs: list[Job], next_cursor: str | None) -> JobPageView:
+        return cls(run_id=run.run_id, jobs=[JobView.of(j) for j in jobs], next_cursor=next_cursor)
 
 
 class ResultView(BaseModel):
@@ -129,14 +148,27 @@ class ResultView(BaseModel):
 
 
 class MetricsView(BaseModel):
-    jobs_by_status: dict[str, int]
-    batches: int
-    installs: int
-    agent_app_pairs: int
+    """The token's org, from counters kept with every write (no scan of its history)."""
+
+    jobs_by_status: dict[str, int] = Field(description=COUNTS_DESCRIPTION)
+    batches: int = Field(description="Batches handed to agents.")
+    installs: int = Field(description="App installs (at most one per batch).")
+    agent_app_pairs: int = Field(
+        description="Distinct (agent, app version, target) of the org's batches."
+    )
 
     @classmethod
     def of(cls, metrics: OrgMetrics) -> MetricsView:
         return cls(**metrics.__dict__)
+
+
+class ErrorView(BaseModel):
+    """Every 4xx and 5xx answer: what went wrong, naming the field to fix."""
+
+    message: str
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="On 422: each invalid field and what is wrong with it."
+    )
 
 
 class HealthView(BaseModel):

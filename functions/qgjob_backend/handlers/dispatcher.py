@@ -1,4 +1,9 @@
-"""Dispatcher Lambda: SQS (jobs.fifo) batches and scheduled planning."""
+"""Dispatcher Lambda: admits jobs from jobs.fifo and plans, one plan at a time.
+
+A plan runs only in an invocation that holds plan-request messages (their own message
+group in jobs.fifo, see ``SqsJobQueue.request_plan``), so plans never race; admitting
+jobs, an agent becoming idle, the reaper and the schedule all send a request.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,28 @@ from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, proce
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from qgjob_backend.schema import Target
+from qgjob_backend.adapters.sqs import is_plan_request
 from qgjob_backend.wiring import LazyServices
 
 logger = Logger()
 services = LazyServices()
 
 
-def _job_id(body: str) -> str | None:
+def _message(body: str) -> dict[str, Any] | None:
     try:
-        return str(json.loads(body)["job_id"])
-    except (ValueError, KeyError, TypeError):
+        message = json.loads(body)
+    except ValueError:
         return None
+    return message if isinstance(message, dict) else None
 
 
-class _Admissions:
-    """Collects the targets that received jobs, so planning runs once per invocation.
+def _job_id(message: dict[str, Any] | None) -> str | None:
+    job_id = message.get("job_id") if message else None
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
+class _Records:
+    """Admits the job records of a batch and notes its plan requests.
 
     The jobs of all records and their tests' estimates are read up front in batch reads;
     each record is then admitted on its own (one conditional write), so a failure fails
@@ -33,35 +44,67 @@ class _Admissions:
     """
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
-        self.targets: set[Target] = set()
-        job_ids = [j for j in (_job_id(str(r.get("body", ""))) for r in records) if j]
+        self.admitted = 0
+        self.plan_requests: list[str] = []  # message ids
+        messages = [_message(str(r.get("body", ""))) for r in records]
+        job_ids = [j for j in (_job_id(m) for m in messages) if j]
         self.reads = services().dispatcher.prefetch(job_ids) if job_ids else None
 
     def __call__(self, record: SQSRecord) -> None:
-        job_id = _job_id(record.body)
+        message = _message(record.body)
+        if is_plan_request(message):
+            self.plan_requests.append(record.message_id)
+            return
+        job_id = _job_id(message)
         if job_id is None:
             # A malformed message can never succeed; dropping it beats blocking its group.
             logger.error("malformed message dropped", extra={"message_id": record.message_id})
             return
-        job = services().dispatcher.admit(job_id, self.reads)
-        if job is not None:
-            self.targets.add(job.target)
+        if services().dispatcher.admit(job_id, self.reads) is not None:
+            self.admitted += 1
+
+
+def _plan(records: _Records, response: dict[str, Any]) -> int:
+    """Plans once for every plan request of the batch: this invocation holds the plan
+    group's messages, so no other plan runs now. A failed plan fails those records, so
+    SQS delivers them again."""
+    try:
+        return len(services().dispatcher.plan())
+    except Exception:
+        logger.exception("plan failed; its requests will be delivered again")
+        response["batchItemFailures"].extend(
+            {"itemIdentifier": message_id} for message_id in records.plan_requests
+        )
+        return 0
 
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    if "Records" in event:
-        admissions = _Admissions(event["Records"])
-        # After a failure the rest of that record's group (MessageGroupId) is reported as
-        # failed too, so FIFO order holds on retry; other groups in the batch go on.
-        processor = SqsFifoPartialProcessor(skip_group_on_error=True)
-        response = process_partial_response(
-            event=event, record_handler=admissions, processor=processor, context=context
+    if "Records" not in event:
+        # The schedule: plan through the plan group like every other request.
+        services().request_plan()
+        return {"plan_requested": True}
+    records = _Records(event["Records"])
+    # After a failure the rest of that record's group (MessageGroupId) is reported as
+    # failed too, so FIFO order holds on retry; other groups in the batch go on.
+    processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+    response = dict(
+        process_partial_response(
+            event=event, record_handler=records, processor=processor, context=context
         )
-        planned = services().dispatcher.plan(admissions.targets) if admissions.targets else []
-        logger.info(
-            "admitted", extra={"records": len(event["Records"]), "batches_assigned": len(planned)}
-        )
-        return dict(response)
-    planned = services().dispatcher.plan()
-    return {"batches_assigned": len(planned)}
+    )
+    planned = 0
+    if records.plan_requests:
+        planned = _plan(records, response)
+    elif records.admitted:
+        services().request_plan()
+    logger.info(
+        "dispatched",
+        extra={
+            "records": len(event["Records"]),
+            "admitted": records.admitted,
+            "plan_requests": len(records.plan_requests),
+            "batches_assigned": planned,
+        },
+    )
+    return response

@@ -14,7 +14,6 @@ from qgjob_backend.domain.models import Agent, AgentStatus, AppRef, Batch, Batch
 from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.auth import Principal, hash_token
-from qgjob_backend.services.dispatch import DispatchService
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
 from qgjob_backend.services.estimates import EstimateService
 from qgjob_backend.services.recovery import requeue_unfinished
@@ -55,18 +54,18 @@ class AgentService:
         self,
         store: StateStore,
         artifacts: ArtifactStore,
-        dispatcher: DispatchService,
         clock: Callable[[], float],
         lease_seconds: float,
         estimates: EstimateService,
+        request_plan: Callable[[], None],
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32),
     ) -> None:
         self._store = store
         self._artifacts = artifacts
-        self._dispatcher = dispatcher
         self._clock = clock
         self._lease_seconds = lease_seconds
         self._estimates = estimates
+        self._request_plan = request_plan
         self._new_secret = new_secret
 
     def register(
@@ -100,7 +99,19 @@ class AgentService:
             "agent registered",
             extra={"agent_id": agent_id, "status": agent.status, "lab_org_id": fleet.org_id},
         )
+        if agent.batch_id is None:
+            self._agent_idle()
         return Registration(agent, format_credential(agent_id, secret))
+
+    def _agent_idle(self) -> None:
+        """An agent became free: the moment to plan (the dispatcher plans, not this call).
+
+        Best effort: if the request is lost, the dispatcher's schedule plans anyway.
+        """
+        try:
+            self._request_plan()
+        except Exception:
+            logger.warning("plan request failed; the schedule will plan", exc_info=True)
 
     def _refused(self, credential: AgentCredential) -> NotFound | Conflict:
         """Why a registration's call was refused (read only once a write has failed)."""
@@ -141,13 +152,10 @@ class AgentService:
         return Heartbeat(agent, until)
 
     def lease(self, credential: AgentCredential) -> LeasedBatch | None:
-        """The agent's current batch (resume after a restart) or a freshly planned one."""
+        """The batch the dispatcher assigned to the agent (or the one it resumes after a
+        restart), or None. Constant work: it never plans, whatever the fleet or backlog."""
         agent = self._live_agent(credential)
         agent_id = agent.agent_id
-        if agent.batch_id is None and agent.status is AgentStatus.IDLE:
-            # An idle agent is the moment to plan: no need to wait for the schedule.
-            self._dispatcher.plan([agent.target])
-            agent = self._store.get_agent(agent_id) or agent
         if agent.batch_id is None:
             return None
         batch = self._store.get_batch(agent.batch_id)
@@ -280,8 +288,10 @@ class AgentService:
             "hold it (its lease was lost and the job was handed back or to another agent)"
         )
 
-    def complete(self, credential: AgentCredential, batch_id: str) -> int:
-        """The agent is done with the batch; anything it did not finish goes back."""
+    def complete(self, credential: AgentCredential, batch_id: str, *, idle: bool = True) -> int:
+        """The agent is done with the batch; anything it did not finish goes back.
+
+        ``idle``: the agent takes more work now (False when it is going away)."""
         agent_id = self._authorized(credential).agent_id
         batch = self._own_batch(agent_id, batch_id)
         now = self._clock()
@@ -296,9 +306,11 @@ class AgentService:
             )
         # Agent first: if we crash before closing the batch, its lease lapses and the
         # reaper closes it; the other order could leave the agent holding a closed batch.
-        self._store.release_agent(agent_id, batch_id, offline=False, now=now)
+        released = self._store.release_agent(agent_id, batch_id, offline=False, now=now)
         if batch.state is BatchState.ACTIVE:
             self._store.close_batch(batch, now)
+        if released and idle:
+            self._agent_idle()
         logger.info("batch complete", extra={"batch_id": batch_id, "requeued": requeued})
         return requeued
 
@@ -312,7 +324,7 @@ class AgentService:
         for _ in range(DEREGISTER_ATTEMPTS):
             agent = self._authorized(credential)
             if agent.batch_id:
-                requeued += self.complete(credential, agent.batch_id)
+                requeued += self.complete(credential, agent.batch_id, idle=False)
             if self._store.deregister_agent(agent.agent_id, self._clock()):
                 logger.info(
                     "agent deregistered", extra={"agent_id": agent.agent_id, "requeued": requeued}

@@ -69,6 +69,9 @@ class DispatchSettings:
     lease_seconds: float
     agent_offline_seconds: float
     policy: PlanningPolicy
+    # A plan reads at most this many waiting jobs per target (most urgent, then oldest):
+    # its cost is bounded however long the backlog grows.
+    backlog_window: int = 2000
 
 
 class DispatchService:
@@ -79,12 +82,15 @@ class DispatchService:
         new_id: Callable[[], str],
         settings: DispatchSettings,
         estimates: EstimateService,
+        on_assigned: Callable[[Sequence[Batch]], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._new_id = new_id
         self._settings = settings
         self._estimates = estimates
+        # Told of the batches a plan committed (the push channel wakes their agents).
+        self._on_assigned = on_assigned
 
     def prefetch(self, job_ids: Sequence[str]) -> AdmissionReads:
         """Reads the jobs of many messages and their tests' estimates in two batch reads.
@@ -127,12 +133,16 @@ class DispatchService:
     def plan(self, targets: Iterable[Target] | None = None) -> list[Batch]:
         """Plans with the pure planner and commits every batch it can.
 
-        ``targets`` are the pools that asked (an idle agent's lease, admitted jobs); the
-        planner still sees every pool with waiting jobs, because pools are planned to end
-        together (see ``plan_batches``), so a batch may go to an idle agent of another pool.
+        Only the dispatcher calls it, for one plan request at a time (see
+        ``JobQueue.request_plan``), so plans never race. ``targets`` are the pools that
+        asked; the planner still sees every pool with waiting jobs, because pools are
+        planned to end together (see ``plan_batches``), so a batch may go to an idle agent
+        of another pool. Reads are bounded: the head of each backlog (``backlog_window``
+        jobs) and the agents of the targets with waiting work.
         """
         wanted = set(targets) if targets is not None else set(Target)
-        backlogs = {target: self._store.backlog(target) for target in Target}
+        window = self._settings.backlog_window
+        backlogs = {target: self._store.backlog(target, window) for target in Target}
         if not any(backlogs[target] for target in wanted):
             return []
         now = self._clock()
@@ -198,6 +208,11 @@ class DispatchService:
             else:
                 # Another dispatcher or lease call won the race for this agent or these jobs.
                 logger.info("batch not committed (lost a race)", extra={"agent_id": plan.agent_id})
+        if committed and self._on_assigned is not None:
+            try:
+                self._on_assigned(committed)
+            except Exception:  # a wake-up is an optimisation: the agent's safety poll remains
+                logger.warning("could not notify agents of their batches", exc_info=True)
         return committed
 
     def _plan(

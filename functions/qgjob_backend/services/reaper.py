@@ -10,7 +10,6 @@ from aws_lambda_powertools import Logger
 from qgjob_backend.domain.models import AgentStatus, BatchState
 from qgjob_backend.ports import JobQueue, StateStore
 from qgjob_backend.schema import JobStatus, Target
-from qgjob_backend.services.dispatch import DispatchService
 from qgjob_backend.services.recovery import requeue_unfinished
 
 logger = Logger(child=True)
@@ -23,7 +22,7 @@ class SweepReport:
     offline_agents: int
     resent_jobs: int
     timed_out_jobs: int
-    assigned_batches: int
+    plans_requested: int  # 1 when jobs went back to the backlog: the dispatcher plans them
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,10 @@ class ReaperSettings:
     resend_grace_seconds: float
     # Agents enforce timeout_s themselves; the reaper steps in only this much later.
     timeout_grace_seconds: float = 60.0
+    # While jobs.fifo holds messages, admission is behind and an unadmitted job's message
+    # is most likely among them: its re-send waits, up to this long after the job was
+    # written (SQS's deduplication window; later, a lost message is re-sent regardless).
+    resend_hold_seconds: float = 300.0
 
 
 class ReaperService:
@@ -39,15 +42,17 @@ class ReaperService:
         self,
         store: StateStore,
         queue: JobQueue,
-        dispatcher: DispatchService,
         clock: Callable[[], float],
         settings: ReaperSettings,
+        queue_depth: Callable[[], int] | None = None,
     ) -> None:
+        """``queue_depth``: messages in jobs.fifo, visible or in flight (SQS's approximate
+        counts); without it, re-sends follow the grace and backoff alone."""
         self._store = store
         self._queue = queue
-        self._dispatcher = dispatcher
         self._clock = clock
         self._settings = settings
+        self._queue_depth = queue_depth
 
     def sweep(self) -> SweepReport:
         targets: set[Target] = set()
@@ -55,8 +60,9 @@ class ReaperService:
         offline = self._mark_silent_agents_offline()
         resent = self._resend_lost_messages()
         timed_out = self._time_out_hung_jobs()
-        assigned = len(self._dispatcher.plan(targets)) if targets else 0
-        report = SweepReport(expired, requeued, offline, resent, timed_out, assigned)
+        if targets:
+            self._queue.request_plan()
+        report = SweepReport(expired, requeued, offline, resent, timed_out, int(bool(targets)))
         if any((expired, requeued, offline, resent, timed_out)):
             logger.info("sweep", extra=report.__dict__)
         return report
@@ -114,27 +120,42 @@ class ReaperService:
     def _resend_lost_messages(self) -> int:
         """Re-sends jobs never admitted, backing off per job (grace, 2x, 4x, ...).
 
-        While the queue is merely backed up the message is still there, and re-sends
-        past SQS's 5-minute deduplication window would add real duplicates: the
-        backoff keeps that to a handful. Each re-send is claimed with a conditional
-        write, so two reapers never both send.
+        While the queue is merely backed up the message is still there: with a
+        ``queue_depth``, while the queue holds messages a job is re-sent only once per
+        hold (after 1x, 2x, ... the hold). Re-sends past SQS's 5-minute deduplication
+        window would add real duplicates: the backoff keeps that to a handful. Each
+        re-send is claimed with a conditional write, so two reapers never both send.
         """
         now = self._clock()
         grace = self._settings.resend_grace_seconds
         job_ids = self._store.unadmitted_job_ids(now - grace)
         if not job_ids:
             return 0
-        jobs = [
+        due = [
             j
             for j in self._store.get_jobs(job_ids)
             if j.status is JobStatus.QUEUED
             and not j.admitted
             and now > j.created_at + grace * (2 ** (j.resends + 1) - 1)
-            and self._store.claim_resend(j, now)
         ]
+        if due and self._admission_lags():
+            # Held: a re-send every hold at most (one past SQS's deduplication window).
+            hold = self._settings.resend_hold_seconds
+            due = [j for j in due if now > j.created_at + hold * (j.resends + 1)]
+        jobs = [j for j in due if self._store.claim_resend(j, now)]
         if jobs:
             failed = self._queue.send(jobs)
             logger.warning(
                 "re-sent jobs never admitted", extra={"jobs": len(jobs), "failed": len(failed)}
             )
         return len(jobs)
+
+    def _admission_lags(self) -> bool:
+        """True while jobs.fifo still holds messages (the dispatcher has not caught up)."""
+        if self._queue_depth is None:
+            return False
+        try:
+            return self._queue_depth() > 0
+        except Exception:  # no depth, no hold: re-send as the grace says
+            logger.warning("could not read the queue's depth", exc_info=True)
+            return False

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import Job, Run
+from qgjob_backend.domain.progress import run_job_ids
 from qgjob_backend.ports import JobQueue, OrgMetrics, StateStore
 from qgjob_backend.schema import JobPayload, JobStatus, SuiteSubmission
-from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
+from qgjob_backend.services.errors import Conflict, Forbidden, NotFound, ServiceError
 
 logger = Logger(child=True)
+
+# The most jobs one page of GET /runs/{id}/jobs holds (one index query, one batch read).
+MAX_PAGE_JOBS = 100
 
 
 def _digest(*parts: str) -> str:
@@ -25,6 +32,35 @@ class SubmitResult:
     run: Run
     jobs: list[Job]
     created: bool
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    run: Run
+    jobs: list[Job]
+    next_cursor: str | None  # None: this was the last page
+
+
+def page_cursor(run_id: str, after: int) -> str:
+    """An opaque cursor: the page after position ``after`` of this run."""
+    raw = json.dumps({"run": run_id, "after": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_position(run_id: str, cursor: str) -> int:
+    """The position a cursor of this run continues after; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        after = data["after"]
+        valid = data["run"] == run_id and type(after) is int and after >= 0
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:
+        raise ServiceError(
+            "cursor: not a cursor of this run; pass the next_cursor of the previous page"
+        )
+    return int(after)
 
 
 def as_suite(payload: JobPayload) -> SuiteSubmission:
@@ -65,7 +101,7 @@ class SubmissionService:
             app_version_id=suite.app_version_id,
             target=suite.target,
             priority=suite.priority,
-            job_ids=[f"job-{_digest(run_id, str(i))[:20]}" for i in range(len(suite.test_paths))],
+            job_ids=run_job_ids(run_id, len(suite.test_paths)),
             fingerprint=fingerprint,
             created_at=now,
         )
@@ -123,7 +159,7 @@ class SubmissionService:
 
     def cancel(self, org_id: str, job_id: str) -> Job:
         job = self.job(org_id, job_id)
-        cancelled = self._store.cancel_job(job_id, self._clock())
+        cancelled = self._store.cancel_job(job_id, self._clock(), job=job)
         if cancelled is None:
             current = self._store.get_job(job_id) or job
             if current.status is JobStatus.CANCELLED:
@@ -140,11 +176,26 @@ class SubmissionService:
             raise NotFound(f"job {job_id} not found")
         return job
 
-    def run(self, org_id: str, run_id: str) -> tuple[Run, list[Job]]:
-        run = self._store.get_run(run_id)
+    def run(self, org_id: str, run_id: str) -> Run:
+        """The run and its counters: one read of one item, however many jobs it has (an
+        eventually consistent read: a poll may lag the latest result by a moment)."""
+        run = self._store.get_run(run_id, consistent=False)
         if run is None or run.org_id != org_id:
             raise NotFound(f"run {run_id} not found")
-        return run, self._store.get_jobs(run.job_ids)
+        return run
+
+    def run_jobs(
+        self, org_id: str, run_id: str, cursor: str | None = None, limit: int = MAX_PAGE_JOBS
+    ) -> JobsPage:
+        """One page of a run's jobs in submission order, and the cursor of the next."""
+        if not 1 <= limit <= MAX_PAGE_JOBS:
+            raise ServiceError(f"limit: must be between 1 and {MAX_PAGE_JOBS}")
+        after = -1 if cursor is None else cursor_position(run_id, cursor)
+        run = self.run(org_id, run_id)
+        page = self._store.run_jobs(run_id, after, limit)
+        more = page.more and bool(page.jobs)
+        next_cursor = page_cursor(run_id, page.jobs[-1].position) if more else None
+        return JobsPage(run, page.jobs, next_cursor)
 
     def metrics(self, org_id: str) -> OrgMetrics:
         return self._store.org_metrics(org_id)

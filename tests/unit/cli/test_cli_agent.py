@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qgjob.agent import Agent, Journal
-from qgjob.agent_protocol import AgentView, BatchView
+from qgjob.agent_protocol import AgentView, BatchView, LeaseResponse
 from qgjob.errors import EXIT_INFRA, AuthError, Conflict, NotFound, ServerError, Unreachable
 from qgjob.runners import CommandRunner, InstallError, RunOutcome
 
@@ -72,6 +72,9 @@ class FakeAgentApi:
         self.known = False
         self.on_lease: Callable[[], None] | None = None
         self.on_heartbeat: Callable[[], None] | None = None
+        self.push_url: str | None = None  # what register answers
+        self.wait_s: float | None = None  # what an empty lease answers
+        self.idle_poll_seconds = 300.0  # what register answers along with push_url
 
     # -- agent endpoints
     def register(
@@ -88,6 +91,8 @@ class FakeAgentApi:
             lease_seconds=120,
             heartbeat_seconds=5,
             credential=f"qgja.{agent_id}.s{len(self.registrations)}",
+            push_url=self.push_url,
+            idle_poll_seconds=self.idle_poll_seconds if self.push_url else None,
         )
 
     def use_credential(self, credential: str | None) -> None:
@@ -101,7 +106,11 @@ class FakeAgentApi:
             raise self.heartbeat_errors.pop(0)
         return {"agent_id": agent_id, "status": "busy", "batch_id": None}
 
-    def lease(self, agent_id: str) -> BatchView | None:
+    def lease(self, agent_id: str) -> LeaseResponse:
+        batch = self._lease(agent_id)
+        return LeaseResponse(batch=batch, wait_s=self.wait_s if batch is None else None)
+
+    def _lease(self, agent_id: str) -> BatchView | None:
         if self.on_lease is not None:
             self.on_lease()
         if self.lease_errors:
@@ -716,7 +725,7 @@ def test_stop_right_after_lease_skips_install_and_hands_the_batch_back() -> None
     agent = make_agent(api, runner)
     original_lease = api.lease
 
-    def lease_then_sigterm(agent_id: str) -> Json | None:
+    def lease_then_sigterm(agent_id: str) -> LeaseResponse:
         batch = original_lease(agent_id)
         agent.stop()
         return batch
@@ -885,3 +894,216 @@ def test_the_agent_uses_its_credential_and_stops_when_another_process_supersedes
     assert code == EXIT_INFRA
     # The main API client carries the registration's credential from then on.
     assert api.credentials == ["qgja.emulator-1.s1"]
+
+
+# ---------------------------------------------------------------------- push channel
+
+
+class FakePush:
+    """A PushChannel: connected or not, scripted wake-ups; records how the agent uses it."""
+
+    def __init__(self, url: str, credential: str, log: Callable[[str], None]) -> None:
+        self.url = url
+        self.credential = credential
+        self.connected = True
+        self.started = False
+        self.stopped = False
+        self.clears = 0
+        self.waits: list[tuple[float, float]] = []
+        self.on_wait: Callable[[Callable[[], bool]], bool] = lambda stop: False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def clear(self) -> None:
+        self.clears += 1
+
+    def wait(self, timeout_s: float, *, fallback_s: float, stop: Callable[[], bool]) -> bool:
+        self.waits.append((timeout_s, fallback_s))
+        return self.on_wait(stop)
+
+
+class PushFactory:
+    def __init__(self, connected: bool = True) -> None:
+        self.channels: list[FakePush] = []
+        self.connected = connected
+        self.on_wait: Callable[[Callable[[], bool]], bool] | None = None
+
+    def __call__(self, url: str, credential: str, log: Callable[[str], None]) -> FakePush:
+        channel = FakePush(url, credential, log)
+        channel.connected = self.connected
+        if self.on_wait is not None:
+            channel.on_wait = self.on_wait
+        self.channels.append(channel)
+        return channel
+
+
+def push_agent(
+    api: FakeAgentApi, push: PushFactory, *, sleeps: Sleeps, max_batches: int | None = None
+) -> Agent:
+    return Agent(
+        api,
+        FakeRunner(),
+        "emulator",
+        "1",
+        sleep=sleeps,
+        heartbeat=False,
+        max_batches=max_batches,
+        log=lambda line: None,
+        clock=lambda: 0.0,
+        push=push,
+    )
+
+
+def test_an_idle_agent_waits_on_its_push_channel_and_leases_when_pushed() -> None:
+    api = FakeAgentApi()
+    api.push_url = "wss://push.example/v1"
+    api.wait_s = 240.0
+    push = PushFactory()
+
+    def batch_assigned(stop: Callable[[], bool]) -> bool:
+        api.pending.append(make_batch("b1", ["a.spec.ts"]))  # the dispatcher assigns it
+        return True  # ... and pushes its id
+
+    push.on_wait = batch_assigned
+    sleeps = Sleeps()
+    agent = push_agent(api, push, sleeps=sleeps, max_batches=1)
+
+    assert agent.run() == 0
+
+    (channel,) = push.channels
+    assert (channel.url, channel.credential) == ("wss://push.example/v1", "qgja.emulator-1.s1")
+    assert channel.started
+    assert channel.stopped
+    assert channel.waits == [(240.0, 1.0)]  # the lease's wait_s; poll_seconds if it drops
+    assert sleeps.calls == []  # no polling at all
+    assert channel.clears == 2  # before each lease: a push from then on means "lease"
+    assert list(api.results) == ["b1-j1"]
+
+
+def test_without_wait_s_the_safety_poll_is_the_register_answers_idle_poll() -> None:
+    api = FakeAgentApi()
+    api.push_url = "wss://push.example/v1"
+    api.idle_poll_seconds = 120.0
+    push = PushFactory()
+    agent = push_agent(api, push, sleeps=Sleeps())
+    leases: list[int] = []
+
+    def stop_on_second_lease() -> None:
+        leases.append(1)
+        if len(leases) == 2:
+            agent.stop()
+
+    api.on_lease = stop_on_second_lease
+
+    assert agent.run() == 0
+    assert push.channels[0].waits == [(120.0, 1.0), (120.0, 1.0)]
+    assert api.deregistered == 1
+
+
+def test_an_agent_without_a_live_push_connection_polls_at_poll_seconds() -> None:
+    api = FakeAgentApi()
+    api.push_url = "wss://push.example/v1"
+    api.wait_s = 300.0
+    push = PushFactory(connected=False)
+    sleeps = Sleeps()
+    agent = push_agent(api, push, sleeps=sleeps)
+    leases: list[int] = []
+
+    def stop_on_third_lease() -> None:
+        leases.append(1)
+        if len(leases) == 3:
+            agent.stop()
+
+    api.on_lease = stop_on_third_lease
+
+    assert agent.run() == 0
+    # poll_seconds, as without a push channel, but on the channel: its connect ends it.
+    assert push.channels[0].waits == [(1.0, 1.0)] * 3
+    assert sleeps.calls == []
+
+
+def test_an_agent_without_a_push_url_opens_no_channel() -> None:
+    api = FakeAgentApi()
+    push = PushFactory()
+    sleeps = Sleeps()
+    agent = push_agent(api, push, sleeps=sleeps)
+    api.on_lease = lambda: agent.stop() if sleeps.calls else None
+
+    assert agent.run() == 0
+    assert push.channels == []
+    assert sleeps.calls == [1.0, 1.0]
+
+
+def test_a_new_registration_reconnects_with_its_new_credential() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    api.push_url = "wss://push.example/v1"
+    api.lease_errors = [NotFound(404, "agent emulator-1 is not registered")]
+    push = PushFactory()
+    agent = push_agent(api, push, sleeps=Sleeps(), max_batches=1)
+
+    assert agent.run() == 0
+
+    first, second = push.channels
+    assert (first.credential, first.stopped) == ("qgja.emulator-1.s1", True)
+    assert (second.credential, second.started, second.stopped) == (
+        "qgja.emulator-1.s2",
+        True,
+        True,
+    )
+
+
+def test_a_stop_while_waiting_on_the_push_channel_ends_the_wait_and_deregisters() -> None:
+    api = FakeAgentApi()
+    api.push_url = "wss://push.example/v1"
+    push = PushFactory()
+    agent = push_agent(api, push, sleeps=Sleeps())
+    seen: list[bool] = []
+
+    def sigterm_while_waiting(stop: Callable[[], bool]) -> bool:
+        seen.append(stop())
+        agent.stop()  # what the SIGTERM handler does
+        seen.append(stop())
+        return False
+
+    push.on_wait = sigterm_while_waiting
+
+    assert agent.run() == 0
+    assert seen == [False, True]  # the wait is told to end at once
+    assert len(push.channels[0].waits) == 1
+    assert push.channels[0].stopped
+    assert api.deregistered == 1
+
+
+class ScriptedEvent:
+    """Stands in for the heartbeat thread's stop event: each wait returns the next answer."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = answers
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return self.answers.pop(0)
+
+    def set(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("batch_id", "beats"), [(None, 0), ("b1", 3)])
+def test_the_heartbeat_thread_beats_only_while_a_batch_is_held(
+    batch_id: str | None, beats: int
+) -> None:
+    api = FakeAgentApi()
+    agent = make_agent(api, FakeRunner())
+    agent.current_batch_id = batch_id
+    event = ScriptedEvent([False, False, False, True])  # three intervals, then stop
+    agent._heartbeat_stop = event  # type: ignore[assignment]
+
+    agent._heartbeat_loop()
+
+    assert event.waits == 4
+    assert api.heartbeats == beats

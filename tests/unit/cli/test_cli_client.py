@@ -9,7 +9,7 @@ import pytest
 import requests
 import responses
 
-from qgjob.agent_protocol import BatchView
+from qgjob.agent_protocol import BatchView, LeaseResponse
 from qgjob.client import (
     ApiClient,
     ApiError,
@@ -248,7 +248,7 @@ def test_agent_endpoints_use_the_contract_paths_and_bodies(client: ApiClient) ->
         "jobs": [],
     }
     responses.post(f"{BASE}/agents/{agent}/heartbeat", json={"agent_id": agent})
-    responses.post(f"{BASE}/agents/{agent}/lease", json={"batch": None})
+    responses.post(f"{BASE}/agents/{agent}/lease", json={"batch": None, "wait_s": 300})
     responses.post(f"{BASE}/agents/{agent}/lease", json={"batch": batch})
     responses.post(f"{BASE}/agents/{agent}/batches/b1/installed", body=b"")
     responses.post(f"{BASE}/agents/{agent}/jobs/j1/start", json={"job_id": "j1"})
@@ -258,8 +258,8 @@ def test_agent_endpoints_use_the_contract_paths_and_bodies(client: ApiClient) ->
 
     client.register("emulator", "1", {"org_id": "acme", "app_version_id": "v1"})
     client.heartbeat(agent)
-    assert client.lease(agent) is None
-    assert client.lease(agent) == BatchView.model_validate(batch)
+    assert client.lease(agent) == LeaseResponse(batch=None, wait_s=300)
+    assert client.lease(agent).batch == BatchView.model_validate(batch)
     assert client.installed(agent, "b1") == {}
     client.start_job(agent, "j1", "b1")
     client.report_result(agent, "j1", "b1", "failed", 1.5, "assertion", "out")

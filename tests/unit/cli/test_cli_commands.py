@@ -81,9 +81,11 @@ def job_view(job_id: str, test_path: str, status: str, **extra: Any) -> dict[str
 
 
 def run_view(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """GET /runs/r1 as the server answers it: the counters only (no jobs)."""
     counts: dict[str, int] = {}
     for job in jobs:
-        counts[job["status"]] = counts.get(job["status"], 0) + 1
+        counter = "active" if job["status"] in ("assigned", "running") else job["status"]
+        counts[counter] = counts.get(counter, 0) + 1
     final = {"passed", "failed", "error", "cancelled", "timed_out"}
     finished = all(job["status"] in final for job in jobs)
     return {
@@ -95,8 +97,24 @@ def run_view(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "counts": counts,
         "finished": finished,
         "passed": finished and all(job["status"] == "passed" for job in jobs),
-        "jobs": jobs,
     }
+
+
+def serve_jobs(jobs: list[dict[str, Any]], per_page: int = 100) -> None:
+    """GET /runs/r1/jobs: the jobs, in pages of ``per_page`` chained by cursors."""
+    for start in range(0, max(len(jobs), 1), per_page):
+        more = start + per_page < len(jobs)
+        page = {
+            "run_id": "r1",
+            "jobs": jobs[start : start + per_page],
+            "next_cursor": f"c{start + per_page}" if more else None,
+        }
+        query = {"cursor": f"c{start}"} if start else {}
+        responses.get(
+            f"{BASE}/runs/r1/jobs",
+            json=page,
+            match=[responses.matchers.query_param_matcher(query, strict_match=False)],
+        )
 
 
 def submitted(job_ids: list[str]) -> dict[str, Any]:
@@ -202,6 +220,7 @@ def test_submit_wait_all_passed_exits_0_and_writes_junit(clock: FakeClock, tmp_p
     done = [job_view("j1", "a.spec.ts", "passed"), job_view("j2", "b.spec.ts", "passed")]
     responses.get(f"{BASE}/runs/r1", json=run_view(running))
     responses.get(f"{BASE}/runs/r1", json=run_view(done))
+    serve_jobs(done)
     report = tmp_path / "out" / "junit.xml"
 
     result = invoke(
@@ -211,7 +230,7 @@ def test_submit_wait_all_passed_exits_0_and_writes_junit(clock: FakeClock, tmp_p
 
     assert result.exit_code == 0, result.stderr
     assert clock.sleeps == [2.0]
-    assert "run r1: 1/2 finished (1 passed, 1 running)" in result.stderr
+    assert "run r1: 1/2 finished (1 passed, 1 active)" in result.stderr
     assert "run r1: 2/2 finished (2 passed)" in result.stderr
     assert "finished: PASSED (2 passed; 2 total)" in result.stdout
     assert re.search(r"j2\s+passed\s+0.50s\s+b.spec.ts", result.stdout)
@@ -228,6 +247,7 @@ def test_submit_wait_with_a_failure_exits_1(clock: FakeClock, tmp_path: Path) ->
         job_view("j2", "b-fail.spec.ts", "failed", message="expected 2, got 3"),
     ]
     responses.get(f"{BASE}/runs/r1", json=run_view(jobs))
+    serve_jobs(jobs)
     responses.get(
         f"{BASE}/jobs/j2/result",
         json={"job_id": "j2", "status": "failed", "finished": True, "output": "trace here"},
@@ -266,6 +286,7 @@ def test_submit_wait_with_a_failure_exits_1(clock: FakeClock, tmp_path: Path) ->
 def test_submit_wait_exits_1_for_any_unsuccessful_status(clock: FakeClock, status: str) -> None:
     responses.post(f"{BASE}/runs", json=submitted(["j1"]), status=201)
     responses.get(f"{BASE}/runs/r1", json=run_view([job_view("j1", "a.spec.ts", status)]))
+    serve_jobs([job_view("j1", "a.spec.ts", status)])
     responses.get(f"{BASE}/jobs/j1/result", json={"job_id": "j1", "finished": True})
     result = invoke([*SUBMIT, "--test", "a.spec.ts", "--wait"], clock)
     assert result.exit_code == 1
@@ -275,6 +296,7 @@ def test_submit_wait_exits_1_for_any_unsuccessful_status(clock: FakeClock, statu
 def test_submit_wait_timeout_exits_3(clock: FakeClock) -> None:
     responses.post(f"{BASE}/runs", json=submitted(["j1"]), status=201)
     responses.get(f"{BASE}/runs/r1", json=run_view([job_view("j1", "a.spec.ts", "queued")]))
+    serve_jobs([job_view("j1", "a.spec.ts", "queued")])
 
     result = invoke(
         [
@@ -292,11 +314,12 @@ def test_submit_wait_timeout_exits_3(clock: FakeClock) -> None:
     )
 
     assert result.exit_code == 3
-    assert clock.sleeps == [3.0, 3.0, 3.0, 1.0]
-    assert len(responses.calls) == 1 + 5
+    assert clock.sleeps == [3.0, 4.5, 2.5]  # backing off while nothing changes
+    assert [c.request.path_url for c in responses.calls[1:]] == ["/runs/r1"] * 4 + ["/runs/r1/jobs"]
     output = json.loads(result.stdout)
     assert output["wait_timed_out"] is True
     assert output["finished"] is False
+    assert [j["job_id"] for j in output["jobs"]] == ["j1"]
     assert "not finished after 10s" in result.stderr
 
 
@@ -307,6 +330,7 @@ def test_wait_survives_a_few_network_errors(clock: FakeClock) -> None:
     for _ in range(8):
         responses.get(f"{BASE}/runs/r1", body=requests.ConnectionError("refused"))
     responses.get(f"{BASE}/runs/r1", json=run_view([job_view("j1", "a.spec.ts", "passed")]))
+    serve_jobs([job_view("j1", "a.spec.ts", "passed")])
 
     result = invoke([*SUBMIT, "--test", "a.spec.ts", "--wait"], clock)
 
@@ -466,6 +490,7 @@ def test_status_of_a_job() -> None:
 def test_status_of_a_run_prints_a_table_and_exits_0_even_with_failures() -> None:
     jobs = [job_view("j1", "a.spec.ts", "failed", message="boom"), job_view("j2", "b", "queued")]
     responses.get(f"{BASE}/runs/r1", json=run_view(jobs))
+    serve_jobs(jobs)
 
     result = invoke(["status", "--run-id", "r1"])
 
@@ -477,9 +502,48 @@ def test_status_of_a_run_prints_a_table_and_exits_0_even_with_failures() -> None
 
 
 @responses.activate
+def test_polls_back_off_while_nothing_changes_and_read_the_jobs_once(clock: FakeClock) -> None:
+    queued = [job_view(f"j{i}", f"t{i}.spec.ts", "queued") for i in range(150)]
+    half = [job_view(j["job_id"], j["test_path"], "passed") for j in queued[:75]] + queued[75:]
+    done = [job_view(j["job_id"], j["test_path"], "passed") for j in queued]
+    for view in [queued] * 4 + [half] * 3 + [done]:
+        responses.get(f"{BASE}/runs/r1", json=run_view(view))
+    serve_jobs(done, per_page=100)
+
+    result = invoke(
+        ["--json", "status", "--run-id", "r1", "--wait", "--max-poll-interval", "4"], clock
+    )
+
+    assert result.exit_code == 0, result.stderr
+    # 2 s, then 1.5x per unchanged poll up to 4 s; progress brings it back to 2 s.
+    assert clock.sleeps == [2.0, 3.0, 4.0, 4.0, 2.0, 3.0, 4.0]
+    paths = [c.request.path_url for c in responses.calls]
+    assert paths[:8] == ["/runs/r1"] * 8  # the polls read the counters only
+    assert [p.split("?")[0] for p in paths[8:]] == ["/runs/r1/jobs"] * 2  # then two pages
+    assert paths[9].endswith("cursor=c100")
+    assert [j["job_id"] for j in json.loads(result.stdout)["jobs"]] == [j["job_id"] for j in done]
+
+
+@responses.activate
+def test_a_wait_whose_jobs_cannot_be_read_still_exits_with_the_runs_verdict(
+    clock: FakeClock,
+) -> None:
+    responses.get(f"{BASE}/runs/r1", json=run_view([job_view("j1", "a", "failed")]))
+    for _ in range(4):
+        responses.get(f"{BASE}/runs/r1/jobs", json={"message": "down"}, status=503)
+
+    result = invoke(["status", "--run-id", "r1", "--wait"], clock)
+
+    assert result.exit_code == 1
+    assert "could not read the jobs of run r1" in result.stderr
+    assert "FAILED (1 failed; 1 total)" in result.stdout
+
+
+@responses.activate
 def test_status_run_wait_uses_the_submit_exit_codes(clock: FakeClock) -> None:
     responses.get(f"{BASE}/runs/r1", json=run_view([job_view("j1", "a", "running")]))
     responses.get(f"{BASE}/runs/r1", json=run_view([job_view("j1", "a", "failed")]))
+    serve_jobs([job_view("j1", "a", "failed")])
     responses.get(f"{BASE}/jobs/j1/result", json={"job_id": "j1", "finished": True})
     result = invoke(["status", "--run-id", "r1", "--wait", "--poll-interval", "5"], clock)
     assert result.exit_code == 1

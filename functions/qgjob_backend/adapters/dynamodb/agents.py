@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from qgjob_backend.adapters.dynamodb.codec import Item, expression_values, optional_float
-from qgjob_backend.adapters.dynamodb.table import DynamoTables
+from qgjob_backend.adapters.dynamodb.counters import CountingTables
 from qgjob_backend.domain.models import Agent, AgentStatus, AppRef
 from qgjob_backend.schema import Target
 
 TARGET_INDEX = "target-index"
+# Sparse: only agents with a push connection carry connection_id ($disconnect finds its agent).
+CONNECTION_INDEX = "connection-index"
 REGISTER_ATTEMPTS = 5
 
 
@@ -31,10 +33,11 @@ def agent_from_item(item: Item) -> Agent:
         lab_org_id=item.get("lab_org_id") or None,
         fleet_hash=item.get("fleet_hash") or None,
         batch_expected_free_at=optional_float(item.get("batch_expected_free_at")),
+        connection_id=item.get("connection_id") or None,
     )
 
 
-class AgentStore(DynamoTables):
+class AgentStore(CountingTables):
     """The agents table."""
 
     # ------------------------------------------------------------- agents
@@ -70,7 +73,9 @@ class AgentStore(DynamoTables):
             "cred": credential_hash,
             "fleet": fleet_hash or "",
         }
-        removed = ["session_id"]  # the clear-text session of older registrations
+        # The clear-text session of older registrations, and the push connection of the
+        # process this registration replaces (the new process connects on its own).
+        removed = ["session_id", "connection_id"]
         for name, value in (("lab_org_id", lab_org_id), ("fleet_hash", fleet_hash)):
             if value:
                 sets.append(f"{name} = :{name}")
@@ -102,7 +107,7 @@ class AgentStore(DynamoTables):
                     {"agent_id": agent_id},
                     UpdateExpression=(
                         "SET last_seen = :now, #s = :busy, credential_hash = :cred "
-                        "REMOVE session_id"
+                        "REMOVE session_id, connection_id"
                     ),
                     ConditionExpression=f"attribute_exists(batch_id) AND {same_fleet}",
                     ExpressionAttributeNames={"#s": "status"},
@@ -134,6 +139,42 @@ class AgentStore(DynamoTables):
         )
         return agent_from_item(item) if item else None
 
+    def set_agent_connection(
+        self, agent_id: str, credential_hash: str, connection_id: str, now: float
+    ) -> Agent | None:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET connection_id = :c, last_seen = :now",
+            ConditionExpression="#s <> :offline AND credential_hash = :cred",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=expression_values(
+                c=connection_id, now=now, offline=AgentStatus.OFFLINE.value, cred=credential_hash
+            ),
+        )
+        return agent_from_item(item) if item else None
+
+    def clear_agent_connection(self, agent_id: str, connection_id: str) -> bool:
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="REMOVE connection_id",
+            ConditionExpression="connection_id = :c",
+            ExpressionAttributeValues=expression_values(c=connection_id),
+        )
+        return item is not None
+
+    def agent_for_connection(self, connection_id: str) -> str | None:
+        response = self._db.query(
+            TableName=self._agents,
+            IndexName=CONNECTION_INDEX,
+            KeyConditionExpression="connection_id = :c",
+            ExpressionAttributeValues=expression_values(c=connection_id),
+            Limit=1,
+        )
+        items = response.get("Items") or []
+        return str(items[0]["agent_id"]["S"]) if items else None
+
     def list_agents(self, target: Target) -> list[Agent]:
         items = self._query(
             TableName=self._agents,
@@ -159,13 +200,8 @@ class AgentStore(DynamoTables):
         )
         if agent is None:
             return False
-        self._update(
-            self._batches,
-            {"batch_id": batch_id},
-            UpdateExpression="SET installed_at = if_not_exists(installed_at, :now)",
-            ConditionExpression="agent_id = :a",
-            ExpressionAttributeValues=expression_values(now=now, a=agent_id),
-        )
+        # The batch's first install is stamped and counted in the org's metrics (once).
+        self._first_install(batch_id, agent_id, app.org_id, now)
         return True
 
     def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:

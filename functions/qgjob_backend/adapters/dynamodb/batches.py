@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from qgjob_backend.adapters.dynamodb.codec import (
     TRANSACTION_LIMIT,
     Item,
+    deserialize,
     expression_values,
-    is_condition_failure,
     optional_float,
     serialize,
 )
-from qgjob_backend.adapters.dynamodb.jobs import job_from_item
-from qgjob_backend.adapters.dynamodb.table import DynamoTables
+from qgjob_backend.adapters.dynamodb.counters import (
+    ORG_TOTALS,
+    PAIR_KIND,
+    Counted,
+    CountingTables,
+    counts_of,
+    org_counter_update,
+    org_shard_key,
+    pair_key,
+    run_counter_update,
+)
+from qgjob_backend.config import MAX_BATCH_JOBS
 from qgjob_backend.domain.models import AgentStatus, Batch, BatchState, Job
+from qgjob_backend.domain.progress import METRIC_SHARDS, moved, nonzero
 from qgjob_backend.ports import OrgMetrics
 from qgjob_backend.schema import JobStatus, Target
 
+logger = Logger(child=True)
+
 LEASE_INDEX = "lease-index"
-ORG_INDEX = "org-index"
 ACTIVE_LEASE_SHARD = "active"
 
 
@@ -67,13 +82,18 @@ def batch_from_item(item: Item) -> Batch:
     )
 
 
-class BatchStore(DynamoTables):
+class BatchStore(CountingTables):
     """The batches table, and the transactions that span it, the jobs and the agents."""
 
     # ------------------------------------------------------------ batches
     def commit_batch(self, batch: Batch, now: float) -> bool:
-        if len(batch.job_ids) + 2 > TRANSACTION_LIMIT:
-            raise ValueError(f"a batch holds at most {TRANSACTION_LIMIT - 2} jobs")
+        """One transaction: the agent, the batch, each job queued -> assigned, the counters
+        of each run the jobs belong to, and one shard of the org's metrics (+1 batch)."""
+        if len(batch.job_ids) > MAX_BATCH_JOBS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_JOBS} jobs")
+        runs = self._runs_of(batch.job_ids)
+        if runs is None:
+            return False  # a job that does not exist: the transaction would fail anyway
         agent_values: dict[str, Any] = {
             "busy": AgentStatus.BUSY.value,
             "idle": AgentStatus.IDLE.value,
@@ -130,13 +150,82 @@ class BatchStore(DynamoTables):
                     }
                 }
             )
-        try:
-            self._db.transact_write_items(TransactItems=items)
-        except ClientError as error:
-            if is_condition_failure(error):
-                return False
-            raise
+        per_run = Counter(runs[job_id] for job_id in batch.job_ids)
+        for run_id, jobs in sorted(per_run.items()):
+            items.append(
+                run_counter_update(
+                    self._runs, run_id, moved(JobStatus.QUEUED, JobStatus.ASSIGNED, jobs)
+                )
+            )
+        assigned = moved(JobStatus.QUEUED, JobStatus.ASSIGNED, len(batch.job_ids))
+        items.append(
+            org_counter_update(self._runs, batch.org_id, batch.batch_id, assigned, batches=1)
+        )
+        if len(items) > TRANSACTION_LIMIT:  # pragma: no cover - MAX_BATCH_JOBS prevents it
+            raise ValueError(f"a batch commit of {len(items)} items is over one transaction")
+        if not self._transact(items):
+            return False
+        self._count_pair(batch)
         return True
+
+    def _runs_of(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """Each job's run (it never changes: an eventually consistent read will do, with a
+        strongly consistent one for any job it did not see yet); None if a job is missing."""
+        runs: dict[str, str] = {}
+        for consistent in (False, True):
+            missing = [j for j in dict.fromkeys(job_ids) if j not in runs]
+            if not missing:
+                break
+            request: dict[str, Any] = {
+                self._jobs: {
+                    "Keys": [serialize({"job_id": j}) for j in missing],
+                    "ProjectionExpression": "job_id, run_id",
+                    "ConsistentRead": consistent,
+                }
+            }
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                for raw in response.get("Responses", {}).get(self._jobs, []):
+                    item = deserialize(raw)
+                    runs[item["job_id"]] = item["run_id"]
+                request = response.get("UnprocessedKeys") or {}
+        return runs if all(j in runs for j in job_ids) else None
+
+    def _count_pair(self, batch: Batch) -> None:
+        """Counts (agent, app version, target) once per org: a marker item put only if
+        absent, in one transaction with the counter. Best effort, after the commit: a pair
+        missed here (the call failed) is counted by its next batch."""
+        key = pair_key(batch.org_id, batch.agent_id, batch.app_version_id, batch.target.value)
+        try:
+            seen = self._db.get_item(
+                TableName=self._runs,
+                Key=serialize({"run_id": key}),
+                ProjectionExpression="run_id",
+            )
+            if "Item" in seen:
+                return
+            marker = {
+                "run_id": key,
+                "kind": PAIR_KIND,
+                "org_id": batch.org_id,
+                "agent_id": batch.agent_id,
+                "app_version_id": batch.app_version_id,
+                "target": batch.target.value,
+            }
+            self._transact(
+                [
+                    {
+                        "Put": {
+                            "TableName": self._runs,
+                            "Item": serialize(marker),
+                            "ConditionExpression": "attribute_not_exists(run_id)",
+                        }
+                    },
+                    org_counter_update(self._runs, batch.org_id, key, agent_app_pairs=1),
+                ]
+            )
+        except ClientError:
+            logger.warning("agent/app pair not counted", extra={"batch_id": batch.batch_id})
 
     def get_batch(self, batch_id: str) -> Batch | None:
         item = self._get(self._batches, {"batch_id": batch_id})
@@ -180,9 +269,9 @@ class BatchStore(DynamoTables):
     def time_out_job(self, job: Job, now: float) -> Job | None:
         if job.batch_id is None or job.started_at is None:
             return None
-        item = self._update(
-            self._jobs,
-            {"job_id": job.job_id},
+        message = f"no result within timeout_s={job.timeout_s}"
+        done = self._counted_update(
+            Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.TIMED_OUT),
             UpdateExpression=(
                 "SET #s = :timed_out, finished_at = :now, updated_at = :now, message = :msg"
             ),
@@ -194,10 +283,18 @@ class BatchStore(DynamoTables):
                 b=job.batch_id,
                 started=job.started_at,
                 now=now,
-                msg=f"no result within timeout_s={job.timeout_s}",
+                msg=message,
             ),
         )
-        return job_from_item(item) if item else None
+        if not done:
+            return None
+        return replace(
+            job,
+            status=JobStatus.TIMED_OUT,
+            finished_at=now,
+            updated_at=now,
+            message=message,
+        )
 
     def expire_batch(self, batch_id: str, now: float) -> bool:
         item = self._update(
@@ -228,23 +325,22 @@ class BatchStore(DynamoTables):
 
     # ------------------------------------------------------------ metrics
     def org_metrics(self, org_id: str) -> OrgMetrics:
-        statuses: Counter[str] = Counter()
-        for item in self._scan(
-            TableName=self._jobs,
-            FilterExpression="org_id = :org",
-            ProjectionExpression="#s",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=expression_values(org=org_id),
-        ):
-            statuses[item["status"]] += 1
-        batches = list(
-            self._query(
-                TableName=self._batches,
-                IndexName=ORG_INDEX,
-                KeyConditionExpression="org_id = :org",
-                ExpressionAttributeValues=expression_values(org=org_id),
-            )
+        """The sum of the org's metric shards: one batch read of METRIC_SHARDS small items
+        (eventually consistent: metrics may lag a second), whatever the org's history."""
+        keys = [serialize({"run_id": org_shard_key(org_id, n)}) for n in range(METRIC_SHARDS)]
+        request: dict[str, Any] = {self._runs: {"Keys": keys}}
+        jobs: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
+        while request:
+            response = self._db.batch_get_item(RequestItems=request)
+            for raw in response.get("Responses", {}).get(self._runs, []):
+                item = deserialize(raw)
+                jobs.update(counts_of(item))
+                totals.update({name: int(item.get(name, 0)) for name in ORG_TOTALS})
+            request = response.get("UnprocessedKeys") or {}
+        return OrgMetrics(
+            jobs_by_status=nonzero(jobs),
+            batches=totals["batches"],
+            installs=totals["installs"],
+            agent_app_pairs=totals["agent_app_pairs"],
         )
-        installs = sum(1 for b in batches if b.get("installed_at") is not None)
-        pairs = {(b["agent_id"], b["app_version_id"], b["target"]) for b in batches}
-        return OrgMetrics(dict(statuses), len(batches), installs, len(pairs))

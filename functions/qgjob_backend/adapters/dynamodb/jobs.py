@@ -1,4 +1,11 @@
-"""Runs and jobs: submission, admission into group backlogs, and each job's transitions."""
+"""Runs and jobs: submission, admission into group backlogs, and each job's transitions.
+
+Each transition that moves a job to another counter (domain.progress) is one
+TransactWriteItems: the job's conditional update, its run's counters and one shard of its
+org's metrics. When the job's condition fails nothing is written, so a replayed
+transition never moves a counter twice. assigned -> running moves no counter: start_job
+stays one conditional UpdateItem.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +24,34 @@ from qgjob_backend.adapters.dynamodb.codec import (
     optional_float,
     serialize,
 )
-from qgjob_backend.adapters.dynamodb.table import DynamoTables
+from qgjob_backend.adapters.dynamodb.counters import (
+    RUN_KIND,
+    Counted,
+    CountingTables,
+    cancelled_items,
+    counts_of,
+    org_counter_update,
+    run_counter_update,
+)
 from qgjob_backend.domain.models import Job, Run
-from qgjob_backend.ports import JobOutcome
+from qgjob_backend.domain.progress import moved, nonzero, run_job_ids
+from qgjob_backend.ports import JobOutcome, JobPage
 from qgjob_backend.schema import JobStatus, Target
 
 BACKLOG_INDEX = "backlog-index"
+# Every job by run, in submission order (keys only: run_id and position never change, so
+# the index is written once per job, not on each transition).
+RUN_INDEX = "run-index"
+# A job chunk's transaction also moves its run's counters and one org metrics shard.
+JOBS_PER_CREATE = TRANSACTION_LIMIT - 2
 UNADMITTED_INDEX = "unadmitted-index"
 UNADMITTED_SHARD = "pending"
 
 
 def backlog_sort_key(job: Job) -> str:
-    return f"{job.group_key}#{job.priority:02d}#{job.created_at:020.6f}#{job.position:05d}"
+    """Most urgent first, then oldest: a plan that reads only the head of the backlog
+    (its window) sees the work that must go first."""
+    return f"{job.priority:02d}#{job.created_at:020.6f}#{job.group_key}#{job.position:05d}"
 
 
 def job_to_item(job: Job) -> Item:
@@ -98,63 +121,128 @@ def job_from_item(item: Item) -> Job:
 
 
 def run_to_item(run: Run) -> Item:
+    """The run without its job ids (they derive from the run id and each position): the
+    item stays well under 1 KB however large the suite, so each counter write costs one
+    write unit and each poll half a read unit."""
+    if run.job_ids != run_job_ids(run.run_id, len(run.job_ids)):
+        raise ValueError("a run's job ids must be domain.progress.run_job_ids of the run")
     return {
         "run_id": run.run_id,
+        "kind": RUN_KIND,
         "org_id": run.org_id,
         "app_version_id": run.app_version_id,
         "target": run.target.value,
         "priority": run.priority,
-        "job_ids": run.job_ids,
+        "total": len(run.job_ids),
         "fingerprint": run.fingerprint,
         "created_at": run.created_at,
     }
 
 
-def run_from_item(item: Item) -> Run:
+def run_from_item(item: Item) -> Run | None:
+    """The run, or None for the other items of the runs table (org metrics, pairs)."""
+    if item.get("kind", RUN_KIND) != RUN_KIND or "org_id" not in item:
+        return None
+    run_id = item["run_id"]
     return Run(
-        run_id=item["run_id"],
+        run_id=run_id,
         org_id=item["org_id"],
         app_version_id=item["app_version_id"],
         target=Target(item["target"]),
         priority=int(item["priority"]),
-        job_ids=list(item["job_ids"]),
+        # Runs written before the counters listed their job ids (and have no counters).
+        job_ids=list(item.get("job_ids") or run_job_ids(run_id, int(item["total"]))),
         fingerprint=item["fingerprint"],
         created_at=float(item["created_at"]),
+        counts=nonzero(counts_of(item)),
     )
 
 
-class JobStore(DynamoTables):
+class JobStore(CountingTables):
     """The runs and jobs tables."""
 
     # --------------------------------------------------------------- runs
-    def get_run(self, run_id: str) -> Run | None:
-        item = self._get(self._runs, {"run_id": run_id})
-        return run_from_item(item) if item else None
+    def get_run(self, run_id: str, *, consistent: bool = True) -> Run | None:
+        response = self._db.get_item(
+            TableName=self._runs, Key=serialize({"run_id": run_id}), ConsistentRead=consistent
+        )
+        raw = response.get("Item")
+        return run_from_item(deserialize(raw)) if raw else None
 
     def create_run(self, run: Run) -> bool:
         return self._put_new(self._runs, "run_id", run_to_item(run))
 
     def create_jobs(self, jobs: Sequence[Job]) -> None:
-        for start in range(0, len(jobs), TRANSACTION_LIMIT):
-            chunk = jobs[start : start + TRANSACTION_LIMIT]
-            puts = [
-                {
-                    "Put": {
-                        "TableName": self._jobs,
-                        "Item": serialize(job_to_item(job)),
-                        "ConditionExpression": "attribute_not_exists(job_id)",
-                    }
-                }
-                for job in chunk
-            ]
-            try:
-                self._db.transact_write_items(TransactItems=puts)
-            except ClientError as error:
-                if not is_condition_failure(error):
-                    raise
-                # A replay after a partial write: add only the jobs still missing.
-                for job in chunk:
-                    self._put_new(self._jobs, "job_id", job_to_item(job))
+        by_run: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_run.setdefault(job.run_id, []).append(job)
+        for run_jobs in by_run.values():
+            for start in range(0, len(run_jobs), JOBS_PER_CREATE):
+                self._create_chunk(run_jobs[start : start + JOBS_PER_CREATE])
+
+    def _create_chunk(self, chunk: Sequence[Job]) -> None:
+        """One transaction: the jobs, +n queued on their run and on one org shard."""
+        first = chunk[0]
+        puts = [self._put_job(job) for job in chunk]
+        counted = moved(None, JobStatus.QUEUED, len(chunk))
+        items = [
+            *puts,
+            run_counter_update(self._runs, first.run_id, counted),
+            org_counter_update(self._runs, first.org_id, first.job_id, counted),
+        ]
+        try:
+            self._db.transact_write_items(TransactItems=items)
+            return
+        except ClientError as error:
+            if not is_condition_failure(error):
+                raise
+            failed = cancelled_items(error)
+        if len(chunk) in failed:
+            raise LookupError(f"run {first.run_id} not found: create the run before its jobs")
+        # A replay after a partial write: add only the jobs still missing, each counted.
+        for job in chunk:
+            one = moved(None, JobStatus.QUEUED)
+            self._transact(
+                [
+                    self._put_job(job),
+                    run_counter_update(self._runs, job.run_id, one),
+                    org_counter_update(self._runs, job.org_id, job.job_id, one),
+                ]
+            )
+
+    def _put_job(self, job: Job) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._jobs,
+                "Item": serialize(job_to_item(job)),
+                "ConditionExpression": "attribute_not_exists(job_id)",
+            }
+        }
+
+    def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
+        """A page of the run's jobs by position: the index gives the keys, one strongly
+        consistent batch read the jobs (never older than the run's counters)."""
+        response = self._db.query(
+            TableName=self._jobs,
+            IndexName=RUN_INDEX,
+            KeyConditionExpression="run_id = :run AND #p > :after",
+            ExpressionAttributeNames={"#p": "position"},
+            ExpressionAttributeValues=expression_values(run=run_id, after=after),
+            Limit=limit + 1,  # one more key tells whether another page follows
+        )
+        keys = [deserialize(raw) for raw in response.get("Items", [])]
+        keys.sort(key=lambda k: int(k.get("position", 0)))
+        jobs = self.get_jobs([k["job_id"] for k in keys[:limit]])
+        jobs.sort(key=lambda j: j.position)
+        return JobPage(jobs, more=len(keys) > limit)
+
+    def _known(self, job_id: str, job: Job | None) -> Job | None:
+        """The caller's copy of the job (its run and org never change), or a fresh read."""
+        if job is None:
+            return self.get_job(job_id)
+        if job.job_id != job_id:
+            raise ValueError(f"job {job.job_id} given for job {job_id}")
+        return job
 
     # --------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> Job | None:
@@ -199,14 +287,16 @@ class JobStore(DynamoTables):
         )
         return job_from_item(item) if item else None
 
-    def backlog(self, target: Target) -> list[Job]:
-        items = self._query(
-            TableName=self._jobs,
-            IndexName=BACKLOG_INDEX,
-            KeyConditionExpression="backlog_target = :target",
-            ExpressionAttributeValues=expression_values(target=target.value),
-        )
-        return [job_from_item(item) for item in items]
+    def backlog(self, target: Target, limit: int | None = None) -> list[Job]:
+        query: dict[str, Any] = {
+            "TableName": self._jobs,
+            "IndexName": BACKLOG_INDEX,
+            "KeyConditionExpression": "backlog_target = :target",
+            "ExpressionAttributeValues": expression_values(target=target.value),
+        }
+        if limit is not None:
+            query["PaginationConfig"] = {"MaxItems": limit, "PageSize": min(limit, 1000)}
+        return [job_from_item(item) for item in self._query(**query)]
 
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
         items = self._query(
@@ -234,10 +324,13 @@ class JobStore(DynamoTables):
         )
         return item is not None
 
-    def cancel_job(self, job_id: str, now: float) -> Job | None:
-        item = self._update(
-            self._jobs,
-            {"job_id": job_id},
+    def cancel_job(self, job_id: str, now: float, *, job: Job | None = None) -> Job | None:
+        current = self._known(job_id, job)
+        if current is None:
+            return None
+        message = "cancelled before it started"
+        done = self._counted_update(
+            Counted(current.run_id, current.org_id, job_id, JobStatus.QUEUED, JobStatus.CANCELLED),
             UpdateExpression=(
                 "SET #s = :cancelled, finished_at = :now, updated_at = :now, "
                 "message = :msg REMOVE backlog_target, backlog_key, unadmitted_shard"
@@ -248,10 +341,18 @@ class JobStore(DynamoTables):
                 cancelled=JobStatus.CANCELLED.value,
                 queued=JobStatus.QUEUED.value,
                 now=now,
-                msg="cancelled before it started",
+                msg=message,
             ),
         )
-        return job_from_item(item) if item else None
+        if not done:
+            return None
+        return replace(
+            current,
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            updated_at=now,
+            message=message,
+        )
 
     def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
         item = self._update(
@@ -275,8 +376,18 @@ class JobStore(DynamoTables):
         return job_from_item(item) if item else None
 
     def finish_job(
-        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+        self,
+        job_id: str,
+        agent_id: str,
+        batch_id: str,
+        outcome: JobOutcome,
+        now: float,
+        *,
+        job: Job | None = None,
     ) -> Job | None:
+        current = self._known(job_id, job)
+        if current is None:
+            return None
         sets = ["#s = :final", "finished_at = :now", "updated_at = :now", "duration_s = :dur"]
         values: dict[str, Any] = {
             "final": outcome.status.value,
@@ -300,15 +411,28 @@ class JobStore(DynamoTables):
             else:
                 sets.append(f"{name} = :{name}")
                 values[name] = value
-        item = self._update(
-            self._jobs,
-            {"job_id": job_id},
+        done = self._counted_update(
+            Counted(current.run_id, current.org_id, job_id, JobStatus.RUNNING, outcome.status),
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=expression_values(**values),
         )
-        return job_from_item(item) if item else None
+        if not done:
+            return None
+        return replace(
+            current,
+            status=outcome.status,
+            agent_id=agent_id,
+            batch_id=batch_id,
+            finished_at=now,
+            updated_at=now,
+            duration_s=outcome.duration_s,
+            message=outcome.message,
+            output_excerpt=outcome.output_excerpt,
+            output_key=outcome.output_key,
+            retry_of_batch=None,
+        )
 
     def requeue_job(
         self,
@@ -335,9 +459,8 @@ class JobStore(DynamoTables):
             condition += " AND agent_id = :a"
             common.update(expression_values(a=agent_id))
         if attempts >= job.max_attempts:
-            item = self._update(
-                self._jobs,
-                {"job_id": job.job_id},
+            failed = self._counted_update(
+                Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.ERROR),
                 UpdateExpression=(
                     "SET #s = :error, attempts = :attempts, finished_at = :now, "
                     "updated_at = :now, message = :reason"
@@ -349,6 +472,16 @@ class JobStore(DynamoTables):
                     **expression_values(error=JobStatus.ERROR.value),
                 },
             )
+            if not failed:
+                return None
+            return replace(
+                job,
+                status=JobStatus.ERROR,
+                attempts=attempts,
+                finished_at=now,
+                updated_at=now,
+                message=reason,
+            )
         else:
             requeued = replace(job, status=JobStatus.QUEUED)
             # Only an agent's own error report marks the job, so its retried delivery is
@@ -358,9 +491,8 @@ class JobStore(DynamoTables):
                 extra = expression_values(retry_of=retry_of_batch)
             else:
                 marker, removed, extra = "", ", retry_of_batch", {}
-            item = self._update(
-                self._jobs,
-                {"job_id": job.job_id},
+            back = self._counted_update(
+                Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.QUEUED),
                 UpdateExpression=(
                     "SET #s = :queued, attempts = :attempts, updated_at = :now, message = :reason, "
                     f"{marker}backlog_target = :target, backlog_key = :bk "
@@ -378,4 +510,16 @@ class JobStore(DynamoTables):
                     **extra,
                 },
             )
-        return job_from_item(item) if item else None
+            if not back:
+                return None
+            return replace(
+                job,
+                status=JobStatus.QUEUED,
+                attempts=attempts,
+                updated_at=now,
+                message=reason,
+                retry_of_batch=retry_of_batch or None,
+                batch_id=None,
+                agent_id=None,
+                started_at=None,
+            )

@@ -1,0 +1,103 @@
+"""A lease is constant work: the same store calls however many agents and queued jobs
+exist (issue 9: planning is off the request path, only the dispatcher plans)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import qgjob_backend.services.dispatch as dispatch_module
+from qgjob_backend.schema import SuiteSubmission, Target
+from tests.unit.fakes import FakeClock, MemoryStateStore, PlanSpy, build_memory_services
+
+
+class CountingStore(MemoryStateStore):
+    """The memory store, counting every port call made while ``counting`` is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.counting = False
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if not name.startswith("_") and callable(value) and super().__getattribute__("counting"):
+            super().__getattribute__("calls")[name] += 1
+        return value
+
+
+def _fleet(agents: int, queued: int) -> tuple[Any, CountingStore, str]:
+    store = CountingStore()
+    svc = build_memory_services(clock=FakeClock(1_000_000.0), store=store)
+    per_run = 1000
+    for start in range(0, queued, per_run):
+        paths = [f"tests/t{i}.spec.js" for i in range(start, min(queued, start + per_run))]
+        suite = SuiteSubmission(
+            org_id="acme", app_version_id=f"v{start}", target="emulator", test_paths=paths
+        )
+        for job in svc.submissions.submit("acme", suite).jobs:
+            svc.dispatcher.admit(job.job_id)
+    for index in range(agents):
+        svc.as_agent.register(Target.DEVICE, f"d{index}", None)  # no device work: stays idle
+    svc.as_agent.register(Target.EMULATOR, "probe", None)
+    svc.plan_pending()  # whatever the dispatcher would do, before the measured call
+    return svc, store, "emulator-probe"
+
+
+@pytest.mark.parametrize(("agents", "queued"), [(10, 10), (1000, 10), (10, 10_000)])
+def test_a_lease_makes_the_same_store_calls_whatever_the_fleet_and_backlog(
+    agents: int, queued: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc, store, probe = _fleet(agents, queued)
+    spy = PlanSpy()
+    monkeypatch.setattr(dispatch_module, "plan_batches", spy)
+    credential = svc.as_agent.credential(probe)
+
+    store.counting = True
+    svc.agents.lease(credential)  # holds the batch the plan gave it
+    store.counting = False
+
+    assert spy.calls == []  # the lease planned nothing
+    assert dict(store.calls) == {
+        "touch_agent": 1,
+        "get_batch": 1,
+        "extend_lease": 1,
+        "get_jobs": 1,
+    }
+
+
+@pytest.mark.parametrize(("agents", "queued"), [(10, 10), (1000, 10_000)])
+def test_an_idle_lease_is_one_write_and_asks_for_no_plan(agents: int, queued: int) -> None:
+    svc, store, _ = _fleet(agents, queued)
+    idle = svc.as_agent.credential("device-d0")
+    requests = svc.queue.plan_requests
+
+    store.counting = True
+    assert svc.agents.lease(idle) is None
+    store.counting = False
+
+    assert dict(store.calls) == {"touch_agent": 1}
+    assert svc.queue.plan_requests == requests
+
+
+def test_an_agent_that_becomes_idle_asks_for_a_plan_and_one_going_away_does_not() -> None:
+    svc = build_memory_services(clock=FakeClock(1_000_000.0))
+    before = svc.queue.plan_requests
+    agent = svc.as_agent.register(Target.EMULATOR, "d1", None)
+    assert svc.queue.plan_requests == before + 1  # a new idle agent
+
+    suite = SuiteSubmission(org_id="acme", app_version_id="v1", test_paths=["a.spec.js"])
+    (job,) = svc.submissions.submit("acme", suite).jobs
+    svc.dispatcher.admit(job.job_id)
+    svc.queue.request_plan()
+    leased = svc.as_agent.lease(agent.agent_id)
+    assert leased is not None
+    requests = svc.queue.plan_requests
+    svc.as_agent.complete(agent.agent_id, leased.batch.batch_id)
+    assert svc.queue.plan_requests == requests + 1  # idle again
+
+    requests = svc.queue.plan_requests
+    svc.as_agent.deregister(agent.agent_id)
+    assert svc.queue.plan_requests == requests  # gone: nothing to plan for
