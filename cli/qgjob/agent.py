@@ -2,8 +2,10 @@
 
 One agent drives one device slot. Its loop:
 
-    register -> loop { lease; if a batch: install when needed (then POST installed);
-                       for each job: start, run, report; complete the batch
+    register -> loop { lease; if a batch: install when needed;
+                       for each job: progress (start it, with the previous job's result
+                       and the install when unsent), run it;
+                       progress (the last result, and complete the batch)
                        else wait: until a push, or the server's wait_s (push channel
                        connected), or poll_seconds (no push channel) }
 
@@ -15,9 +17,12 @@ One agent drives one device slot. Its loop:
 - A background thread heartbeats every `heartbeat_seconds` (from the register answer)
   while a batch is held, and never while idle (so an idle agent costs nothing but its
   safety poll).
-- A 409 on start or result means the lease was lost: the batch stops at once and the
-  job is not reported (or its report was rejected); the server requeues or has already
-  reassigned the work.
+- One `POST .../batches/{b}/progress` per test carries what is unsent (the install, the
+  previous result) and the next start; the batch's end sends the last result with the
+  completion (or without it when stopping: deregister hands the batch back). A result or
+  start answered "not accepted" (or a 409 for the whole call) means the lease was lost:
+  the batch stops at once and the job is not reported (or its report was rejected); the
+  server requeues or has already reassigned the work.
 - A 409 on a heartbeat also means the lease was lost: the runner is asked to stop the
   current test at its next check and the batch stops.
 - A 404 on heartbeat or lease means qgjob forgot the agent: it registers again.
@@ -54,6 +59,10 @@ from qgjob.agent_protocol import (
     BatchJob,
     BatchView,
     LeaseResponse,
+    ProgressItem,
+    ProgressRequest,
+    ProgressResponse,
+    ProgressResult,
     agent_id_for,
 )
 from qgjob.errors import (
@@ -110,6 +119,10 @@ class AgentApi(Protocol):
         message: str | None = None,
         output: str | None = None,
     ) -> Json: ...
+
+    def progress(
+        self, agent_id: str, batch_id: str, request: ProgressRequest
+    ) -> ProgressResponse: ...
 
     def complete_batch(self, agent_id: str, batch_id: str) -> Json: ...
 
@@ -175,6 +188,22 @@ class _Fatal(Exception):
         self.exit_code = exit_code
 
 
+def _refused_all(request: ProgressRequest, reason: str) -> ProgressResponse:
+    """The answer a refused progress call stands for: no step applied."""
+    return ProgressResponse(
+        installed=False if request.installed else None,
+        results=[
+            ProgressItem(job_id=r.job_id, accepted=False, message=reason) for r in request.results
+        ],
+        started=(
+            ProgressItem(job_id=request.start, accepted=False, message=reason)
+            if request.start is not None
+            else None
+        ),
+        completed=False if request.complete else None,
+    )
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -238,6 +267,10 @@ class Agent:
         self._push: PushChannel | None = None
         self._idle_poll_s: float | None = None  # from the register answer
         self._idle_mode = ""  # how the agent last waited while idle (logged on change)
+        # What the agent has to tell about its batch and sends with its next call: the
+        # install, and results (with the test path, for the log line once accepted).
+        self._unsent_install = False
+        self._unsent_results: list[tuple[ProgressResult, str]] = []
 
     # ------------------------------------------------------------------ control
 
@@ -448,9 +481,12 @@ class Agent:
             f"({'install needed' if need_install else 'already installed'})"
         )
         self._batch_lost.clear()
+        self._unsent_install = False
+        self._unsent_results = []
         self.current_batch_id = batch_id
         started = self._clock()
         ran = 0
+        lost = False
         try:
             install_error = None
             if need_install and not self.stopping:
@@ -464,7 +500,7 @@ class Agent:
                 self._run_job(batch_id, org_id, app_version_id, target, job, install_error)
                 ran += 1
         except _LeaseLost:
-            pass
+            lost = True
         except _StoppedNow:
             self.log(f"batch {batch_id}: {len(jobs) - ran} job(s) left to be requeued")
         except AuthError as error:
@@ -473,7 +509,12 @@ class Agent:
             self.log(f"batch {batch_id}: giving up: {error}")
         finally:
             self.current_batch_id = None
-            self._complete(batch_id, ran, self._clock() - started)
+            if not lost:
+                # The last result (and the completion, unless stopping: deregister hands
+                # the batch back) in one call; after a lost lease, complete alone.
+                lost = not self._flush(batch_id, ran, self._clock() - started)
+            if lost:
+                self._complete(batch_id, ran, self._clock() - started)
 
     def _install(self, batch_id: str, org_id: str, app_version_id: str, target: str) -> str | None:
         """Installs the app; returns an error message when the install failed."""
@@ -486,12 +527,7 @@ class Agent:
             self._record("install", batch_id, status="failed", accepted=False)
             return f"install failed: {error}"
         self.installed_app = (org_id, app_version_id)
-        try:
-            self._call(lambda: self.api.installed(self.agent_id, batch_id), "installed")
-        except (Conflict, NotFound) as error:
-            self._record("install", batch_id, status="installed", accepted=False)
-            self._lease_lost(batch_id, None, f"install not recorded: {error}")
-        self._record("install", batch_id, status="installed", accepted=True)
+        self._unsent_install = True  # told with the first start (or the completion)
         return None
 
     def _run_job(
@@ -506,11 +542,12 @@ class Agent:
         job_id = job.job_id
         test_path = job.test_path
         timeout_s = float(job.timeout_s or DEFAULT_JOB_TIMEOUT_S)
-        try:
-            self._call(lambda: self.api.start_job(self.agent_id, job_id, batch_id), "start")
-        except (Conflict, NotFound) as error:
+        answer = self._progress(batch_id, start=job_id)
+        started = answer.started
+        if started is None or not started.accepted:
             self._record("start", batch_id, job_id=job_id, accepted=False)
-            self._lease_lost(batch_id, job_id, f"job {job_id} not started: {error}")
+            reason = started.message if started is not None else "no answer for the start"
+            self._lease_lost(batch_id, job_id, f"job {job_id} not started: {reason}")
         self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
         self._test_interrupted = False
         if self._stop_now:
@@ -545,26 +582,92 @@ class Agent:
         if message is not None and len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         output = truncate_output(outcome.output, MAX_OUTPUT_CHARS) if outcome.output else None
+        result = ProgressResult(
+            job_id=job_id,
+            status=status,  # type: ignore[arg-type]  # a runner's status is a ReportStatus
+            duration_s=round(outcome.duration_s, 3),
+            message=message,
+            output=output,
+        )
+        # Reported with the next call: the next job's start, or the batch's end.
+        self._unsent_results.append((result, test_path))
+
+    def _progress(
+        self, batch_id: str, *, start: str | None = None, complete: bool = False
+    ) -> ProgressResponse:
+        """One call with what is unsent (install, results) plus ``start`` / ``complete``;
+        journals and logs each answer, and raises _LeaseLost when a result or the
+        install was refused (the start's answer is the caller's to judge)."""
+        request = ProgressRequest(
+            installed=self._unsent_install,
+            results=[result for result, _ in self._unsent_results],
+            start=start,
+            complete=complete,
+        )
+        sent = list(self._unsent_results)
         try:
-            self._call(
-                lambda: self.api.report_result(
-                    self.agent_id,
-                    job_id,
-                    batch_id,
-                    status,
-                    round(outcome.duration_s, 3),
-                    message,
-                    output,
-                ),
-                "result",
+            answer = self._call(
+                lambda: self.api.progress(self.agent_id, batch_id, request), "progress"
             )
         except (Conflict, NotFound) as error:
-            self._record("result", batch_id, job_id=job_id, status=status, accepted=False)
-            self.log(f"job {job_id} {status}: rejected: lease lost")
-            self._lease_lost(batch_id, job_id, str(error))
-        self._record("result", batch_id, job_id=job_id, status=status, accepted=True)
-        detail = f" ({message})" if message and status != "passed" else ""
-        self.log(f"job {job_id} {test_path} {status} in {outcome.duration_s:.2f}s{detail}")
+            # The whole call was refused (the batch or the registration is gone).
+            answer = _refused_all(request, str(error))
+        self._unsent_install = False
+        self._unsent_results = []
+        if request.installed:
+            accepted = answer.installed is True
+            self._record("install", batch_id, status="installed", accepted=accepted)
+            if not accepted:
+                self._lease_lost(batch_id, None, "install not recorded")
+        answers = {item.job_id: item for item in answer.results}
+        refused: str | None = None
+        for result, test_path in sent:
+            item = answers.get(result.job_id)
+            status = result.status
+            if item is None or not item.accepted:
+                self._record(
+                    "result", batch_id, job_id=result.job_id, status=status, accepted=False
+                )
+                self.log(f"job {result.job_id} {status}: rejected: lease lost")
+                if refused is None:
+                    refused = (item.message if item else None) or "result not accepted"
+                continue
+            self._record("result", batch_id, job_id=result.job_id, status=status, accepted=True)
+            message = result.message
+            detail = f" ({message})" if message and status != "passed" else ""
+            self.log(
+                f"job {result.job_id} {test_path} {status} in {result.duration_s:.2f}s{detail}"
+            )
+        if refused is not None:
+            self._lease_lost(batch_id, sent[0][0].job_id if sent else None, refused)
+        return answer
+
+    def _flush(self, batch_id: str, ran: int, seconds: float) -> bool:
+        """Ends the batch: its unsent results and, unless stopping, its completion, in one
+        call. False when a refusal there says the lease was lost (complete it alone)."""
+        complete = not self._stop_requested
+        if not complete and not self._unsent_results and not self._unsent_install:
+            self.log(f"batch {batch_id}: {ran} job(s) in {seconds:.1f}s; handing back the rest")
+            return True
+        try:
+            answer = self._progress(batch_id, complete=complete)
+        except _LeaseLost:
+            return False
+        except AuthError as error:
+            raise _Fatal(f"complete refused: {error}", EXIT_INFRA) from None
+        except ApiError as error:
+            self.log(f"batch {batch_id}: {'complete' if complete else 'report'} failed: {error}")
+            return True
+        if not complete:
+            self.log(f"batch {batch_id}: {ran} job(s) in {seconds:.1f}s; handing back the rest")
+        elif answer.completed:
+            self.log(
+                f"batch {batch_id} done: {ran} job(s) in {seconds:.1f}s, "
+                f"requeued {answer.requeued or 0}"
+            )
+        else:
+            self.log(f"batch {batch_id}: complete failed: the batch is no longer this agent's")
+        return True
 
     def _should_stop_test(self) -> bool:
         """Asked by the runner during a test: True when the test must be interrupted.

@@ -18,7 +18,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from qgjob import __version__
-from qgjob.agent_protocol import AgentView, LeaseResponse
+from qgjob.agent_protocol import AgentView, LeaseResponse, ProgressRequest, ProgressResponse
 from qgjob.errors import (
     ApiError,
     AuthError,
@@ -303,6 +303,13 @@ class ApiClient:
             "output": output,
         }
         return self._agent(agent_id, f"/jobs/{_segment(job_id)}/result", body)
+
+    def progress(self, agent_id: str, batch_id: str, request: ProgressRequest) -> ProgressResponse:
+        """One call for the batch's install, results, next start and completion (in that
+        order; the first step refused ends it). -> ProgressResponse, each step's answer."""
+        body = request.model_dump(mode="json", exclude_defaults=True)
+        answer = self._agent(agent_id, f"/batches/{_segment(batch_id)}/progress", body)
+        return _parse(ProgressResponse, answer, "progress")
 
     def complete_batch(self, agent_id: str, batch_id: str) -> Json:
         """-> {"requeued": n}; unfinished jobs of the batch go back to the queue."""

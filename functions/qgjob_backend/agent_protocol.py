@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # Relative: the same file is qgjob_backend.agent_protocol here and qgjob.agent_protocol in
 # the CLI, each beside its own copy of the schema.
@@ -98,6 +98,58 @@ class ReportRequest(BatchRef):
     output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
 
 
+MAX_PROGRESS_RESULTS = 10  # results in one progress call (10 x 64 KB of output < 1 MB)
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
+
+
+class ProgressResult(BaseModel):
+    """One test's result in a progress call (a ReportRequest of the batch in the path)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: JobId
+    status: ReportStatus = Field(
+        description="The test's outcome; error means infrastructure, not the test."
+    )
+    duration_s: float = Field(ge=0, le=MAX_REPORTED_DURATION_S)
+    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | None = None
+    output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
+
+
+class ProgressRequest(BaseModel):
+    """Everything an agent has to say about its batch since its last call, in one request.
+
+    Applied in this order, each step as its own route would (``installed``, ``result``,
+    ``start``, ``complete``), and stopped at the first step refused (the lease was lost):
+    the steps after it are answered as not applied. A replay of the same request is
+    accepted again and changes nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    installed: bool = Field(
+        default=False, description="The batch's app is installed (as POST .../installed)."
+    )
+    results: Annotated[list[ProgressResult], Field(max_length=MAX_PROGRESS_RESULTS)] = Field(
+        default_factory=list,
+        description="Results of tests of this batch, in the order they ran (one or more).",
+    )
+    start: JobId | None = Field(
+        default=None, description="The batch's job the agent starts next (as .../start)."
+    )
+    complete: bool = Field(
+        default=False,
+        description=(
+            "The batch is done (as POST .../complete): its unfinished jobs go back and the "
+            "agent takes new work. Not with start."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _complete_starts_nothing(self) -> ProgressRequest:
+        if self.complete and self.start is not None:
+            raise ValueError("complete: a batch that starts a job is not complete")
+        return self
+
+
 # ---------------------------------------------------------------- responses
 class AgentView(BaseModel):
     agent_id: str
@@ -163,3 +215,26 @@ class LeaseResponse(BaseModel):
 
 class RequeueView(BaseModel):
     requeued: int
+
+
+class ProgressItem(BaseModel):
+    job_id: str
+    accepted: bool
+    status: JobStatus | None = Field(
+        default=None, description="The job's status after the step (when accepted)."
+    )
+    message: str | None = Field(default=None, description="Why the step was refused.")
+
+
+class ProgressResponse(BaseModel):
+    installed: bool | None = Field(
+        default=None, description="Whether the install was recorded (None: not asked)."
+    )
+    results: list[ProgressItem] = Field(default_factory=list)
+    started: ProgressItem | None = None
+    completed: bool | None = Field(
+        default=None, description="Whether the batch was completed (None: not asked)."
+    )
+    requeued: int | None = Field(
+        default=None, description="Set when the batch was completed: the jobs put back."
+    )

@@ -85,6 +85,9 @@ class Config:
     # The API Gateway Management API of the push channel (https://<api>.execute-api.<region>
     # .amazonaws.com/<stage>): where the dispatcher posts to agents' connections.
     push_endpoint: str | None = None
+    # Finished jobs, runs and closed batches expire (DynamoDB TTL) this many days after
+    # they finished. Org metrics (counter shards) and tokens never expire.
+    retention_days: float = 30.0
 
     @property
     def default_install_seconds(self) -> dict[Target, float]:
@@ -137,4 +140,5 @@ class Config:
             push_url=env.get("PUSH_URL", "").strip() or None,
             idle_poll_seconds=idle_poll,
             push_endpoint=env.get("PUSH_ENDPOINT", "").strip() or None,
+            retention_days=_number(env, "RETENTION_DAYS", 30.0, 1.0, 3650.0),
         )

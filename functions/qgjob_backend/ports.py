@@ -78,6 +78,10 @@ class StateStore(Protocol):
         """Admitted queued jobs of a target (every group): the most urgent first, then the
         oldest; at most ``limit`` of them."""
 
+    def overdue_job_ids(self, due_before: float) -> list[str]:
+        """Running jobs whose started_at + timeout_s is before ``due_before``, earliest
+        first (from a sparse index of running jobs: never a read of every batch)."""
+
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
         """Jobs written before the cutoff but never admitted (their message may be lost)."""
 
@@ -153,9 +157,12 @@ class StateStore(Protocol):
         """The id of the agent whose push connection is ``connection_id`` (one index read;
         eventually consistent: a connection stored a moment ago may not be found yet)."""
 
-    def list_agents(self, target: Target) -> list[Agent]: ...
+    def list_agents(self, target: Target) -> list[Agent]:
+        """Every agent of ``target`` (any status), by agent id."""
 
-    def list_all_agents(self) -> list[Agent]: ...
+    def silent_agent_ids(self, silent_since: float) -> list[str]:
+        """Idle agents without a batch last seen before ``silent_since``, oldest first
+        (from a sparse index of idle agents: never a scan of every agent)."""
 
     def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
         """The agent now holds app (only while it holds this batch)."""
@@ -184,10 +191,9 @@ class StateStore(Protocol):
     def extend_lease(self, batch_id: str, agent_id: str, until: float) -> bool: ...
 
     def lapsed_batches(self, now: float) -> list[Batch]:
-        """Batches whose lease ran out (active ones, and expired ones not yet cleaned up)."""
-
-    def active_batches(self) -> list[Batch]:
-        """Every batch an agent holds right now."""
+        """Batches whose lease ran out (active ones, and expired ones not yet cleaned up),
+        by lease end. Reads only batches whose index check time is due; it may move the
+        check time of a batch whose lease was extended since (no change a caller sees)."""
 
     def time_out_job(self, job: Job, now: float) -> Job | None:
         """running in the same batch since the same start -> timed_out."""

@@ -147,6 +147,7 @@ def build_services(
             runs_table=config.runs_table,
             agents_table=config.agents_table,
             batches_table=config.batches_table,
+            retention_seconds=config.retention_days * 86400,
         ),
         queue=SqsJobQueue(_client("sqs", session), config.jobs_queue_url),
         artifacts=S3ArtifactStore(_client("s3", session), config.artifacts_bucket),

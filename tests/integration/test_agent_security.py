@@ -64,6 +64,7 @@ def scene(
 def _routes(scene: Scene) -> dict[str, tuple[str, dict[str, Any] | None]]:
     batch, job = scene.batch_id, scene.job_ids[0]
     result = {"batch_id": batch, "status": "passed", "duration_s": 1.0, "message": "forged"}
+    item = {"job_id": job, "status": "passed", "duration_s": 1.0, "message": "forged"}
     return {
         "heartbeat": ("/agents/device-a/heartbeat", None),
         "lease": ("/agents/device-a/lease", None),
@@ -75,6 +76,18 @@ def _routes(scene: Scene) -> dict[str, tuple[str, dict[str, Any] | None]]:
             {**result, "status": "error", "message": "requeue it"},
         ),
         "complete": (f"/agents/device-a/batches/{batch}/complete", None),
+        "progress": (
+            f"/agents/device-a/batches/{batch}/progress",
+            {
+                "installed": True,
+                "results": [item],
+                "start": scene.job_ids[1],
+            },
+        ),
+        "progress-complete": (
+            f"/agents/device-a/batches/{batch}/progress",
+            {"results": [item], "complete": True},
+        ),
         "deregister": ("/agents/device-a/deregister", None),
     }
 
@@ -105,7 +118,17 @@ def _state(store: DynamoStateStore, scene: Scene) -> tuple[Any, ...]:
     )
 
 
-ROUTES = ["heartbeat", "lease", "installed", "start", "result", "error-result", "complete"]
+ROUTES = [
+    "heartbeat",
+    "lease",
+    "installed",
+    "start",
+    "result",
+    "error-result",
+    "complete",
+    "progress",
+    "progress-complete",
+]
 
 
 @pytest.mark.parametrize("identity", IDENTITIES)
@@ -187,3 +210,35 @@ def test_a_private_labs_agent_gets_only_its_orgs_batches(
     leased = agent_client.post("/agents/device-p1@acme/lease").body["batch"]
     assert leased["org_id"] == "acme"
     assert {j["job_id"] for j in leased["jobs"]} <= set(acme_run["job_ids"])
+
+
+def test_progress_over_dynamodb_applies_once_and_a_replay_answers_the_same(
+    scene: Scene, state_store: DynamoStateStore
+) -> None:
+    first, second = scene.job_ids[0], scene.job_ids[1]
+    path = f"/agents/device-a/batches/{scene.batch_id}/progress"
+    opening = scene.caller.post(path, {"installed": True, "start": first}, token=scene.right)
+    assert opening.status == 200, opening.body
+    assert opening.body["installed"] is True
+    assert opening.body["started"]["accepted"] is True
+    body = {
+        "results": [{"job_id": first, "status": "failed", "duration_s": 2.0, "output": "E" * 10}],
+        "start": second,
+    }
+
+    once = scene.caller.post(path, body, token=scene.right)
+    after_once = _state(state_store, scene)[0]
+    again = scene.caller.post(path, body, token=scene.right)
+
+    assert (once.status, again.status) == (200, 200)
+    assert once.body["results"] == again.body["results"]
+    assert once.body["results"][0]["accepted"] is True
+    assert once.body["results"][0]["status"] == "failed"
+    assert again.body["started"]["accepted"] is True
+    assert _state(state_store, scene)[0] == after_once
+    job = state_store.get_job(first)
+    assert job is not None
+    assert (job.output_excerpt, job.output_key) == ("E" * 10, None)  # it fits: no S3 object
+
+    refused = scene.caller.post(path, {"start": second, "complete": True}, token=scene.right)
+    assert refused.status == 422  # a batch that starts a job is not complete

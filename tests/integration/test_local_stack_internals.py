@@ -66,7 +66,18 @@ def test_provision_creates_everything_in_the_template(moto_endpoint: str) -> Non
         "backlog-index",
         "unadmitted-index",
         "run-index",
+        "timeout-index",
     }
+    ttl = clients["dynamodb"].describe_time_to_live(TableName=refs["JobsTable"])
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+    agents = clients["dynamodb"].describe_table(TableName=refs["AgentsTable"])["Table"]
+    assert {i["IndexName"] for i in agents["GlobalSecondaryIndexes"]} == {
+        "connection-index",
+        "target-index",
+        "idle-index",
+    }
+    batches = clients["dynamodb"].describe_table(TableName=refs["BatchesTable"])["Table"]
+    assert [i["IndexName"] for i in batches["GlobalSecondaryIndexes"]] == ["lease-index"]
     attributes = clients["sqs"].get_queue_attributes(
         QueueUrl=refs["JobsQueue"], AttributeNames=["All"]
     )["Attributes"]

@@ -703,11 +703,7 @@ def test_agents_are_listed_by_target(store: StateStore) -> None:
 
     assert [a.agent_id for a in store.list_agents(Target.EMULATOR)] == ["emulator-a", "emulator-b"]
     assert [a.agent_id for a in store.list_agents(Target.BROWSERSTACK)] == []
-    assert sorted(a.agent_id for a in store.list_all_agents()) == [
-        "device-c",
-        "emulator-a",
-        "emulator-b",
-    ]
+    assert [a.agent_id for a in store.list_agents(Target.DEVICE)] == ["device-c"]
 
 
 def test_an_install_is_recorded_only_while_holding_the_batch(store: StateStore) -> None:
@@ -878,7 +874,8 @@ def test_time_out_only_the_same_running_attempt(store: StateStore) -> None:
     started = store.start_job("j1", "a-1", "b1", T0 + 1)
     assert started is not None
 
-    assert [b.batch_id for b in store.active_batches()] == ["b1"]
+    assert store.overdue_job_ids(T0 + 1 + 600) == []
+    assert store.overdue_job_ids(T0 + 1 + 601) == ["j1"]
     assert store.time_out_job(get_job(store, "j2"), T0 + 2) is None  # never started
     stale = replace(started, started_at=T0 - 50)
     assert store.time_out_job(stale, T0 + 2) is None  # another attempt's start
@@ -886,6 +883,7 @@ def test_time_out_only_the_same_running_attempt(store: StateStore) -> None:
     assert timed_out is not None
     assert timed_out.status is JobStatus.TIMED_OUT
     assert store.time_out_job(started, T0 + 3) is None
+    assert store.overdue_job_ids(T0 + 10_000) == []
 
 
 def test_restarting_a_running_job_keeps_its_first_start(store: StateStore) -> None:
@@ -1094,3 +1092,155 @@ def test_a_run_reads_as_its_counters_not_as_other_items(store: StateStore) -> No
     assert store.get_run("org#acme#0") is None
     assert all(store.get_run(f"org#acme#{n}") is None for n in range(8))
     assert get_run(store).counts == {"active": 1}
+
+
+# ====================================================== sharded indexes (issue 9, item 4)
+def test_the_backlog_window_is_the_most_urgent_then_oldest_across_shards(
+    store: StateStore,
+) -> None:
+    jobs = [
+        make_job(f"j{n:02d}", position=n, priority=1 + n % 4, created_at=T0 + (37 * n) % 50)
+        for n in range(40)
+    ]
+    write_jobs(store, jobs)
+    for job in jobs:
+        assert store.admit_job(job, T0) is not None
+    order = [j.job_id for j in sorted(jobs, key=lambda j: (j.priority, j.created_at))]
+
+    assert backlog_ids(store) == order
+    for limit in (1, 3, 7, 25, 40, 100):
+        assert [j.job_id for j in store.backlog(Target.EMULATOR, limit)] == order[:limit]
+    assert store.backlog(Target.DEVICE, 5) == []
+
+
+def test_unadmitted_jobs_across_shards_oldest_first(store: StateStore) -> None:
+    jobs = [make_job(f"u{n:02d}", position=n, created_at=T0 + (7 * n) % 30) for n in range(30)]
+    write_jobs(store, jobs)
+    order = [j.job_id for j in sorted(jobs, key=lambda j: (j.created_at, j.job_id))]
+
+    assert store.unadmitted_job_ids(T0 + 30) == order
+    assert store.unadmitted_job_ids(T0 + 10) == order[:10]
+
+
+def test_a_heartbeat_keeps_a_batch_alive_and_a_lapse_is_found_exactly(
+    store: StateStore,
+) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    now = T0
+    for _ in range(6):  # beats every LEASE/3, the reaper sweeping after each
+        now += LEASE / 3
+        assert store.extend_lease("b1", "a-1", now + LEASE)
+        assert store.lapsed_batches(now + 1) == []
+        assert store.lapsed_batches(now + LEASE - 1) == []
+    # Silent from here: lapsed exactly once the last lease has ended, not before.
+    assert store.lapsed_batches(now + LEASE) == []
+    assert [b.batch_id for b in store.lapsed_batches(now + LEASE + 0.5)] == ["b1"]
+    assert store.lapsed_batches(now + LEASE + 0.5)[0].lease_expires_at == now + LEASE
+    assert store.expire_batch("b1", now + LEASE + 0.5)
+
+
+def test_silent_idle_agents_are_found_without_a_scan(store: StateStore) -> None:
+    agent(store, "e-old", now=T0)
+    agent(store, "e-new", now=T0 + 50)
+    agent(store, "d-old", target=Target.DEVICE, now=T0 + 10)
+    assigned(store, "j1", batch_id="b1", agent_id="e-busy")  # busy: its lease covers it
+    agent(store, "e-gone", now=T0)
+    assert store.deregister_agent("e-gone", T0 + 1)
+
+    assert store.silent_agent_ids(T0 + 20) == ["e-old", "d-old"]
+    assert store.silent_agent_ids(T0) == []
+    assert store.touch_agent("e-old", T0 + 30, cred("e-old")) is not None
+    assert store.silent_agent_ids(T0 + 20) == ["d-old"]
+    assert store.mark_agent_offline("d-old", T0 + 20, T0 + 40)
+    assert store.silent_agent_ids(T0 + 100) == ["e-old", "e-new"]
+
+
+def test_a_released_agent_is_idle_in_the_index_again(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assert store.silent_agent_ids(T0 + 1000) == []
+    assert store.release_agent("a-1", "b1", offline=False, now=T0 + 5)
+    assert store.silent_agent_ids(T0 + 1000) == ["a-1"]
+    assert store.mark_agent_offline("a-1", T0 + 1000, T0 + 1000)
+    assert store.silent_agent_ids(T0 + 2000) == []
+
+
+def test_only_running_jobs_are_overdue_until_they_move_on(store: StateStore) -> None:
+    assigned(store, "j1", "j2", "j3", "j4")
+    for n, job_id in enumerate(("j1", "j2", "j3")):
+        assert store.start_job(job_id, "a-1", "b1", T0 + n) is not None
+    assert store.start_job("j1", "a-1", "b1", T0 + 9) is not None  # keeps its first start
+
+    assert store.overdue_job_ids(T0 + 600) == []
+    assert store.overdue_job_ids(T0 + 602.5) == ["j1", "j2", "j3"]
+    assert store.finish_job("j2", "a-1", "b1", PASSED, T0 + 5) is not None
+    requeued = store.requeue_job(
+        get_job(store, "j3"), "b1", T0 + 6, count_attempt=True, reason="agent error"
+    )
+    assert requeued is not None
+    assert store.overdue_job_ids(T0 + 10_000) == ["j1"]
+
+
+# ================================================================== TTL (DynamoDB only)
+def test_finished_items_expire_a_retention_later_and_metrics_never(
+    config: Config, aws_session: boto3.Session
+) -> None:
+    store = state_store_of(aws_session, config)
+    db = aws_session.client("dynamodb")
+    retention = 30 * 86400
+
+    def raw(table: str, key: str, value: str) -> dict[str, Any]:
+        item = db.get_item(TableName=table, Key={key: {"S": value}}, ConsistentRead=True)
+        return dict(item["Item"])
+
+    batch = assigned(store, "j1", "j2", "j3")
+    assert store.start_job("j1", "a-1", "b1", T0 + 1) is not None
+    assert "expires_at" not in raw(config.jobs_table, "job_id", "j1")  # running
+    assert "expires_at" not in raw(config.runs_table, "run_id", "run-1")
+    assert store.finish_job("j1", "a-1", "b1", PASSED, T0 + 10) is not None
+    assert raw(config.jobs_table, "job_id", "j1")["expires_at"] == {
+        "N": str(int(T0 + 10 + retention))
+    }
+    assert raw(config.runs_table, "run_id", "run-1")["expires_at"] == {
+        "N": str(int(T0 + 10 + retention))
+    }
+    assert store.time_out_job(
+        store.start_job("j2", "a-1", "b1", T0 + 2) or get_job(store, "j2"), T0 + 20
+    )
+    assert raw(config.jobs_table, "job_id", "j2")["expires_at"] == {
+        "N": str(int(T0 + 20 + retention))
+    }
+    assert "expires_at" not in raw(config.jobs_table, "job_id", "j3")  # still assigned
+    assert store.close_batch(batch, T0 + 30)
+    assert raw(config.batches_table, "batch_id", "b1")["expires_at"] == {
+        "N": str(int(T0 + 30 + retention))
+    }
+    shards = db.scan(TableName=config.runs_table)["Items"]  # test-only: every item, any kind
+    metrics = [i for i in shards if i.get("kind", {}).get("S") == "org_metrics"]
+    assert metrics
+    assert all("expires_at" not in i for i in metrics)
+    assert store.org_metrics("acme").jobs_by_status.get("passed") == 1
+
+
+def test_a_heartbeat_writes_no_index_key_and_a_sweep_moves_it_once(
+    config: Config, aws_session: boto3.Session
+) -> None:
+    """lease-index (DynamoDB only): extend_lease leaves lease_check_at alone; the sweep that
+    finds the lease extended moves it to the lease's end, and a repeat writes nothing."""
+    store = state_store_of(aws_session, config)
+    db = aws_session.client("dynamodb")
+
+    def check_at() -> float:
+        item = db.get_item(
+            TableName=config.batches_table, Key={"batch_id": {"S": "b1"}}, ConsistentRead=True
+        )["Item"]
+        return float(item["lease_check_at"]["N"])
+
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assert check_at() == T0 + LEASE
+    for beat in range(1, 4):
+        assert store.extend_lease("b1", "a-1", T0 + LEASE + beat * 10)
+    assert check_at() == T0 + LEASE  # three beats, no index write
+    assert store.lapsed_batches(T0 + LEASE + 1) == []
+    assert check_at() == T0 + LEASE + 30
+    assert store.lapsed_batches(T0 + LEASE + 2) == []
+    assert check_at() == T0 + LEASE + 30

@@ -234,6 +234,16 @@ class MemoryStateStore:
         entries = sorted((key, job_id) for job_id, (t, key) in self._backlog.items() if t is target)
         return [_copy(self.jobs[job_id]) for _, job_id in entries[:limit]]
 
+    def overdue_job_ids(self, due_before: float) -> list[str]:
+        found = [
+            (j.started_at + j.timeout_s, j.job_id)
+            for j in self.jobs.values()
+            if j.status is JobStatus.RUNNING
+            and j.started_at is not None
+            and j.started_at + j.timeout_s < due_before
+        ]
+        return [job_id for _, job_id in sorted(found)]
+
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
         found = [
             (self.jobs[j].created_at, j)
@@ -441,8 +451,13 @@ class MemoryStateStore:
     def list_agents(self, target: Target) -> list[Agent]:
         return [_copy(a) for _, a in sorted(self.agents.items()) if a.target is target]
 
-    def list_all_agents(self) -> list[Agent]:
-        return [_copy(a) for _, a in sorted(self.agents.items())]
+    def silent_agent_ids(self, silent_since: float) -> list[str]:
+        found = [
+            (a.last_seen, a.agent_id)
+            for a in self.agents.values()
+            if a.status is AgentStatus.IDLE and a.batch_id is None and a.last_seen < silent_since
+        ]
+        return [agent_id for _, agent_id in sorted(found)]
 
     def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
         agent = self.agents.get(agent_id)
@@ -541,10 +556,6 @@ class MemoryStateStore:
         lapsed = [self.batches[b] for b in self._leased if self.batches[b].lease_expires_at < now]
         lapsed.sort(key=lambda b: (b.lease_expires_at, b.batch_id))
         return [_copy(b) for b in lapsed]
-
-    def active_batches(self) -> list[Batch]:
-        active = [self.batches[b] for b in sorted(self._leased)]
-        return [_copy(b) for b in active if b.state is BatchState.ACTIVE]
 
     def time_out_job(self, job: Job, now: float) -> Job | None:
         stored = self.jobs.get(job.job_id)

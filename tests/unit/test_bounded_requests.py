@@ -101,3 +101,19 @@ def test_an_agent_that_becomes_idle_asks_for_a_plan_and_one_going_away_does_not(
     requests = svc.queue.plan_requests
     svc.as_agent.deregister(agent.agent_id)
     assert svc.queue.plan_requests == requests  # gone: nothing to plan for
+
+
+def test_a_busy_agents_heartbeat_reads_it_and_writes_only_the_batch_lease() -> None:
+    svc, store, probe = _fleet(agents=10, queued=10)
+    leased = svc.as_agent.lease(probe)
+    assert leased is not None
+    before = store.get_agent(probe)
+
+    store.counting = True
+    beat = svc.agents.heartbeat(svc.as_agent.credential(probe))
+    store.counting = False
+
+    assert beat.lease_expires_at is not None
+    # No agent write: a heartbeat never rewrites the agent item or the agents' indexes.
+    assert dict(store.calls) == {"get_agent": 1, "extend_lease": 1}
+    assert store.get_agent(probe) == before

@@ -397,3 +397,61 @@ def test_the_estimates_table_is_required() -> None:
 
     with pytest.raises(ConfigError, match="ESTIMATES_TABLE"):
         Config.from_env(env)
+
+
+def _finished(job_id: str, duration_s: float, estimate_s: float | None) -> Any:
+    from qgjob_backend.domain.models import Job
+
+    return Job(
+        job_id=job_id,
+        run_id="run-1",
+        org_id="acme",
+        app_version_id="v1",
+        test_path="tests/login.spec.js",
+        priority=5,
+        target=Target.EMULATOR,
+        status=JobStatus.PASSED,
+        created_at=0.0,
+        updated_at=0.0,
+        timeout_s=600,
+        max_attempts=3,
+        duration_s=duration_s,
+        estimate_s=estimate_s,
+    )
+
+
+class CountingEstimateStore:
+    def __init__(self) -> None:
+        self.recorded: list[str] = []
+
+    def record_test_duration(
+        self, key: EstimateKey, sample_id: str, duration_s: float, now: float
+    ) -> bool:
+        self.recorded.append(sample_id)
+        return True
+
+
+def test_a_warm_tests_results_are_sampled_by_job_id_and_a_cold_tests_all_recorded() -> None:
+    from qgjob_backend.services.estimates import WARM_SAMPLE_EVERY, EstimateService
+
+    store = CountingEstimateStore()
+    service = EstimateService(store, {})  # type: ignore[arg-type]
+    warm = [_finished(f"job-{i}", 10.0, 12.0) for i in range(400)]
+    for job in warm:
+        service.record_test(job)
+    sampled = list(store.recorded)
+    assert 400 / WARM_SAMPLE_EVERY * 0.7 < len(sampled) < 400 / WARM_SAMPLE_EVERY * 1.3
+    for job in warm:  # replays choose the same
+        service.record_test(job)
+    assert store.recorded == sampled + sampled
+
+    store.recorded.clear()
+    for i in range(20):
+        service.record_test(_finished(f"cold-{i}", 10.0, None))
+    assert len(store.recorded) == 20  # no history: every result counts
+
+    store.recorded.clear()
+    skipped = [j for j in warm if j.job_id not in sampled][:10]
+    for job in skipped:  # the same jobs, now much slower than their estimate
+        service.record_test(_finished(job.job_id, 18.1, 12.0))
+    assert store.recorded == [j.job_id for j in skipped]

@@ -430,6 +430,31 @@ def test_happy_path_lease_install_start_report_complete(
     assert svc.submissions.metrics("globex").batches == 0
 
 
+@pytest.mark.parametrize("status", [JobStatus.PASSED, JobStatus.FAILED])
+def test_output_that_fits_the_excerpt_is_kept_on_the_job_without_an_s3_object(
+    svc: MemoryServices, status: JobStatus
+) -> None:
+    job_ids = submit_and_admit(svc)
+    agent_id = register(svc)
+    leased = lease(svc, agent_id)
+    batch_id = leased.batch.batch_id
+    whole = "x" * 2000  # exactly the excerpt's size: the excerpt is the whole output
+    svc.as_agent.start(agent_id, job_ids[0], batch_id)
+    done = report(svc, agent_id, job_ids[0], batch_id, status, output=whole)
+
+    assert (done.output_excerpt, done.output_key) == (whole, None)
+    assert svc.artifacts.objects == {}  # no PUT
+    stored = svc.submissions.job("acme", job_ids[0])  # what the result view shows
+    assert (stored.output_excerpt, stored.output_key) == (whole, None)
+
+    longer = whole + "y"  # one more character: the full output goes to S3
+    svc.as_agent.start(agent_id, job_ids[1], batch_id)
+    kept = report(svc, agent_id, job_ids[1], batch_id, status, output=longer)
+    assert kept.output_key == f"results/acme/{job_ids[1]}/{batch_id}.log"
+    assert svc.artifacts.objects == {kept.output_key: longer}
+    assert kept.output_excerpt == longer[-2000:]
+
+
 def test_lease_resumes_the_same_batch_after_a_restart(svc: MemoryServices) -> None:
     job_ids = submit_and_admit(svc)
     agent_id = register(svc)

@@ -24,6 +24,9 @@ from qgjob_backend.agent_protocol import (
     AgentView,
     BatchRef,
     LeaseResponse,
+    ProgressItem,
+    ProgressRequest,
+    ProgressResponse,
     RegisterAgentRequest,
     ReportRequest,
     RequeueView,
@@ -44,7 +47,7 @@ from qgjob_backend.handlers.api_models import (
 )
 from qgjob_backend.handlers.body import check_body
 from qgjob_backend.schema import FINAL_STATUSES, JobPayload, JobStatus, SuiteSubmission
-from qgjob_backend.services.agents import AgentCredential
+from qgjob_backend.services.agents import AgentCredential, ReportedResult, Step
 from qgjob_backend.services.auth import Principal, require_fleet, require_org
 from qgjob_backend.services.errors import Forbidden, ServiceError, Unauthorized
 from qgjob_backend.services.submission import MAX_PAGE_JOBS, SubmitResult, as_suite
@@ -313,6 +316,37 @@ def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView
         request.output,
     )
     return JobView.of(job)
+
+
+@app.post(
+    "/agents/<agent_id>/batches/<batch_id>/progress",
+    summary="Install, results, next start, completion of a batch: one call for several",
+)
+def batch_progress(agent_id: str, batch_id: str, request: ProgressRequest) -> ProgressResponse:
+    done = services().agents.progress(
+        _credential(agent_id),
+        batch_id,
+        installed=request.installed,
+        results=[
+            ReportedResult(r.job_id, JobStatus(r.status), r.duration_s, r.message, r.output)
+            for r in request.results
+        ],
+        start=request.start,
+        complete=request.complete,
+    )
+    return ProgressResponse(
+        installed=done.installed,
+        results=[_progress_item(step) for step in done.results],
+        started=_progress_item(done.started) if done.started else None,
+        completed=done.completed,
+        requeued=done.requeued,
+    )
+
+
+def _progress_item(step: Step) -> ProgressItem:
+    return ProgressItem(
+        job_id=step.job_id, accepted=step.accepted, status=step.status, message=step.refused
+    )
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/complete", summary="Batch done; frees the agent")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from aws_lambda_powertools import Logger
 
@@ -41,6 +41,42 @@ class Registration:
 class LeasedBatch:
     batch: Batch
     jobs: list[Job]
+
+
+@dataclass(frozen=True)
+class ReportedResult:
+    """One test's result as an agent reports it."""
+
+    job_id: str
+    status: JobStatus
+    duration_s: float
+    message: str | None = None
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a progress call: ``status`` is the job's after an accepted step, None
+    with ``refused`` (why) when it was not applied."""
+
+    job_id: str
+    status: JobStatus | None
+    refused: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.refused is None
+
+
+@dataclass
+class Progress:
+    """The answer to a progress call; None: that step was not asked for."""
+
+    installed: bool | None = None
+    results: list[Step] = field(default_factory=list)
+    started: Step | None = None
+    completed: bool | None = None
+    requeued: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,10 +178,16 @@ class AgentService:
         return agent
 
     def heartbeat(self, credential: AgentCredential) -> Heartbeat:
-        agent = self._live_agent(credential)
+        """Extends the lease of the agent's batch: one read and one write of the batch.
+
+        A busy agent's sign of life is its batch's lease, so its heartbeats never write
+        the agent item (nor the agents' indexes). An idle agent's heartbeat (older agents
+        send them) counts as a sign of life, as a lease does.
+        """
+        agent = self._authorized(credential)
         agent_id = agent.agent_id
         if agent.batch_id is None:
-            return Heartbeat(agent, None)
+            return Heartbeat(self._live_agent(credential), None)
         until = self._clock() + self._lease_seconds
         if not self._store.extend_lease(agent.batch_id, agent_id, until):
             raise Conflict(f"batch {agent.batch_id}: lease lost; stop it and lease again")
@@ -185,7 +227,9 @@ class AgentService:
         return batch
 
     def record_install(self, credential: AgentCredential, batch_id: str) -> None:
-        agent_id = self._authorized(credential).agent_id
+        self._record_install(self._authorized(credential).agent_id, batch_id)
+
+    def _record_install(self, agent_id: str, batch_id: str) -> None:
         batch = self._own_batch(agent_id, batch_id)
         now = self._clock()
         if not self._store.record_install(agent_id, batch_id, batch.app, now):
@@ -196,7 +240,9 @@ class AgentService:
         logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
 
     def start(self, credential: AgentCredential, job_id: str, batch_id: str) -> Job:
-        agent_id = self._authorized(credential).agent_id
+        return self._start(self._authorized(credential).agent_id, job_id, batch_id)
+
+    def _start(self, agent_id: str, job_id: str, batch_id: str) -> Job:
         job = self._store.start_job(job_id, agent_id, batch_id, self._clock())
         if job is None:
             raise Conflict(
@@ -216,6 +262,18 @@ class AgentService:
         output: str | None,
     ) -> Job:
         agent_id = self._authorized(credential).agent_id
+        return self._report(agent_id, job_id, batch_id, status, duration_s, message, output)
+
+    def _report(
+        self,
+        agent_id: str,
+        job_id: str,
+        batch_id: str,
+        status: JobStatus,
+        duration_s: float,
+        message: str | None,
+        output: str | None,
+    ) -> Job:
         current = self._store.get_job(job_id)
         if current is None:
             raise NotFound(f"job {job_id} not found")
@@ -242,8 +300,11 @@ class AgentService:
                 logger.info("job errored; requeued", extra={"job_id": job_id})
                 return retried
         output_key = None
-        if output:
-            # Keyed by batch so a rejected late report can never overwrite the real output.
+        if output and len(output) > OUTPUT_EXCERPT_CHARS:
+            # Only output the excerpt cannot hold goes to S3 (one PUT): most tests' output
+            # fits, and then the excerpt on the job is the whole of it (output_key None),
+            # whatever the status. Keyed by batch so a rejected late report can never
+            # overwrite the real output.
             output_key = f"results/{current.org_id}/{job_id}/{batch_id}.log"
             self._artifacts.put_text(output_key, output)
         outcome = JobOutcome(
@@ -253,7 +314,8 @@ class AgentService:
             output_excerpt=output[-OUTPUT_EXCERPT_CHARS:] if output else None,
             output_key=output_key,
         )
-        job = self._store.finish_job(job_id, agent_id, batch_id, outcome, now)
+        # `current` names the run and org whose counters move: passing it saves a read.
+        job = self._store.finish_job(job_id, agent_id, batch_id, outcome, now, job=current)
         if job is not None:
             # Only the report that made the job final counts (a replay never gets here).
             self._estimates.record_test(job)
@@ -292,7 +354,9 @@ class AgentService:
         """The agent is done with the batch; anything it did not finish goes back.
 
         ``idle``: the agent takes more work now (False when it is going away)."""
-        agent_id = self._authorized(credential).agent_id
+        return self._complete(self._authorized(credential).agent_id, batch_id, idle=idle)
+
+    def _complete(self, agent_id: str, batch_id: str, *, idle: bool) -> int:
         batch = self._own_batch(agent_id, batch_id)
         now = self._clock()
         requeued = 0
@@ -314,6 +378,69 @@ class AgentService:
         logger.info("batch complete", extra={"batch_id": batch_id, "requeued": requeued})
         return requeued
 
+    def progress(
+        self,
+        credential: AgentCredential,
+        batch_id: str,
+        *,
+        installed: bool = False,
+        results: Sequence[ReportedResult] = (),
+        start: str | None = None,
+        complete: bool = False,
+    ) -> Progress:
+        """What an agent did in its batch since its last call, in one request: the install,
+        results, the next start, the batch's completion, in that order. Each step is the
+        one its own route takes (same conditions, same idempotency: a replay changes
+        nothing), and the first one refused (the lease was lost, or the job is not this
+        batch's) ends the call: the steps after it are not applied. The credential is
+        checked once for all of them."""
+        agent_id = self._authorized(credential).agent_id
+        progress = Progress()
+        refused: str | None = None
+        if installed:
+            try:
+                self._record_install(agent_id, batch_id)
+                progress.installed = True
+            except (Conflict, NotFound) as error:
+                progress.installed = False
+                refused = error.message
+        for result in results:
+            if refused is not None:
+                progress.results.append(Step(result.job_id, None, _not_applied(refused)))
+                continue
+            try:
+                job = self._report(
+                    agent_id,
+                    result.job_id,
+                    batch_id,
+                    result.status,
+                    result.duration_s,
+                    result.message,
+                    result.output,
+                )
+                progress.results.append(Step(result.job_id, job.status))
+            except (Conflict, NotFound) as error:
+                refused = error.message
+                progress.results.append(Step(result.job_id, None, refused))
+        if start is not None:
+            if refused is not None:
+                progress.started = Step(start, None, _not_applied(refused))
+            else:
+                try:
+                    progress.started = Step(start, self._start(agent_id, start, batch_id).status)
+                except (Conflict, NotFound) as error:
+                    refused = error.message
+                    progress.started = Step(start, None, refused)
+        if complete and refused is None:
+            try:
+                progress.requeued = self._complete(agent_id, batch_id, idle=True)
+                progress.completed = True
+            except NotFound:
+                progress.completed = False
+        elif complete:
+            progress.completed = False
+        return progress
+
     def deregister(self, credential: AgentCredential) -> int:
         """Hands back any batch and marks the agent offline.
 
@@ -333,6 +460,10 @@ class AgentService:
         raise Conflict(
             f"agent {credential.agent_id} kept receiving batches while deregistering; retry"
         )
+
+
+def _not_applied(refused: str) -> str:
+    return f"not applied: an earlier step was refused ({refused})"
 
 
 def _holds(agent: Agent, credential: AgentCredential) -> bool:

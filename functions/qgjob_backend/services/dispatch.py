@@ -155,10 +155,10 @@ class DispatchService:
             if not backlog:
                 continue
             for agent in self._store.list_agents(target):
-                if agent.last_seen < fresh_after:
-                    continue
                 lab = agent.lab_org_id
                 if agent.status is AgentStatus.IDLE and agent.batch_id is None:
+                    if agent.last_seen < fresh_after:
+                        continue  # an idle agent proves it is alive by leasing
                     idle.setdefault(lab, []).append(
                         IdleAgent(agent.agent_id, target.value, agent.installed)
                     )

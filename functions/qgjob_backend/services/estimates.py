@@ -9,6 +9,7 @@ estimate only makes a plan less good, while a failed report or admission would l
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 from aws_lambda_powertools import Logger
@@ -25,8 +26,29 @@ logger = Logger(child=True)
 MEASURED = frozenset({JobStatus.PASSED, JobStatus.FAILED})
 
 
+# A test whose job was stamped with an estimate at admission has history: then only one
+# result in WARM_SAMPLE_EVERY is recorded (a consistent read and a conditional write saved
+# for the others), chosen by the job id so a replayed report makes the same choice. The
+# chosen ones are an unbiased sample, and an EWMA of them tracks the test as well, only a
+# few runs slower. A result much slower than the stamped estimate is always recorded, so
+# a test that got slower is learnt at once (such results are rare for a steady test: the
+# estimate is about its 93rd percentile, so they hardly bias the sample).
+WARM_SAMPLE_EVERY = 4
+ALWAYS_RECORD_ABOVE = 1.5  # x the stamped estimate
+
+
 def estimate_key_of(job: Job) -> EstimateKey:
     return EstimateKey(job.org_id, job.target, job.test_path)
+
+
+def worth_recording(job: Job, duration_s: float) -> bool:
+    """Whether a warm test's result is recorded (always, for a test without history)."""
+    if job.estimate_s is None:
+        return True
+    if duration_s > ALWAYS_RECORD_ABOVE * job.estimate_s:
+        return True
+    digest = hashlib.blake2b(job.job_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % WARM_SAMPLE_EVERY == 0
 
 
 class EstimateService:
@@ -65,8 +87,11 @@ class EstimateService:
 
     # -------------------------------------------------------------- writes
     def record_test(self, job: Job) -> None:
-        """Counts a finished job's duration (once per job, however often it is replayed)."""
+        """Counts a finished job's duration (once per job, however often it is replayed;
+        for a test with history, a sample of them: see WARM_SAMPLE_EVERY)."""
         if job.status not in MEASURED or job.duration_s is None:
+            return
+        if not worth_recording(job, job.duration_s):
             return
         try:
             self._store.record_test_duration(

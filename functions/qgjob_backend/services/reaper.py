@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from aws_lambda_powertools import Logger
 
-from qgjob_backend.domain.models import AgentStatus, BatchState
+from qgjob_backend.domain.models import BatchState
 from qgjob_backend.ports import JobQueue, StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.recovery import requeue_unfinished
@@ -91,30 +91,33 @@ class ReaperService:
         return expired, requeued
 
     def _time_out_hung_jobs(self) -> int:
-        """A job running past its timeout on an agent that still heartbeats (a hung test)."""
+        """A job running past its timeout on an agent that still heartbeats (a hung test).
+
+        Reads only the running jobs already due (the store's timeout index), never every
+        active batch; the conditional write settles a job that moved on since."""
         now = self._clock()
         grace = self._settings.timeout_grace_seconds
         timed_out = 0
-        for batch in self._store.active_batches():
-            for job in self._store.get_jobs(batch.job_ids):
-                if job.batch_id != batch.batch_id or job.status is not JobStatus.RUNNING:
-                    continue
-                if job.started_at is None or now <= job.started_at + job.timeout_s + grace:
-                    continue
-                if self._store.time_out_job(job, now) is not None:
-                    timed_out += 1
-                    logger.warning(
-                        "job timed out", extra={"job_id": job.job_id, "agent_id": batch.agent_id}
-                    )
+        for job in self._store.get_jobs(self._store.overdue_job_ids(now - grace)):
+            if job.batch_id is None or job.status is not JobStatus.RUNNING:
+                continue
+            if job.started_at is None or now <= job.started_at + job.timeout_s + grace:
+                continue
+            if self._store.time_out_job(job, now) is not None:
+                timed_out += 1
+                logger.warning(
+                    "job timed out", extra={"job_id": job.job_id, "agent_id": job.agent_id}
+                )
         return timed_out
 
     def _mark_silent_agents_offline(self) -> int:
+        """Idle agents silent too long -> offline, found in the store's idle index (no scan
+        of every agent; busy agents are covered by their batch's lease)."""
         now = self._clock()
         cutoff = now - self._settings.agent_offline_seconds
         marked = 0
-        for agent in self._store.list_all_agents():
-            if agent.status is AgentStatus.IDLE and agent.last_seen < cutoff:
-                marked += self._store.mark_agent_offline(agent.agent_id, cutoff, now)
+        for agent_id in self._store.silent_agent_ids(cutoff):
+            marked += self._store.mark_agent_offline(agent_id, cutoff, now)
         return marked
 
     def _resend_lost_messages(self) -> int:

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from qgjob.agent import Agent, Journal
-from qgjob.agent_protocol import AgentView, BatchView, LeaseResponse
+from qgjob.agent_protocol import (
+    AgentView,
+    BatchView,
+    LeaseResponse,
+    ProgressItem,
+    ProgressRequest,
+    ProgressResponse,
+)
 from qgjob.errors import EXIT_INFRA, AuthError, Conflict, NotFound, ServerError, Unreachable
 from qgjob.runners import CommandRunner, InstallError, RunOutcome
 
@@ -64,6 +71,8 @@ class FakeAgentApi:
         self.heartbeats = 0
         self.credentials: list[str | None] = []
         self.calls: list[str] = []  # start/result/complete/deregister, in order
+        self.progress_calls: list[ProgressRequest] = []
+        self.progress_errors: dict[int, Exception] = {}  # call number -> error raised
         self.lose_lease_on_start: set[str] = set()
         self.lose_lease_on_result: set[str] = set()
         self.lease_errors: list[Exception] = []
@@ -171,6 +180,63 @@ class FakeAgentApi:
             "output": output,
         }
         return {"job_id": job_id, "status": status}
+
+    def progress(self, agent_id: str, batch_id: str, request: ProgressRequest) -> ProgressResponse:
+        """Like the server: the steps in order (each as its own route), the first one
+        refused ends the call. A network error injected for the start fails the whole
+        call before anything is applied."""
+        self.progress_calls.append(request)
+        if len(self.progress_calls) in self.progress_errors:
+            raise self.progress_errors.pop(len(self.progress_calls))
+        if request.start is not None and self.start_errors:
+            self.calls.append(f"start {request.start}")
+            raise self.start_errors.pop(0)
+        answer = ProgressResponse()
+        refused: str | None = None
+        if request.installed:
+            try:
+                self.installed(agent_id, batch_id)
+                answer.installed = True
+            except Conflict as error:
+                answer.installed, refused = False, str(error)
+        for result in request.results:
+            if refused is not None:
+                answer.results.append(ProgressItem(job_id=result.job_id, accepted=False))
+                continue
+            try:
+                self.report_result(
+                    agent_id,
+                    result.job_id,
+                    batch_id,
+                    result.status,
+                    result.duration_s,
+                    result.message,
+                    result.output,
+                )
+                answer.results.append(ProgressItem(job_id=result.job_id, accepted=True))
+            except Conflict as error:
+                refused = str(error)
+                answer.results.append(
+                    ProgressItem(job_id=result.job_id, accepted=False, message=refused)
+                )
+        if request.start is not None:
+            accepted = False
+            if refused is None:
+                try:
+                    self.start_job(agent_id, request.start, batch_id)
+                    accepted = True
+                except Conflict as error:
+                    refused = str(error)
+            answer.started = ProgressItem(job_id=request.start, accepted=accepted)
+        if request.complete:
+            answer.completed = False
+            if refused is None:
+                try:
+                    answer.requeued = self.complete_batch(agent_id, batch_id)["requeued"]
+                    answer.completed = True
+                except Conflict:
+                    pass
+        return answer
 
     def complete_batch(self, agent_id: str, batch_id: str) -> Json:
         self.calls.append(f"complete {batch_id}")
@@ -443,6 +509,58 @@ def test_a_runner_crash_is_reported_as_error_and_the_batch_goes_on() -> None:
     assert api.results["b1-j1"]["status"] == "error"
     assert "device disconnected" in str(api.results["b1-j1"]["message"])
     assert api.results["b1-j2"]["status"] == "passed"
+
+
+def test_one_call_per_test_carries_the_install_the_results_and_the_completion(
+    tmp_path: Path,
+) -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts", "c.spec.ts"])])
+    journal = Journal(tmp_path / "journal.jsonl")
+
+    assert make_agent(api, FakeRunner(), journal=journal, max_batches=1).run() == 0
+
+    sent = [
+        (r.installed, [x.job_id for x in r.results], r.start, r.complete)
+        for r in api.progress_calls
+    ]
+    assert sent == [  # 4 calls for 3 tests, where start + result + installed + complete were 8
+        (True, [], "b1-j1", False),
+        (False, ["b1-j1"], "b1-j2", False),
+        (False, ["b1-j2"], "b1-j3", False),
+        (False, ["b1-j3"], None, True),
+    ]
+    assert api.installs == ["b1"]
+    assert api.completed == [("b1", 0)]
+    assert list(api.results) == ["b1-j1", "b1-j2", "b1-j3"]
+    events = [(e["event"], e["job_id"], e["accepted"]) for e in journal_lines(journal.path)]
+    assert events == [
+        ("install", None, True),
+        ("start", "b1-j1", True),
+        ("result", "b1-j1", True),
+        ("start", "b1-j2", True),
+        ("result", "b1-j2", True),
+        ("start", "b1-j3", True),
+        ("result", "b1-j3", True),
+    ]
+
+
+def test_a_failed_progress_call_is_sent_again_whole() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    # The second call (a's result + b's start) fails once, before reaching the server.
+    api.progress_errors = {2: Unreachable("http://qgjob.test", "connection reset")}
+    sleeps = Sleeps()
+
+    assert make_agent(api, FakeRunner(), max_batches=1, sleeps=sleeps).run() == 0
+
+    assert [(len(r.results), r.start) for r in api.progress_calls] == [
+        (0, "b1-j1"),
+        (1, "b1-j2"),  # refused by the network
+        (1, "b1-j2"),  # the same request again
+        (1, None),
+    ]
+    assert api.progress_calls[1] == api.progress_calls[2]
+    assert list(api.results) == ["b1-j1", "b1-j2"]
+    assert sleeps.calls == [1.0]
 
 
 # ---------------------------------------------------------------------- lease lost

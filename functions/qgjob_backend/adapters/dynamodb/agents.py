@@ -6,13 +6,32 @@ from typing import Any
 
 from qgjob_backend.adapters.dynamodb.codec import Item, expression_values, optional_float
 from qgjob_backend.adapters.dynamodb.counters import CountingTables
+from qgjob_backend.adapters.dynamodb.shards import (
+    IDLE_INDEX,
+    TARGET_INDEX,
+    all_shard_keys,
+    merged,
+    shard_key,
+)
 from qgjob_backend.domain.models import Agent, AgentStatus, AppRef
 from qgjob_backend.schema import Target
 
-TARGET_INDEX = "target-index"
+# target-index: every agent by target_shard (its target, spread over the shards).
+# idle-index (sparse, keys only): only idle agents carry idle_shard; sorted by last_seen, it
+# finds silent idle agents without a scan. A busy agent's heartbeats touch its batch's lease
+# and its own last_seen, never this index; an idle agent is heard from once per safety poll.
+IDLE_PREFIX = "idle"
 # Sparse: only agents with a push connection carry connection_id ($disconnect finds its agent).
 CONNECTION_INDEX = "connection-index"
 REGISTER_ATTEMPTS = 5
+
+
+def target_shard(target: Target, agent_id: str) -> str:
+    return shard_key(TARGET_INDEX, target.value, agent_id)
+
+
+def idle_shard(agent_id: str) -> str:
+    return shard_key(IDLE_INDEX, IDLE_PREFIX, agent_id)
 
 
 def agent_from_item(item: Item) -> Agent:
@@ -64,6 +83,8 @@ class AgentStore(CountingTables):
             "registered_at = :now",
             "#s = :idle",
             "credential_hash = :cred",
+            "target_shard = :tshard",
+            "idle_shard = :ishard",
         ]
         values: dict[str, Any] = {
             "target": target.value,
@@ -72,6 +93,8 @@ class AgentStore(CountingTables):
             "idle": AgentStatus.IDLE.value,
             "cred": credential_hash,
             "fleet": fleet_hash or "",
+            "tshard": target_shard(target, agent_id),
+            "ishard": idle_shard(agent_id),
         }
         # The clear-text session of older registrations, and the push connection of the
         # process this registration replaces (the new process connects on its own).
@@ -107,7 +130,7 @@ class AgentStore(CountingTables):
                     {"agent_id": agent_id},
                     UpdateExpression=(
                         "SET last_seen = :now, #s = :busy, credential_hash = :cred "
-                        "REMOVE session_id, connection_id"
+                        "REMOVE session_id, connection_id, idle_shard"
                     ),
                     ConditionExpression=f"attribute_exists(batch_id) AND {same_fleet}",
                     ExpressionAttributeNames={"#s": "status"},
@@ -176,17 +199,31 @@ class AgentStore(CountingTables):
         return str(items[0]["agent_id"]["S"]) if items else None
 
     def list_agents(self, target: Target) -> list[Agent]:
-        items = self._query(
-            TableName=self._agents,
-            IndexName=TARGET_INDEX,
-            KeyConditionExpression="#t = :target",
-            ExpressionAttributeNames={"#t": "target"},
-            ExpressionAttributeValues=expression_values(target=target.value),
+        """Every agent of ``target``, by agent id, from each of its shards."""
+        streams = (
+            self._query(
+                TableName=self._agents,
+                IndexName=TARGET_INDEX,
+                KeyConditionExpression="target_shard = :shard",
+                ExpressionAttributeValues=expression_values(shard=value),
+            )
+            for value in all_shard_keys(TARGET_INDEX, target.value)
         )
-        return [agent_from_item(item) for item in items]
+        return [agent_from_item(item) for item in merged(streams, lambda i: i["agent_id"])]
 
-    def list_all_agents(self) -> list[Agent]:
-        return [agent_from_item(item) for item in self._scan(TableName=self._agents)]
+    def silent_agent_ids(self, silent_since: float) -> list[str]:
+        """Idle agents last seen before ``silent_since`` (from every idle-index shard)."""
+        streams = (
+            self._query(
+                TableName=self._agents,
+                IndexName=IDLE_INDEX,
+                KeyConditionExpression="idle_shard = :shard AND last_seen < :cutoff",
+                ExpressionAttributeValues=expression_values(shard=value, cutoff=silent_since),
+            )
+            for value in all_shard_keys(IDLE_INDEX, IDLE_PREFIX)
+        )
+        items = merged(streams, lambda i: (float(i["last_seen"]), i["agent_id"]))
+        return [item["agent_id"] for item in items]
 
     def record_install(self, agent_id: str, batch_id: str, app: AppRef, now: float) -> bool:
         agent = self._update(
@@ -206,16 +243,22 @@ class AgentStore(CountingTables):
 
     def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
         status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
+        values = expression_values(status=status.value, now=now, b=batch_id)
+        if offline:
+            idle, removed = "", ", idle_shard"
+        else:
+            idle, removed = ", idle_shard = :ishard", ""
+            values.update(expression_values(ishard=idle_shard(agent_id)))
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
             UpdateExpression=(
-                "SET #s = :status, updated_at = :now "
-                "REMOVE batch_id, batch_group, batch_expected_free_at"
+                f"SET #s = :status, updated_at = :now{idle} "
+                f"REMOVE batch_id, batch_group, batch_expected_free_at{removed}"
             ),
             ConditionExpression="batch_id = :b",
             ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=expression_values(status=status.value, now=now, b=batch_id),
+            ExpressionAttributeValues=values,
         )
         return item is not None
 
@@ -223,7 +266,7 @@ class AgentStore(CountingTables):
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
-            UpdateExpression="SET #s = :offline, updated_at = :now",
+            UpdateExpression="SET #s = :offline, updated_at = :now REMOVE idle_shard",
             ConditionExpression=(
                 "#s = :idle AND last_seen < :cutoff AND attribute_not_exists(batch_id)"
             ),
@@ -241,7 +284,7 @@ class AgentStore(CountingTables):
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
-            UpdateExpression="SET #s = :offline, updated_at = :now",
+            UpdateExpression="SET #s = :offline, updated_at = :now REMOVE idle_shard",
             ConditionExpression="attribute_exists(agent_id) AND attribute_not_exists(batch_id)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=expression_values(offline=AgentStatus.OFFLINE.value, now=now),

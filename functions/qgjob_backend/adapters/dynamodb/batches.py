@@ -29,6 +29,12 @@ from qgjob_backend.adapters.dynamodb.counters import (
     pair_key,
     run_counter_update,
 )
+from qgjob_backend.adapters.dynamodb.shards import (
+    LEASE_INDEX,
+    all_shard_keys,
+    merged,
+    shard_key,
+)
 from qgjob_backend.config import MAX_BATCH_JOBS
 from qgjob_backend.domain.models import AgentStatus, Batch, BatchState, Job
 from qgjob_backend.domain.progress import METRIC_SHARDS, moved, nonzero
@@ -37,8 +43,11 @@ from qgjob_backend.schema import JobStatus, Target
 
 logger = Logger(child=True)
 
-LEASE_INDEX = "lease-index"
-ACTIVE_LEASE_SHARD = "active"
+ACTIVE_LEASE_PREFIX = "active"
+
+
+def lease_shard(batch_id: str) -> str:
+    return shard_key(LEASE_INDEX, ACTIVE_LEASE_PREFIX, batch_id)
 
 
 def batch_to_item(batch: Batch) -> Item:
@@ -59,7 +68,11 @@ def batch_to_item(batch: Batch) -> Item:
         "expected_end_at": batch.expected_end_at,
     }
     if batch.state is BatchState.ACTIVE:
-        item["lease_shard"] = ACTIVE_LEASE_SHARD
+        # lease-index sorts on lease_check_at, not lease_expires_at: a heartbeat moves only
+        # the latter (no index write); the reaper moves the check time when it finds the
+        # lease extended (one index write per lease period). Keys only, for the same reason.
+        item["lease_shard"] = lease_shard(batch.batch_id)
+        item["lease_check_at"] = batch.lease_expires_at
     return item
 
 
@@ -101,10 +114,11 @@ class BatchStore(CountingTables):
             "g": batch.group_key,
             "now": now,
         }
+        # A busy agent leaves the idle index (its heartbeats never write an index).
         if batch.expected_end_at is None:
-            free_at = " REMOVE batch_expected_free_at"
+            free_at = " REMOVE idle_shard, batch_expected_free_at"
         else:
-            free_at = ", batch_expected_free_at = :free"
+            free_at = ", batch_expected_free_at = :free REMOVE idle_shard"
             agent_values["free"] = batch.expected_end_at
         items: list[dict[str, Any]] = [
             {
@@ -249,22 +263,42 @@ class BatchStore(CountingTables):
         return bool(current and current.state is BatchState.ACTIVE and current.agent_id == agent_id)
 
     def lapsed_batches(self, now: float) -> list[Batch]:
-        items = self._query(
-            TableName=self._batches,
-            IndexName=LEASE_INDEX,
-            KeyConditionExpression="lease_shard = :shard AND lease_expires_at < :now",
-            ExpressionAttributeValues=expression_values(shard=ACTIVE_LEASE_SHARD, now=now),
+        """Due check times from every lease shard, then the batches themselves (strongly
+        consistent): those whose real lease ran out are returned; a batch whose lease was
+        extended since gets its check time moved to its lease's end (conditional on the
+        check time read, so a repeat or a racing reaper writes nothing)."""
+        streams = (
+            self._query(
+                TableName=self._batches,
+                IndexName=LEASE_INDEX,
+                KeyConditionExpression="lease_shard = :shard AND lease_check_at < :now",
+                ExpressionAttributeValues=expression_values(shard=value, now=now),
+            )
+            for value in all_shard_keys(LEASE_INDEX, ACTIVE_LEASE_PREFIX)
         )
-        return [batch_from_item(item) for item in items]
-
-    def active_batches(self) -> list[Batch]:
-        items = self._query(
-            TableName=self._batches,
-            IndexName=LEASE_INDEX,
-            KeyConditionExpression="lease_shard = :shard",
-            ExpressionAttributeValues=expression_values(shard=ACTIVE_LEASE_SHARD),
-        )
-        return [b for b in map(batch_from_item, items) if b.state is BatchState.ACTIVE]
+        due = merged(streams, lambda i: (float(i["lease_check_at"]), i["batch_id"]))
+        lapsed: list[Batch] = []
+        for item in self._get_items(self._batches, "batch_id", [i["batch_id"] for i in due]):
+            if "lease_shard" not in item:
+                continue  # closed since the index was read
+            batch = batch_from_item(item)
+            if batch.lease_expires_at < now:
+                lapsed.append(batch)
+            else:
+                self._update(
+                    self._batches,
+                    {"batch_id": batch.batch_id},
+                    UpdateExpression="SET lease_check_at = :until",
+                    ConditionExpression=(
+                        "attribute_exists(lease_shard) AND lease_check_at = :seen "
+                        "AND lease_expires_at = :until"
+                    ),
+                    ExpressionAttributeValues=expression_values(
+                        until=batch.lease_expires_at, seen=item["lease_check_at"]
+                    ),
+                )
+        lapsed.sort(key=lambda b: (b.lease_expires_at, b.batch_id))
+        return lapsed
 
     def time_out_job(self, job: Job, now: float) -> Job | None:
         if job.batch_id is None or job.started_at is None:
@@ -272,8 +306,10 @@ class BatchStore(CountingTables):
         message = f"no result within timeout_s={job.timeout_s}"
         done = self._counted_update(
             Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.TIMED_OUT),
+            now,
             UpdateExpression=(
-                "SET #s = :timed_out, finished_at = :now, updated_at = :now, message = :msg"
+                "SET #s = :timed_out, finished_at = :now, updated_at = :now, message = :msg "
+                "REMOVE timeout_shard, timeout_at"
             ),
             ConditionExpression="#s = :running AND batch_id = :b AND started_at = :started",
             ExpressionAttributeNames={"#s": "status"},
@@ -314,11 +350,17 @@ class BatchStore(CountingTables):
         item = self._update(
             self._batches,
             {"batch_id": batch.batch_id},
-            UpdateExpression="SET #st = :final, finished_at = :now REMOVE lease_shard",
+            UpdateExpression=(
+                "SET #st = :final, finished_at = :now, expires_at = :expires "
+                "REMOVE lease_shard, lease_check_at"
+            ),
             ConditionExpression="#st = :current AND attribute_exists(lease_shard)",
             ExpressionAttributeNames={"#st": "state"},
             ExpressionAttributeValues=expression_values(
-                final=final.value, current=batch.state.value, now=now
+                final=final.value,
+                current=batch.state.value,
+                now=now,
+                expires=self._expires_at(now),
             ),
         )
         return item is not None

@@ -68,9 +68,16 @@ def _adds(deltas: Mapping[str, int]) -> tuple[str, dict[str, Any]]:
     return "ADD " + ", ".join(parts), values
 
 
-def run_counter_update(runs_table: str, run_id: str, jobs: Mapping[str, int]) -> dict[str, Any]:
-    """Moves the run's counters; the run must exist (a job's run is written first)."""
+def run_counter_update(
+    runs_table: str, run_id: str, jobs: Mapping[str, int], expires_at: int | None = None
+) -> dict[str, Any]:
+    """Moves the run's counters; the run must exist (a job's run is written first). With
+    ``expires_at`` (a job finished), the run's TTL moves with them: a run expires a
+    retention after its last job finished."""
     adds, values = _adds({counter_attribute(c): d for c, d in jobs.items()})
+    if expires_at is not None:
+        adds = f"SET expires_at = :expires {adds}"
+        values["expires"] = expires_at
     return {
         "Update": {
             "TableName": runs_table,
@@ -140,20 +147,35 @@ class CountingTables(DynamoTables):
             raise
         return True
 
-    def _counter_items(self, counted: Counted) -> list[dict[str, Any]]:
+    def _counter_items(self, counted: Counted, expires_at: int | None) -> list[dict[str, Any]]:
         delta = moved(counted.before, counted.after)
         if not delta:
             return []
         return [
-            run_counter_update(self._runs, counted.run_id, delta),
+            run_counter_update(self._runs, counted.run_id, delta, expires_at),
             org_counter_update(self._runs, counted.org_id, counted.job_id, delta),
         ]
 
-    def _counted_update(self, counted: Counted, **update: Any) -> bool:
+    def _counted_update(self, counted: Counted, now: float, **update: Any) -> bool:
         """The job's conditional update and the counters it moves: all or nothing (one
         plain UpdateItem when it moves no counter)."""
         key = serialize({"job_id": counted.job_id})
-        counters = self._counter_items(counted)
+        expires_at = None
+        if counted.after.is_final:
+            # A finished job (and its run) expire a retention later: set in the same write.
+            expires_at = self._expires_at(now)
+            expression = update["UpdateExpression"]
+            if not expression.startswith("SET "):
+                raise ValueError("a final transition's update must start with SET")
+            update = {
+                **update,
+                "UpdateExpression": "SET expires_at = :expires_at, " + expression[4:],
+                "ExpressionAttributeValues": {
+                    **update["ExpressionAttributeValues"],
+                    **expression_values(expires_at=expires_at),
+                },
+            }
+        counters = self._counter_items(counted, expires_at)
         if not counters:
             try:
                 self._db.update_item(TableName=self._jobs, Key=key, **update)

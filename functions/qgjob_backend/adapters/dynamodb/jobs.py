@@ -9,7 +9,7 @@ stays one conditional UpdateItem.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,25 +33,44 @@ from qgjob_backend.adapters.dynamodb.counters import (
     org_counter_update,
     run_counter_update,
 )
+from qgjob_backend.adapters.dynamodb.shards import (
+    BACKLOG_INDEX,
+    TIMEOUT_INDEX,
+    UNADMITTED_INDEX,
+    all_shard_keys,
+    merged,
+    shard_key,
+)
 from qgjob_backend.domain.models import Job, Run
 from qgjob_backend.domain.progress import moved, nonzero, run_job_ids
 from qgjob_backend.ports import JobOutcome, JobPage
 from qgjob_backend.schema import JobStatus, Target
 
-BACKLOG_INDEX = "backlog-index"
 # Every job by run, in submission order (keys only: run_id and position never change, so
 # the index is written once per job, not on each transition).
 RUN_INDEX = "run-index"
 # A job chunk's transaction also moves its run's counters and one org metrics shard.
 JOBS_PER_CREATE = TRANSACTION_LIMIT - 2
-UNADMITTED_INDEX = "unadmitted-index"
-UNADMITTED_SHARD = "pending"
+UNADMITTED_PREFIX = "pending"
+# Sparse: only running jobs carry timeout_shard and timeout_at (started_at + timeout_s),
+# set by start_job, removed by every transition out of running.
+RUNNING_PREFIX = "running"
+TIMEOUT_ATTRIBUTES = "timeout_shard, timeout_at"
 
 
 def backlog_sort_key(job: Job) -> str:
     """Most urgent first, then oldest: a plan that reads only the head of the backlog
     (its window) sees the work that must go first."""
     return f"{job.priority:02d}#{job.created_at:020.6f}#{job.group_key}#{job.position:05d}"
+
+
+def backlog_shard(job: Job) -> str:
+    """The job's backlog partition: its target, spread over the index's shards."""
+    return shard_key(BACKLOG_INDEX, job.target.value, job.job_id)
+
+
+def unadmitted_shard(job_id: str) -> str:
+    return shard_key(UNADMITTED_INDEX, UNADMITTED_PREFIX, job_id)
 
 
 def job_to_item(job: Job) -> Item:
@@ -85,7 +104,7 @@ def job_to_item(job: Job) -> Item:
         "estimate_s": job.estimate_s,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
-        item["unadmitted_shard"] = UNADMITTED_SHARD
+        item["unadmitted_shard"] = unadmitted_shard(job.job_id)
     return item
 
 
@@ -278,7 +297,7 @@ class JobStore(CountingTables):
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=expression_values(
                 true=True,
-                target=job.target.value,
+                target=backlog_shard(job),
                 bk=backlog_sort_key(job),
                 now=now,
                 queued=JobStatus.QUEUED.value,
@@ -288,25 +307,50 @@ class JobStore(CountingTables):
         return job_from_item(item) if item else None
 
     def backlog(self, target: Target, limit: int | None = None) -> list[Job]:
-        query: dict[str, Any] = {
-            "TableName": self._jobs,
-            "IndexName": BACKLOG_INDEX,
-            "KeyConditionExpression": "backlog_target = :target",
-            "ExpressionAttributeValues": expression_values(target=target.value),
-        }
-        if limit is not None:
-            query["PaginationConfig"] = {"MaxItems": limit, "PageSize": min(limit, 1000)}
-        return [job_from_item(item) for item in self._query(**query)]
+        """Most urgent, then oldest, at most ``limit``: each shard read in backlog_key
+        order (a page at a time, only while it can still make the cut), merged, cut."""
+        shards = all_shard_keys(BACKLOG_INDEX, target.value)
+        page = 1000 if limit is None else max(1, min(1000, 2 * -(-limit // len(shards))))
+
+        def shard(value: str) -> Iterator[Item]:
+            return self._query(
+                TableName=self._jobs,
+                IndexName=BACKLOG_INDEX,
+                KeyConditionExpression="backlog_target = :shard",
+                ExpressionAttributeValues=expression_values(shard=value),
+                PaginationConfig={"PageSize": page},
+            )
+
+        items = merged((shard(value) for value in shards), lambda i: i["backlog_key"], limit)
+        return [job_from_item(item) for item in items]
 
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
-        items = self._query(
-            TableName=self._jobs,
-            IndexName=UNADMITTED_INDEX,
-            KeyConditionExpression="unadmitted_shard = :shard AND created_at < :cutoff",
-            ExpressionAttributeValues=expression_values(
-                shard=UNADMITTED_SHARD, cutoff=created_before
-            ),
+        """Oldest first, from every shard of the index."""
+        streams = (
+            self._query(
+                TableName=self._jobs,
+                IndexName=UNADMITTED_INDEX,
+                KeyConditionExpression="unadmitted_shard = :shard AND created_at < :cutoff",
+                ExpressionAttributeValues=expression_values(shard=value, cutoff=created_before),
+            )
+            for value in all_shard_keys(UNADMITTED_INDEX, UNADMITTED_PREFIX)
         )
+        items = merged(streams, lambda i: (float(i["created_at"]), i["job_id"]))
+        return [item["job_id"] for item in items]
+
+    def overdue_job_ids(self, due_before: float) -> list[str]:
+        """Running jobs whose timeout_at is before ``due_before``, from every shard of the
+        timeout index (earliest first): only due items are read, never every batch."""
+        streams = (
+            self._query(
+                TableName=self._jobs,
+                IndexName=TIMEOUT_INDEX,
+                KeyConditionExpression="timeout_shard = :shard AND timeout_at < :due",
+                ExpressionAttributeValues=expression_values(shard=value, due=due_before),
+            )
+            for value in all_shard_keys(TIMEOUT_INDEX, RUNNING_PREFIX)
+        )
+        items = merged(streams, lambda i: (float(i["timeout_at"]), i["job_id"]))
         return [item["job_id"] for item in items]
 
     def claim_resend(self, job: Job, now: float) -> bool:
@@ -331,6 +375,7 @@ class JobStore(CountingTables):
         message = "cancelled before it started"
         done = self._counted_update(
             Counted(current.run_id, current.org_id, job_id, JobStatus.QUEUED, JobStatus.CANCELLED),
+            now,
             UpdateExpression=(
                 "SET #s = :cancelled, finished_at = :now, updated_at = :now, "
                 "message = :msg REMOVE backlog_target, backlog_key, unadmitted_shard"
@@ -361,7 +406,9 @@ class JobStore(CountingTables):
             # A restarted agent re-starting its running job keeps the first start, so the
             # job's timeout still bounds a test that keeps crashing its agent.
             UpdateExpression=(
-                "SET #s = :running, started_at = if_not_exists(started_at, :now), updated_at = :now"
+                "SET #s = :running, started_at = if_not_exists(started_at, :now), "
+                "updated_at = :now, timeout_shard = :tshard, "
+                "timeout_at = if_not_exists(started_at, :now) + timeout_s"
             ),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
             ExpressionAttributeNames={"#s": "status"},
@@ -371,6 +418,7 @@ class JobStore(CountingTables):
                 now=now,
                 b=batch_id,
                 a=agent_id,
+                tshard=shard_key(TIMEOUT_INDEX, RUNNING_PREFIX, job_id),
             ),
         )
         return job_from_item(item) if item else None
@@ -404,7 +452,7 @@ class JobStore(CountingTables):
             "output_key": outcome.output_key,
         }
         # A result replaces everything an earlier attempt left behind.
-        removes = ["retry_of_batch"]
+        removes = ["retry_of_batch", TIMEOUT_ATTRIBUTES]
         for name, value in optional.items():
             if value is None:
                 removes.append(name)
@@ -413,6 +461,7 @@ class JobStore(CountingTables):
                 values[name] = value
         done = self._counted_update(
             Counted(current.run_id, current.org_id, job_id, JobStatus.RUNNING, outcome.status),
+            now,
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
             ExpressionAttributeNames={"#s": "status"},
@@ -461,9 +510,10 @@ class JobStore(CountingTables):
         if attempts >= job.max_attempts:
             failed = self._counted_update(
                 Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.ERROR),
+                now,
                 UpdateExpression=(
                     "SET #s = :error, attempts = :attempts, finished_at = :now, "
-                    "updated_at = :now, message = :reason"
+                    f"updated_at = :now, message = :reason REMOVE {TIMEOUT_ATTRIBUTES}"
                 ),
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#s": "status"},
@@ -493,10 +543,11 @@ class JobStore(CountingTables):
                 marker, removed, extra = "", ", retry_of_batch", {}
             back = self._counted_update(
                 Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.QUEUED),
+                now,
                 UpdateExpression=(
                     "SET #s = :queued, attempts = :attempts, updated_at = :now, message = :reason, "
                     f"{marker}backlog_target = :target, backlog_key = :bk "
-                    f"REMOVE batch_id, agent_id, started_at{removed}"
+                    f"REMOVE batch_id, agent_id, started_at, {TIMEOUT_ATTRIBUTES}{removed}"
                 ),
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#s": "status"},
@@ -504,7 +555,7 @@ class JobStore(CountingTables):
                     **common,
                     **expression_values(
                         queued=JobStatus.QUEUED.value,
-                        target=job.target.value,
+                        target=backlog_shard(job),
                         bk=backlog_sort_key(requeued),
                     ),
                     **extra,
