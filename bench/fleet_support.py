@@ -31,16 +31,22 @@ class BenchError(RuntimeError):
 
 
 def wait_for(
-    probe: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.1
+    probe: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.1,
+    error: type[Exception] = BenchError,
 ) -> T:
-    """Polls ``probe`` until it returns something truthy; raises `BenchError` at the deadline."""
+    """Polls ``probe`` until it returns something truthy; raises ``error`` at the deadline
+    (the e2e tests pass AssertionError)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = probe()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            raise error(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(interval_s)
 
 
@@ -52,6 +58,42 @@ def repo_env(**extra: str) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra)
     return env
+
+
+def launch_stack(
+    command: Sequence[str],
+    state_dir: Path,
+    ready_file: Path,
+    *,
+    env: dict[str, str],
+    timeout_s: float,
+    error: type[Exception] = BenchError,
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Starts a local stack (``command`` writes ``ready_file`` once it serves) with its
+    output in ``state_dir/stack.out``; returns the process and what the ready file says.
+    Stops the process and raises ``error`` when it exits or is not ready in time."""
+    output_path = state_dir / "stack.out"
+    with output_path.open("wb") as output:
+        process = subprocess.Popen(
+            list(command), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(
+            lambda: ready_file.exists() or process.poll() is not None,
+            timeout_s=timeout_s,
+            what="the local stack's ready file",
+            error=error,
+        )
+        if process.poll() is not None:
+            text = output_path.read_text(encoding="utf-8", errors="replace")
+            raise error(f"the local stack exited early:\n{text[-4000:]}")
+        return process, json.loads(ready_file.read_text(encoding="utf-8"))
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -93,25 +135,8 @@ class MeteredStack:
             "--state-dir", str(state_dir), "--ready-file", str(ready_file), *args,
         ]  # fmt: skip
         env = repo_env(QGJOB_METER_FILE=str(meter_file), QGJOB_METER_INTERVAL="0.5")
-        with (state_dir / "stack.out").open("wb") as output:
-            process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        stack = cls(process, state_dir, meter_file)
-        try:
-            wait_for(
-                lambda: ready_file.exists() or process.poll() is not None,
-                timeout_s=timeout_s,
-                what="the local stack to be ready",
-            )
-            if process.poll() is not None:
-                raise BenchError(f"the local stack exited early:\n{stack.output()[-4000:]}")
-            stack.ready = json.loads(ready_file.read_text(encoding="utf-8"))
-        except BaseException:
-            stack.stop()
-            raise
-        return stack
+        process, ready = launch_stack(command, state_dir, ready_file, env=env, timeout_s=timeout_s)
+        return cls(process, state_dir, meter_file, ready)
 
     def output(self) -> str:
         path = self.state_dir / "stack.out"

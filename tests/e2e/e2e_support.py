@@ -8,11 +8,9 @@ HTTP API, the agents' journals and (for queue drainage only) the moto endpoint.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +19,9 @@ from typing import Any, TypeVar
 import boto3
 import requests
 
+from bench.fleet_support import launch_stack, repo_env, wait_for
 from infra.qgjob_cli import CliResult, QgjobCli
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FINAL_STATUSES = frozenset({"passed", "failed", "error", "cancelled", "timed_out"})
 T = TypeVar("T")
 
@@ -32,26 +30,9 @@ def wait_until(
     probe: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.1
 ) -> T:
     """Polls ``probe`` until it returns something truthy; fails with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def repo_env(**extra: str) -> dict[str, str]:
-    """The environment `make` gives: functions/ and the repo root importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QGJOB_", "AWS_"))}
-    paths = [str(REPO_ROOT / "functions"), str(REPO_ROOT), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env.update(extra)
-    return env
-
-
-# ----------------------------------------------------------------------- stack
+    return wait_for(
+        probe, timeout_s=timeout_s, what=what, interval_s=interval_s, error=AssertionError
+    )
 
 
 @dataclass
@@ -80,26 +61,11 @@ class StackProcess:
         cls, command: list[str], state_dir: Path, ready_file: Path, *, timeout_s: float = 60.0
     ) -> StackProcess:
         """Runs ``command`` (a stack that writes ``ready_file`` once it serves) until ready."""
-        output_path = state_dir / "stack.out"
-        with output_path.open("wb") as output:
-            process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=repo_env(), stdin=subprocess.DEVNULL,
-                stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        stack = cls(process, state_dir, output_path)
-        try:
-            wait_until(
-                lambda: ready_file.exists() or process.poll() is not None,
-                timeout_s=timeout_s,
-                what="the local stack's ready file",
-            )
-            if process.poll() is not None:
-                raise AssertionError(f"the local stack exited early:\n{stack.output()}")
-        except BaseException:
-            stack.stop()
-            raise
-        stack.ready = json.loads(ready_file.read_text(encoding="utf-8"))
-        return stack
+        process, ready = launch_stack(
+            command, state_dir, ready_file, env=repo_env(), timeout_s=timeout_s,
+            error=AssertionError,
+        )  # fmt: skip
+        return cls(process, state_dir, state_dir / "stack.out", ready)
 
     def aws(self, service: str) -> Any:
         """A boto3 client of the stack's embedded AWS (moto), to look behind the API."""

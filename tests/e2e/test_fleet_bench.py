@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import REPO_ROOT, repo_env
+
+from bench.fleet_support import REPO_ROOT, repo_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -670,6 +670,21 @@ class MemoryEstimateStore:
 
 
 # ------------------------------------------------------------------ other ports
+class CountingStore(MemoryStateStore):
+    """The memory store, counting every port call made while ``counting`` is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.counting = False
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if not name.startswith("_") and callable(value) and super().__getattribute__("counting"):
+            super().__getattribute__("calls")[name] += 1
+        return value
+
+
 class MemoryJobQueue:
     """Records every job sent; can be told to fail (raise, or report some ids as failed)."""
 

@@ -3,29 +3,18 @@ exist (issue 9: planning is off the request path, only the dispatcher plans)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pytest
 
 import qgjob_backend.services.dispatch as dispatch_module
 from qgjob_backend.schema import SuiteSubmission, Target
-from tests.unit.fakes import FakeClock, MemoryStateStore, PlanSpy, build_memory_services
-
-
-class CountingStore(MemoryStateStore):
-    """The memory store, counting every port call made while ``counting`` is on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-        self.counting = False
-
-    def __getattribute__(self, name: str) -> Any:
-        value = super().__getattribute__(name)
-        if not name.startswith("_") and callable(value) and super().__getattribute__("counting"):
-            super().__getattribute__("calls")[name] += 1
-        return value
+from tests.unit.fakes import (
+    CountingStore,
+    FakeClock,
+    PlanSpy,
+    build_memory_services,
+)
 
 
 def _fleet(agents: int, queued: int) -> tuple[Any, CountingStore, str]:

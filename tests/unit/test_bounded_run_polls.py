@@ -17,32 +17,17 @@ from qgjob_backend.schema import SuiteSubmission
 from qgjob_backend.services.auth import TokenKind
 from qgjob_backend.wiring import Services, assemble_services
 from tests.unit.fakes import (
+    CountingStore,
     FakeClock,
     MemoryArtifactStore,
     MemoryEstimateStore,
     MemoryJobQueue,
-    MemoryStateStore,
     MemoryTokenStore,
     SequentialIds,
     fake_config,
 )
 
 SUITE_LIMIT = 1000  # MAX_TESTS_PER_SUITE
-
-
-class CountingStore(MemoryStateStore):
-    """The memory store, counting every port call made while ``counting`` is on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-        self.counting = False
-
-    def __getattribute__(self, name: str) -> Any:
-        value = super().__getattribute__(name)
-        if not name.startswith("_") and callable(value) and super().__getattribute__("counting"):
-            super().__getattribute__("calls")[name] += 1
-        return value
 
 
 class World:
