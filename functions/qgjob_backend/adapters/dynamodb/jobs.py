@@ -326,31 +326,32 @@ class JobStore(CountingTables):
 
     def unadmitted_job_ids(self, created_before: float) -> list[str]:
         """Oldest first, from every shard of the index."""
-        streams = (
-            self._query(
-                TableName=self._jobs,
-                IndexName=UNADMITTED_INDEX,
-                KeyConditionExpression="unadmitted_shard = :shard AND created_at < :cutoff",
-                ExpressionAttributeValues=expression_values(shard=value, cutoff=created_before),
-            )
-            for value in all_shard_keys(UNADMITTED_INDEX, UNADMITTED_PREFIX)
+        return self._job_ids_before(
+            UNADMITTED_INDEX, UNADMITTED_PREFIX, "unadmitted_shard", "created_at", created_before
         )
-        items = merged(streams, lambda i: (float(i["created_at"]), i["job_id"]))
-        return [item["job_id"] for item in items]
 
     def overdue_job_ids(self, due_before: float) -> list[str]:
         """Running jobs whose timeout_at is before ``due_before``, from every shard of the
         timeout index (earliest first): only due items are read, never every batch."""
+        return self._job_ids_before(
+            TIMEOUT_INDEX, RUNNING_PREFIX, "timeout_shard", "timeout_at", due_before
+        )
+
+    def _job_ids_before(
+        self, index: str, prefix: str, shard_attr: str, sort_attr: str, before: float
+    ) -> list[str]:
+        """The job ids of a sharded sparse index whose sort key is below ``before``, every
+        shard queried and merged in sort-key order."""
         streams = (
             self._query(
                 TableName=self._jobs,
-                IndexName=TIMEOUT_INDEX,
-                KeyConditionExpression="timeout_shard = :shard AND timeout_at < :due",
-                ExpressionAttributeValues=expression_values(shard=value, due=due_before),
+                IndexName=index,
+                KeyConditionExpression=f"{shard_attr} = :shard AND {sort_attr} < :before",
+                ExpressionAttributeValues=expression_values(shard=value, before=before),
             )
-            for value in all_shard_keys(TIMEOUT_INDEX, RUNNING_PREFIX)
+            for value in all_shard_keys(index, prefix)
         )
-        items = merged(streams, lambda i: (float(i["timeout_at"]), i["job_id"]))
+        items = merged(streams, lambda i: (float(i[sort_attr]), i["job_id"]))
         return [item["job_id"] for item in items]
 
     def claim_resend(self, job: Job, now: float) -> bool:
