@@ -58,7 +58,7 @@ from bench.fleet_support import AgentProcess, BenchError, Journals, MeteredStack
 from bench.prices import PRICES_TAKEN_ON, REGION
 from qgjob.client import ApiClient
 from qgjob.errors import ApiError, InvalidInput, ServerError, Unreachable
-from qgjob.follow import run_done
+from qgjob.follow import DEFAULT_MAX_POLL_INTERVAL_S, run_done, run_eta, wait_until
 from qgjob.schema import JobPayload, SuiteSubmission, Target
 
 FINAL_STATUSES = frozenset({"passed", "failed", "error", "cancelled", "timed_out"})
@@ -608,15 +608,26 @@ class Fleet:
         return None
 
     def _follow(self, api: ApiClient, run: SubmittedRun, deadline: float) -> None:
-        """Polls the run like ``qgjob submit --wait`` until it is finished."""
-        while time.monotonic() < deadline:
-            try:
-                if run_done(api.get_run(run.run_id)):
-                    run.finished = True
-                    return
-            except (Unreachable, ServerError) as error:
-                log(f"  run {run.run_id}: poll failed ({error}); still waiting")
-            time.sleep(self.options.poll_interval)
+        """Polls the run as ``qgjob submit --wait`` does (``qgjob.follow.wait_until``, the
+        CLI's backoff and pace) until it is finished."""
+
+        def failed(error: Exception) -> None:
+            log(f"  run {run.run_id}: poll failed ({error}); still waiting")
+
+        with contextlib.suppress(Unreachable, ServerError):  # too many failures in a row
+            outcome = wait_until(
+                lambda: api.get_run(run.run_id),
+                run_done,
+                poll_interval=self.options.poll_interval,
+                max_poll_interval=DEFAULT_MAX_POLL_INTERVAL_S,
+                eta=run_eta,
+                wait_timeout=max(0.0, deadline - time.monotonic()),
+                clock=time.monotonic,
+                sleep=time.sleep,
+                on_failure=failed,
+                max_consecutive_failures=1_000_000,
+            )
+            run.finished = outcome.finished
 
     def _watch_runs(self, deadline: float) -> None:
         """--no-follow: the benchmark polls every unfinished run every few seconds."""

@@ -135,6 +135,8 @@ class MeteredStack:
             "--state-dir", str(state_dir), "--ready-file", str(ready_file), *args,
         ]  # fmt: skip
         env = repo_env(QGJOB_METER_FILE=str(meter_file), QGJOB_METER_INTERVAL="0.5")
+        if os.environ.get("QGJOB_METER_SITES") == "1":  # usage by code path, see metering
+            env["QGJOB_METER_SITES"] = "1"
         process, ready = launch_stack(command, state_dir, ready_file, env=env, timeout_s=timeout_s)
         return cls(process, state_dir, meter_file, ready)
 

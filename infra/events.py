@@ -66,7 +66,12 @@ def build_proxy_event(
     api_id: str,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway REST proxy event (``resource: /{proxy+}``) for one HTTP request."""
+    """An HTTP API event, payload format version 1.0, for the ``ANY /{proxy+}`` route.
+
+    As at AWS, header names arrive in lower case and, on a named stage, ``path`` keeps the
+    stage prefix (``/v1/jobs/1``): the handler takes it off. ``pathParameters.proxy`` is
+    the path within the stage.
+    """
     now = time.time() if now is None else now
     relative = stage_relative_path(request.raw_path, stage)
     if relative is None:
@@ -76,10 +81,11 @@ def build_proxy_event(
     headers, multi_headers = _headers(request)
     query, multi_query = _query(split.query)
     body, is_base64 = _body(request.body)
-    host = headers.get("Host", "localhost")
+    host = headers.get("host", "localhost")
     return {
+        "version": "1.0",
         "resource": PROXY_RESOURCE,
-        "path": path,
+        "path": f"/{stage}{path}",
         "httpMethod": request.method,
         "headers": headers,
         "multiValueHeaders": multi_headers,
@@ -88,7 +94,7 @@ def build_proxy_event(
         "pathParameters": {"proxy": path.lstrip("/")},
         "stageVariables": None,
         "requestContext": {
-            "resourceId": "proxy",
+            "resourceId": "ANY /{proxy+}",
             "resourcePath": PROXY_RESOURCE,
             "httpMethod": request.method,
             "extendedRequestId": request_id,
@@ -101,18 +107,18 @@ def build_proxy_event(
             "requestTimeEpoch": int(now * 1000),
             "requestId": request_id,
             "identity": {
-                "cognitoIdentityPoolId": None,
-                "accountId": None,
-                "cognitoIdentityId": None,
-                "caller": None,
-                "sourceIp": request.source_ip,
-                "principalOrgId": None,
                 "accessKey": None,
-                "cognitoAuthenticationType": None,
+                "accountId": None,
+                "caller": None,
                 "cognitoAuthenticationProvider": None,
-                "userArn": None,
-                "userAgent": headers.get("User-Agent"),
+                "cognitoAuthenticationType": None,
+                "cognitoIdentityId": None,
+                "cognitoIdentityPoolId": None,
+                "principalOrgId": None,
+                "sourceIp": request.source_ip,
                 "user": None,
+                "userAgent": headers.get("user-agent"),
+                "userArn": None,
             },
             "domainName": host,
             "apiId": api_id,
@@ -123,7 +129,8 @@ def build_proxy_event(
 
 
 def _headers(request: HttpRequest) -> tuple[dict[str, str], dict[str, list[str]]]:
-    # API Gateway adds the forwarding headers a load balancer would; names keep their case.
+    # API Gateway adds the forwarding headers a load balancer would; an HTTP API passes
+    # header names in lower case.
     received = [
         *request.headers,
         ("X-Forwarded-For", request.source_ip),
@@ -131,7 +138,7 @@ def _headers(request: HttpRequest) -> tuple[dict[str, str], dict[str, list[str]]
     ]
     multi: dict[str, list[str]] = {}
     for name, value in received:
-        multi.setdefault(name, []).append(value)
+        multi.setdefault(name.lower(), []).append(value)
     single = {name: values[-1] for name, values in multi.items()}
     return single, multi
 

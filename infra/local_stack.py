@@ -255,7 +255,7 @@ class LocalStack:
             _route_console_logs_to(log_path)
 
     def _concurrency(self, logical_id: str) -> int:
-        behind_api = bool(self.template.function_events(logical_id, "Api"))
+        behind_api = bool(self.template.function_events(logical_id, "HttpApi"))
         return self.options.api_concurrency if behind_api else 1
 
     def _function_setting(self, logical_id: str, name: str, default: Any) -> Any:
@@ -270,7 +270,7 @@ class LocalStack:
         ]
 
     def _start_api(self) -> None:
-        api_functions = self._functions_with_event("Api")
+        api_functions = self._functions_with_event("HttpApi")
         if len(api_functions) != 1:
             raise RuntimeError(f"expected one function behind the API, found {api_functions}")
         logical_id, _ = api_functions[0]
@@ -500,8 +500,21 @@ def parse_args(argv: Sequence[str] | None = None) -> LocalStackOptions:
         help="comma-separated orgs to create tokens for (default acme,globex)",
     )
     parser.add_argument("--batch-max-jobs", type=int, help="override BatchMaxJobs")
+    parser.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a template parameter, e.g. BrowserStackApiUrl=http://127.0.0.1:8080 "
+        "(repeatable)",
+    )
     args = parser.parse_args(argv)
     parameters = {} if args.batch_max_jobs is None else {"BatchMaxJobs": str(args.batch_max_jobs)}
+    for item in args.parameter:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            parser.error(f"--parameter {item!r}: expected NAME=VALUE")
+        parameters[name] = value
     return LocalStackOptions(
         port=args.port,
         state_dir=args.state_dir,

@@ -65,6 +65,21 @@ Handler = Callable[[dict[str, Any], Any], Any]
 # ------------------------------------------------------------------ the meter
 
 
+def call_site() -> str:
+    """The innermost qgjob_backend function on this thread's stack, with its caller
+    (``adapters.dynamodb.jobs.finish_job<services.agents.progress``), or ``-``."""
+    frame = sys._getframe(1)
+    found: list[str] = []
+    while frame is not None and len(found) < 2:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("qgjob_backend."):
+            name = f"{module.removeprefix('qgjob_backend.')}.{frame.f_code.co_name}"
+            if not found or not found[-1].startswith(module.removeprefix("qgjob_backend.")):
+                found.append(name)
+        frame = frame.f_back  # type: ignore[assignment]
+    return "<".join(found) or "-"
+
+
 class Meter:
     """Thread-safe cumulative counters; `snapshot` returns them as plain JSON data."""
 
@@ -76,6 +91,10 @@ class Meter:
         self._aws: dict[str, dict[str, dict[str, float]]] = {}
         self._functions: dict[str, dict[str, float]] = {}
         self._api: dict[str, dict[str, Any]] = {}
+        # Opt-in (QGJOB_METER_SITES=1): AWS usage by the backend function that made the
+        # call, to see which code path pays; walking the stack per call is not free.
+        self.sites_enabled = os.environ.get("QGJOB_METER_SITES") == "1"
+        self._sites: dict[str, dict[str, float]] = {}
         # SQS message id -> the attribution that sent it, root first (see `origin_of`).
         self._origins: collections.OrderedDict[str, str] = collections.OrderedDict()
 
@@ -146,6 +165,13 @@ class Meter:
             stats["wru"] += wru
             stats["rru"] += rru
             stats["empty"] += int(empty)
+            if self.sites_enabled:
+                site = self._sites.setdefault(
+                    f"{key} {call_site()}", {"calls": 0, "wru": 0, "rru": 0}
+                )
+                site["calls"] += 1
+                site["wru"] += wru
+                site["rru"] += rru
 
     def record_invocation(self, name: str, duration_s: float, *, error: bool) -> None:
         with self._lock:
@@ -178,6 +204,8 @@ class Meter:
                 "functions": json.loads(json.dumps(self._functions)),
                 "api": json.loads(json.dumps(self._api)),
             }
+            if self.sites_enabled:
+                data["sites"] = json.loads(json.dumps(self._sites))
         return data
 
     # ---- functions
@@ -249,7 +277,7 @@ def trigger_of(event: Mapping[str, Any]) -> str:
     return "invoke"
 
 
-_COLLECTIONS = frozenset({"jobs", "runs", "agents", "batches"})
+_COLLECTIONS = frozenset({"jobs", "runs", "agents", "batches", "builds"})
 _LITERALS = frozenset({"register"})
 _MAX_SEGMENTS = 8
 
@@ -264,7 +292,11 @@ def route_of(event: Mapping[str, Any]) -> str:
     if "httpMethod" not in event and isinstance(context, Mapping):
         return f"WS {context.get('routeKey') or context.get('eventType')}"
     method = str(event.get("httpMethod", "?"))
-    segments = [s for s in str(event.get("path", "")).split("/") if s]
+    # The path within the stage: an HTTP API's ``path`` keeps the stage prefix.
+    parameters = event.get("pathParameters")
+    proxy = parameters.get("proxy") if isinstance(parameters, Mapping) else None
+    path = proxy if isinstance(proxy, str) else str(event.get("path", ""))
+    segments = [s for s in path.split("/") if s]
     if len(segments) > _MAX_SEGMENTS:
         return f"{method} (other)"
     normalized: list[str] = []
@@ -331,9 +363,15 @@ def _updated_names(request: Mapping[str, Any]) -> set[str]:
 
 
 def _index_writes(table: str, names: set[str], gsi_keys: GsiKeys) -> int:
-    """One extra write per GSI whose key attributes the write sets (a lower bound: moving
-    an item within an index costs a delete and a put)."""
+    """One extra write per GSI whose key attributes an update sets or removes (a lower
+    bound: moving an item within an index costs a delete and a put)."""
     return sum(1 for keys in gsi_keys.get(table, []) if keys & names)
+
+
+def _put_index_writes(table: str, names: set[str], gsi_keys: GsiKeys) -> int:
+    """One extra write per GSI the new item is in: it has all of that index's key
+    attributes (an item missing one is not in the index, whatever else it has)."""
+    return sum(1 for keys in gsi_keys.get(table, []) if keys <= names)
 
 
 def dynamodb_units(
@@ -354,7 +392,7 @@ def dynamodb_units(
     p = params
     if operation == "PutItem":
         item = p.get("Item") or {}
-        return _write_units(item_size(item)) + _index_writes(p["TableName"], set(item), gsi), 0
+        return _write_units(item_size(item)) + _put_index_writes(p["TableName"], set(item), gsi), 0
     if operation in ("UpdateItem", "DeleteItem"):
         returned = parsed.get("Attributes")
         base = _write_units(item_size(returned)) if returned else 1
@@ -366,7 +404,9 @@ def dynamodb_units(
             for request in requests:
                 item = (request.get("PutRequest") or {}).get("Item")
                 if item is not None:
-                    units += _write_units(item_size(item)) + _index_writes(table, set(item), gsi)
+                    units += _write_units(item_size(item)) + _put_index_writes(
+                        table, set(item), gsi
+                    )
                 else:
                     units += 1
         return units, 0
@@ -376,7 +416,7 @@ def dynamodb_units(
             if "Put" in action:
                 put = action["Put"]
                 item = put.get("Item") or {}
-                units += _write_units(item_size(item)) + _index_writes(
+                units += _write_units(item_size(item)) + _put_index_writes(
                     put["TableName"], set(item), gsi
                 )
             elif "Update" in action:

@@ -3,8 +3,9 @@
 - `LambdaFunction`: a handler invoked with a Lambda context, up to its concurrency at a
   time (one by default); a waiting invocation is skipped when its caller left or the stack
   is stopping.
-- `ApiGatewayShim`: a threaded HTTP server behaving like the REST API's ``/{proxy+}``
-  resource (proxy events in, proxy results out, 403/413/502/503 like API Gateway).
+- `ApiGatewayShim`: a threaded HTTP server behaving like the HTTP API's ``ANY /{proxy+}``
+  route (payload version 1.0 events in, proxy results out, 404/413/500/503 like API
+  Gateway).
 - `SqsEventSource`: Lambda's SQS event-source mapping with ReportBatchItemFailures.
 - `Schedule`: an EventBridge rule invoking a function with Scheduled Events.
 """
@@ -34,11 +35,9 @@ HOST = "127.0.0.1"
 # API Gateway rejects payloads above 10 MB before the function sees them.
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 
-# The methods an ``ANY`` method stands for at API Gateway (REST APIs). A request with any
-# other method (TRACE, PROPFIND, CONNECT, a made-up one) matches no method of the
-# ``ANY /{proxy+}`` resource, and API Gateway answers a request that matches no resource
-# or method with 403 {"message": "Missing Authentication Token"} without invoking the
-# function (REST APIs never send 405).
+# The methods an ``ANY`` route stands for. A request with any other method (TRACE,
+# PROPFIND, CONNECT, a made-up one), or outside the stage, matches no route of the HTTP
+# API, which answers 404 {"message": "Not Found"} without invoking the function.
 ANY_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"})
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -257,8 +256,8 @@ class ApiGatewayShim:
             request.method not in ANY_METHODS
             or events.stage_relative_path(request.raw_path, self.stage) is None
         ):
-            # What API Gateway answers when no resource and method match (see ANY_METHODS).
-            return events.error_response(403, "Missing Authentication Token", request_id)
+            # What an HTTP API answers when no route matches (see ANY_METHODS).
+            return events.error_response(404, "Not Found", request_id)
         event = events.build_proxy_event(
             request,
             stage=self.stage,
@@ -275,9 +274,9 @@ class ApiGatewayShim:
         except ShuttingDownError:
             return events.error_response(503, "Service Unavailable", request_id)
         except Exception:
-            # A crashed or malformed function is a 502 at API Gateway; the log has the trace.
+            # A crashed or malformed function is a 500 at an HTTP API; the log has the trace.
             log.exception("%s %s: the api function failed", request.method, request.raw_path)
-            return events.error_response(502, "Internal server error", request_id)
+            return events.error_response(500, "Internal Server Error", request_id)
 
 
 def _line(request: events.HttpRequest) -> tuple[str, str]:
@@ -311,7 +310,7 @@ class _ProxyRequestHandler(BaseHTTPRequestHandler):
     def __getattr__(self, name: str) -> Any:
         # BaseHTTPRequestHandler answers 501 for a method without a do_<METHOD>. API
         # Gateway answers every method, so every method goes to _serve and the shim
-        # decides (403 for a method `ANY` does not cover).
+        # decides (404 for a method `ANY` does not cover).
         if name.startswith("do_"):
             return self._serve
         raise AttributeError(name)
@@ -322,7 +321,7 @@ class _ProxyRequestHandler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
         except _PayloadTooLargeError:
-            response = events.error_response(413, "Request Too Long", str(uuid.uuid4()))
+            response = events.error_response(413, "Request Entity Too Large", str(uuid.uuid4()))
             self.close_connection = True
         else:
             request = events.HttpRequest(

@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from qgjob.agent_protocol import (
     MAX_MESSAGE_CHARS,
@@ -65,6 +65,7 @@ from qgjob.agent_protocol import (
     ProgressResult,
     agent_id_for,
 )
+from qgjob.build_protocol import ArtifactUploadForm, BuildDownload
 from qgjob.errors import (
     EXIT_INFRA,
     EXIT_OK,
@@ -79,6 +80,9 @@ from qgjob.errors import (
 )
 from qgjob.push import PushChannel, PushFactory, open_push_channel
 from qgjob.runners.base import InstallError, Runner, RunOutcome, truncate_output
+
+if TYPE_CHECKING:
+    from qgjob.builds import BuildCache
 
 Json = dict[str, Any]
 T = TypeVar("T")
@@ -233,6 +237,7 @@ class Agent:
         backoff_base: float = BACKOFF_BASE_S,
         backoff_max: float = BACKOFF_MAX_S,
         push: PushFactory | None = open_push_channel,
+        build_cache: BuildCache | None = None,
     ) -> None:
         self.api = api
         self.runner = runner
@@ -271,6 +276,10 @@ class Agent:
         # install, and results (with the test path, for the log line once accepted).
         self._unsent_install = False
         self._unsent_results: list[tuple[ProgressResult, str]] = []
+        # Builds by sha256 on this host (None: no downloads; the runner finds the app).
+        self._build_cache = build_cache
+        self.installed_sha256: str | None = None  # the build this process installed
+        self._artifact_form: ArtifactUploadForm | None = None  # the batch's, for attachments
 
     # ------------------------------------------------------------------ control
 
@@ -412,10 +421,21 @@ class Agent:
 
     def _loop(self) -> None:
         failures = 0
+        batch_ended = False
+        wait_s: float | None = None  # the last empty lease's safety-poll period
         while not self._note_stop():
             if self._max_batches is not None and self.batches_done >= self._max_batches:
                 self.log(f"done: {self.batches_done} batch(es) (--max-batches)")
                 return
+            if batch_ended and self._push is not None and self._push.connected:
+                # Ending a batch is what makes the dispatcher plan for this agent; its next
+                # batch is pushed once committed, so a lease now would nearly always come
+                # back empty (measured: one lease in two, a request per batch). Wait for
+                # the push (one that came already ends the wait), or the safety poll.
+                self._wait_idle(wait_s)
+                if self._note_stop():
+                    return
+            batch_ended = False
             try:
                 if self._needs_register:
                     self._register()
@@ -437,12 +457,15 @@ class Agent:
                 self._wait_after_failure(f"lease failed: {error}", failures)
                 continue
             failures = 0
+            if answer.wait_s is not None:  # only an empty lease answers one
+                wait_s = answer.wait_s
             batch = answer.batch
             if batch is None:
-                self._wait_idle(answer.wait_s)
+                self._wait_idle(wait_s)
                 continue
             try:
                 self.run_batch(batch)
+                batch_ended = True
             except _Fatal:
                 raise
             except Exception as error:  # malformed data or a bug: log, keep serving
@@ -475,7 +498,14 @@ class Agent:
         app = (org_id, app_version_id)
         # The server's install_required is not enough: after a restart it may resume a batch
         # whose app the previous process installed on a device that has been wiped since.
-        need_install = batch.install_required or self.installed_app != app
+        build = batch.build
+        need_install = (
+            batch.install_required
+            or self.installed_app != app
+            # The version's build was replaced (--replace) since this process installed it.
+            or (build is not None and self.installed_sha256 != build.sha256)
+        )
+        self._artifact_form = batch.artifacts
         self.log(
             f"batch {batch_id} {org_id}/{app_version_id}/{target} {len(jobs)} jobs "
             f"({'install needed' if need_install else 'already installed'})"
@@ -490,7 +520,7 @@ class Agent:
         try:
             install_error = None
             if need_install and not self.stopping:
-                install_error = self._install(batch_id, org_id, app_version_id, target)
+                install_error = self._install(batch_id, org_id, app_version_id, target, build)
             for job in jobs:
                 if self._note_stop():
                     self.log(f"batch {batch_id}: {len(jobs) - ran} job(s) left to be requeued")
@@ -516,19 +546,61 @@ class Agent:
             if lost:
                 self._complete(batch_id, ran, self._clock() - started)
 
-    def _install(self, batch_id: str, org_id: str, app_version_id: str, target: str) -> str | None:
-        """Installs the app; returns an error message when the install failed."""
+    def _install(
+        self,
+        batch_id: str,
+        org_id: str,
+        app_version_id: str,
+        target: str,
+        build: BuildDownload | None = None,
+    ) -> str | None:
+        """Installs the app (its build from the cache, downloaded once per sha256);
+        returns an error message when the install failed."""
         self.log(f"installing {org_id}/{app_version_id} on {target}")
         self.installed_app = None  # unknown while installing
+        self.installed_sha256 = None
         try:
-            self.runner.install(org_id, app_version_id, target)
+            app_path = self._fetch_build(build)
+            if app_path is None:  # (a runner written before builds takes three arguments)
+                self.runner.install(org_id, app_version_id, target)
+            else:
+                self.runner.install(org_id, app_version_id, target, app_path)
         except InstallError as error:
             self.log(f"install failed: {error}")
             self._record("install", batch_id, status="failed", accepted=False)
             return f"install failed: {error}"
         self.installed_app = (org_id, app_version_id)
+        self.installed_sha256 = build.sha256 if build is not None else None
         self._unsent_install = True  # told with the first start (or the completion)
         return None
+
+    def _fetch_build(self, build: BuildDownload | None) -> str | None:
+        """The build's path in the cache (downloaded and verified when not there yet)."""
+        if build is None:
+            self.log("no build uploaded for this app version: installing what the runner has")
+            return None
+        if self._build_cache is None:
+            return None
+        path, downloaded = self._build_cache.fetch(build)
+        how = "downloaded" if downloaded else "from the cache"
+        self.log(f"build {build.file_name} sha256 {build.sha256[:12]} {how}: {path}")
+        return str(path)
+
+    def _upload_attachments(self, job_id: str, outcome: RunOutcome) -> tuple[list[Any], str]:
+        """Uploads the test's attachments; returns them and a note of what was left out."""
+        if not outcome.attachments:
+            return [], ""
+        form = self._artifact_form
+        if form is None:
+            return [], f"\n[{len(outcome.attachments)} attachment(s) not uploaded: no form]"
+        from qgjob.builds import upload_attachments  # requests: only with attachments
+
+        try:
+            uploaded, notes = upload_attachments(form, job_id, outcome.attachments)
+        except Exception as error:  # an upload must never lose the result
+            return [], f"\n[attachments not uploaded: {error!r}]"
+        note = "".join(f"\n[{line}]" for line in notes)
+        return uploaded, note
 
     def _run_job(
         self,
@@ -581,13 +653,17 @@ class Agent:
             message = f"timed out after {timeout_s:g}s"
         if message is not None and len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-        output = truncate_output(outcome.output, MAX_OUTPUT_CHARS) if outcome.output else None
+        artifacts, left_out = self._upload_attachments(job_id, outcome)
+        text = outcome.output + left_out
+        output = truncate_output(text, MAX_OUTPUT_CHARS) if text else None
         result = ProgressResult(
             job_id=job_id,
             status=status,  # type: ignore[arg-type]  # a runner's status is a ReportStatus
             duration_s=round(outcome.duration_s, 3),
             message=message,
             output=output,
+            session_id=outcome.session_id,  # browserstack: the vault archives that session
+            artifacts=artifacts,
         )
         # Reported with the next call: the next job's start, or the batch's end.
         self._unsent_results.append((result, test_path))

@@ -25,6 +25,7 @@ from qgjob.errors import (
     ConfigError,
     QgjobError,
 )
+from qgjob.follow import DEFAULT_MAX_POLL_INTERVAL_S, DEFAULT_POLL_INTERVAL_S
 
 if TYPE_CHECKING:
     from qgjob.client import ApiClient
@@ -35,8 +36,6 @@ TOKEN_ENV = "QGJOB_TOKEN"  # noqa: S105 - the name of an env var
 # The same values as qgjob.schema.Target (a unit test keeps them in step); spelled out
 # here so `--help` does not need pydantic.
 TARGETS = ("emulator", "device", "browserstack")
-DEFAULT_POLL_INTERVAL_S = 2.0
-DEFAULT_MAX_POLL_INTERVAL_S = 30.0
 DEFAULT_WAIT_TIMEOUT_S = 3600.0
 MAX_JUNIT_OUTPUTS = 200
 EXIT_INTERRUPTED = 130
@@ -124,8 +123,9 @@ poll_option = click.option(
     show_default=True,
     metavar="S",
     help=(
-        "Seconds before the first status poll with --wait. While nothing changes each "
-        "wait is 1.5x the last, up to --max-poll-interval; progress brings it back to S."
+        "Seconds before the first status poll with --wait. Each wait is 1.5x the last, up "
+        "to --max-poll-interval; once a run's jobs finish, half its estimated time left "
+        "(never under S), so its end is seen within seconds."
     ),
 )
 max_poll_option = click.option(
@@ -333,7 +333,7 @@ def _wait_for(
     fetch: Callable[[], dict[str, Any]],
     done: Callable[[dict[str, Any]], bool],
     progress: Callable[[dict[str, Any], float], str],
-    changed: Callable[[dict[str, Any]], object],
+    eta: Callable[[dict[str, Any], float], float | None] | None,
     polls: Polling,
     resume_hint: str,
 ) -> tuple[dict[str, Any], bool]:
@@ -365,7 +365,7 @@ def _wait_for(
             done,
             poll_interval=polls.first,
             max_poll_interval=polls.longest,
-            progress=changed,
+            eta=eta,
             wait_timeout=wait_timeout,
             clock=state.clock,
             sleep=state.sleep,
@@ -405,14 +405,14 @@ def _finish_run_wait(
     polls: Polling,
     junit: str | None,
 ) -> None:
-    from qgjob.follow import run_done, run_progress
+    from qgjob.follow import run_done, run_eta
 
     progress, timed_out = _wait_for(
         state,
         lambda: client.get_run(run_id),
         run_done,
         render.progress_line,
-        run_progress,
+        run_eta,
         polls,
         f"qgjob status --run-id {run_id} --wait",
     )
@@ -511,14 +511,14 @@ def status(
         job = client.get_job(job_id)
         _emit(state, job, render.job_text(job))
         return
-    from qgjob.follow import job_done, job_progress
+    from qgjob.follow import job_done
 
     job, timed_out = _wait_for(
         state,
         lambda: client.get_job(job_id),
         job_done,
         lambda view, elapsed: f"job {job_id}: {view.get('status')} after {elapsed:.0f}s",
-        job_progress,
+        None,  # one job: no pace to follow, the backoff alone
         polls,
         f"qgjob status --job-id {job_id} --wait",
     )
@@ -558,6 +558,27 @@ def result(ctx: click.Context, job_id: str, as_json: bool) -> None:
         ctx.exit(EXIT_TEST_FAILED)
 
 
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob audit --job-id <job id>
+  qgjob --json audit --job-id <job id> | jq -r '.records[0].link'
+
+\b
+The results vault archives the BrowserStack App Automate record of each attempt
+of a job that ran on BrowserStack, then audits it: S3 key, sha256, size, HTTP
+status, outcome. Each link downloads the archive for a few minutes."""
+)
+@click.option("--job-id", required=True, metavar="ID", help="A job id (from qgjob submit).")
+@json_option
+@click.pass_context
+def audit(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Print a job's results-vault audit records (BrowserStack sessions archived)."""
+    state = _state(ctx, as_json)
+    answer = state.client().get_audit(job_id)
+    _emit(state, answer, render.audit_text(answer))
+
+
 # ---------------------------------------------------------------------- cancel
 
 
@@ -592,9 +613,18 @@ Examples:
   qgjob agent --target device --device-id pixel-7 --runner command \\
       --install-command "./install-app.sh {org_id} {app_version_id}" \\
       --command "npx appwright test {test_path} --project {target}"
+  # BrowserStack App Automate: uploads each build once, reports each test's session
+  BROWSERSTACK_USERNAME=... BROWSERSTACK_ACCESS_KEY=... qgjob agent \\
+      --target browserstack --device-id bs-1 --runner browserstack \\
+      --app-path "builds/{app_version_id}.apk"
+
+  # AppWright on an emulator: the batch's build (qgjob app upload) is downloaded once
+  # into the build cache and handed to the project's config as $APP_BUILD_PATH
+  qgjob agent --target emulator --device-id emu-1 --runner appwright \\
+      --project-dir examples/appwright --build-cache ~/.cache/qgjob/builds
 
 \b
-Placeholders: {test_path} {target} {app_version_id} {org_id}.
+Placeholders: {test_path} {target} {app_version_id} {org_id} {app_path}.
 
 \b
 Stopping: SIGTERM or Ctrl-C lets the current test run to its end, reports it, hands
@@ -612,7 +642,7 @@ it without spending a retry), then the agent hands the batch back and exits 0.""
 @click.option(
     "--runner",
     "runner_name",
-    type=click.Choice(("simulated", "command")),
+    type=click.Choice(("simulated", "command", "browserstack", "appwright")),
     default="command",
     show_default=True,
     help="How tests run.",
@@ -628,7 +658,36 @@ it without spending a retry), then the agent hands the batch back and exits 0.""
 @click.option(
     "--install-command",
     metavar="TEMPLATE",
-    help="Command runner: installs the app build on the device (default: no install step).",
+    help=(
+        "Command and appwright runners: installs the app build on the device once per "
+        "batch, e.g. 'adb install -r {app_path}' (default: no install step)."
+    ),
+)
+@click.option(
+    "--project-dir",
+    type=click.Path(file_okay=False, exists=True),
+    metavar="DIR",
+    help=(
+        "Appwright and browserstack runners: the AppWright project (appwright.config.ts) "
+        "[default: .]."
+    ),
+)
+@click.option(
+    "--build-cache",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help=(
+        "Where builds are kept, one per sha256, downloaded once and verified "
+        "[env QGJOB_BUILD_CACHE; default ~/.cache/qgjob/builds]."
+    ),
+)
+@click.option(
+    "--app-path",
+    metavar="TEMPLATE",
+    help=(
+        "BrowserStack runner: the app build to upload ({org_id} {app_version_id} "
+        "placeholders; default $QGJOB_APP_PATH)."
+    ),
 )
 @click.option(
     "--poll-seconds",
@@ -664,6 +723,9 @@ def agent(
     runner_name: str,
     command_template: str,
     install_command: str | None,
+    project_dir: str | None,
+    build_cache: str | None,
+    app_path: str | None,
     poll_seconds: float,
     sim_scale: float,
     journal: str | None,
@@ -673,12 +735,24 @@ def agent(
     import signal
 
     from qgjob.agent import Agent, Journal
+    from qgjob.builds import BuildCache
     from qgjob.runners import get_runner
 
     state = _state(ctx)
     options: dict[str, Any]
     if runner_name == "simulated":
         options = {"sim_scale": sim_scale}
+    elif runner_name == "browserstack":
+        # Credentials (BROWSERSTACK_USERNAME / _ACCESS_KEY) and QGJOB_BROWSERSTACK_API_URL
+        # come from the environment; the runner never prints the credentials.
+        options = {
+            "app_path": app_path,
+            "cwd": project_dir,
+            "command": command_template,
+            "log": _stderr_line,
+        }
+    elif runner_name == "appwright":
+        options = {"project_dir": project_dir, "install_command": install_command}
     else:
         options = {"command": command_template, "install_command": install_command}
     try:
@@ -696,6 +770,7 @@ def agent(
         journal=Journal(journal) if journal else None,
         poll_seconds=poll_seconds,
         max_batches=max_batches,
+        build_cache=BuildCache(build_cache),
     )
 
     def request_stop(signum: int, frame: object) -> None:
@@ -704,6 +779,119 @@ def agent(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     ctx.exit(worker.run())
+
+
+# ---------------------------------------------------------------------- app builds
+
+
+@cli.group(
+    epilog="""\b
+Examples:
+  qgjob app upload --org-id acme --app-version-id v1.4.2 build/app-release.apk
+  qgjob app upload --org-id acme --app-version-id v1.4.2 --replace app-release.apk
+  qgjob app show --app-version-id v1.4.2
+  qgjob --json app list"""
+)
+def app() -> None:
+    """App builds: upload one per app version; agents install it once per batch."""
+
+
+@app.command(
+    "upload",
+    epilog="""\b
+The file goes straight to storage (a presigned PUT signed with its size and
+SHA-256); qgjob then checks the stored object. Uploading the same bytes again
+changes nothing. Other bytes for an app version that has a build are rejected
+(exit 2) unless --replace; the old build stays until the new one is complete.""",
+)
+@click.option("--org-id", required=True, metavar="ORG", help="Your organisation (the token's).")
+@click.option("--app-version-id", required=True, metavar="V", help="The app version it builds.")
+@click.option("--replace", is_flag=True, help="Replace the version's build if it differs.")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
+@json_option
+@click.pass_context
+def app_upload(
+    ctx: click.Context,
+    org_id: str,
+    app_version_id: str,
+    replace: bool,
+    file: str,
+    as_json: bool,
+) -> None:
+    """Upload an app build (.apk, .aab, .ipa, .app.zip) for an app version."""
+    from pathlib import Path
+
+    from qgjob.builds import check_build_file, upload_build
+
+    state = _state(ctx, as_json)
+    _validated_ids(org_id=org_id, app_version_id=app_version_id)
+    path = Path(file)
+    check_build_file(path)  # exit 2 naming FILE before any request
+    build = upload_build(
+        state.client(),
+        org_id,
+        app_version_id,
+        path,
+        replace=replace,
+        note=lambda line: _note(state, line),
+    )
+    _emit(state, build, render.build_text(build))
+
+
+def _validated_ids(**ids: str) -> None:
+    """Ids checked with the shared schema before anything is sent (exit 2 naming it)."""
+    import re
+
+    from qgjob.schema import ID_PATTERN
+
+    for name, value in ids.items():
+        if not re.match(ID_PATTERN, value):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {value!r}: must be 1-64 characters of "
+                "A-Z a-z 0-9 . _ -"
+            )
+
+
+@app.command("show")
+@click.option("--app-version-id", required=True, metavar="V", help="An app version.")
+@json_option
+@click.pass_context
+def app_show(ctx: click.Context, app_version_id: str, as_json: bool) -> None:
+    """Show the build of an app version (of the token's org)."""
+    from urllib.parse import quote
+
+    state = _state(ctx, as_json)
+    _validated_ids(app_version_id=app_version_id)
+    build = state.client().request("GET", f"/builds/{quote(app_version_id, safe='')}")
+    _emit(state, build, render.build_text(build))
+
+
+@app.command("list")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Most builds."
+)
+@json_option
+@click.pass_context
+def app_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List the org's builds by app version id."""
+    from urllib.parse import urlencode
+
+    state = _state(ctx, as_json)
+    client = state.client()
+    builds: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(builds) < limit:
+        query = {"limit": min(100, limit - len(builds)), **({"cursor": cursor} if cursor else {})}
+        page = client.request("GET", f"/builds?{urlencode(query)}")
+        builds.extend(page.get("builds") or [])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    _emit(state, {"builds": builds}, render.builds_text(builds))
+
+
+def _stderr_line(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def main() -> None:

@@ -218,6 +218,10 @@ class ApiClient:
         """The result (``finished: true``) or a not-finished answer (``finished: false``)."""
         return self.request("GET", f"/jobs/{_segment(job_id)}/result")
 
+    def get_audit(self, job_id: str) -> Json:
+        """The results vault's audit records of the job, with presigned archive links."""
+        return self.request("GET", f"/jobs/{_segment(job_id)}/audit")
+
     def get_run(self, run_id: str) -> Json:
         """The run's progress: total, counts by state, finished, passed (no jobs)."""
         return self.request("GET", f"/runs/{_segment(run_id)}")

@@ -126,7 +126,48 @@ def run_summary(run: Json) -> str:
 
 
 def run_text(run: Json) -> str:
-    return "\n".join([run_summary(run), run_table(run)])
+    return "\n".join([run_summary(run), *build_lines(run), run_table(run)])
+
+
+def build_lines(view: Json) -> list[str]:
+    """What a run (or a submit answer) says about its app build."""
+    if view.get("build_note"):
+        return [f"note: {view['build_note']}"]
+    if view.get("build_sha256"):
+        return [f"build: sha256 {view['build_sha256']}"]
+    return []
+
+
+def build_text(build: Json) -> str:
+    lines = [
+        f"build {build.get('org_id')}/{build.get('app_version_id')}: {build.get('state')}",
+    ]
+    if build.get("sha256"):
+        lines.append(
+            f"file: {build.get('file_name')} ({build.get('size')} bytes), "
+            f"sha256 {build.get('sha256')}"
+        )
+    uploaded = _timestamp(build.get("uploaded_at"))
+    if uploaded:
+        replaced = int(build.get("replaced") or 0)
+        lines.append(f"uploaded: {uploaded}" + (f" (replaced {replaced}x)" if replaced else ""))
+    if build.get("pending_sha256"):
+        lines.append(f"pending upload: sha256 {build['pending_sha256']} (not completed)")
+    return "\n".join(lines)
+
+
+def builds_text(builds: Sequence[Json]) -> str:
+    rows = [
+        [
+            str(b.get("app_version_id")),
+            str(b.get("state")),
+            str(b.get("file_name") or ""),
+            str(b.get("size") or ""),
+            str(b.get("sha256") or "")[:16],
+        ]
+        for b in builds
+    ]
+    return table(["APP VERSION", "STATE", "FILE", "BYTES", "SHA256"], rows)
 
 
 def submitted_state(answer: Json) -> str:
@@ -152,6 +193,7 @@ def submitted_text(answer: Json, payload: Json) -> str:
         f"for {payload.get('org_id')}/{payload.get('app_version_id')} on "
         f"{payload.get('target', 'emulator')}{replay}"
     ]
+    lines.extend(build_lines(answer))
     tests = [str(t) for t in payload.get("test_paths") or []]
     rows = [[job_id, tests[i] if i < len(tests) else ""] for i, job_id in enumerate(job_ids)]
     if rows:
@@ -193,10 +235,44 @@ def result_text(result: Json) -> str:
     ]
     if result.get("message"):
         lines.append(f"message: {result['message']}")
+    if result.get("session_id"):
+        lines.append(f"browserstack session: {result['session_id']} (qgjob audit --job-id ...)")
     output = result.get("output")
     if output:
         lines.append("output:")
         lines.append(str(output).rstrip("\n"))
+    artifacts = [a for a in result.get("artifacts") or [] if isinstance(a, Mapping)]
+    if artifacts:
+        lines.append(f"artifacts ({len(artifacts)}):")
+        for artifact in artifacts:
+            lines.append(
+                f"  {artifact.get('name')} [{artifact.get('content_type')}, "
+                f"{artifact.get('size')} bytes]"
+            )
+            if artifact.get("url"):
+                lines.append(f"    {artifact['url']}")
+    return "\n".join(lines)
+
+
+def audit_text(audit: Json) -> str:
+    """A job's results-vault audit records, one block per attempt."""
+    records = [r for r in audit.get("records") or [] if isinstance(r, Mapping)]
+    if not records:
+        return f"job {audit.get('job_id')}: no audit records (no BrowserStack session archived)"
+    lines = [f"job {audit.get('job_id')}: {len(records)} audit record(s)"]
+    for record in records:
+        lines.append(
+            f"  attempt {record.get('attempt')}: {record.get('outcome')} "
+            f"(HTTP {record.get('http_status')}, session {record.get('session_id')})"
+        )
+        if record.get("s3_key"):
+            lines.append(
+                f"    {record['s3_key']}  sha256 {record.get('sha256')}  {record.get('size')} bytes"
+            )
+        if record.get("detail"):
+            lines.append(f"    {record['detail']}")
+        if record.get("link"):
+            lines.append(f"    {record['link']}  (valid {record.get('link_expires_s')} s)")
     return "\n".join(lines)
 
 

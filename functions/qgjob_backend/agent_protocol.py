@@ -23,6 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 # Relative: the same file is qgjob_backend.agent_protocol here and qgjob.agent_protocol in
 # the CLI, each beside its own copy of the schema.
+from .build_protocol import (
+    MAX_ARTIFACTS_PER_RESULT,
+    ArtifactUploadForm,
+    BuildDownload,
+    ReportedArtifact,
+)
 from .schema import Identifier, JobStatus, Target
 
 # ----------------------------------------------------------------- identity
@@ -66,8 +72,20 @@ MAX_OUTPUT_CHARS = 64 * 1024  # the output an agent sends with a result
 OUTPUT_EXCERPT_CHARS = 2000  # the tail of it kept on the job (the rest goes to S3)
 MAX_BATCH_ID_CHARS = 128
 MAX_REPORTED_DURATION_S = 7 * 24 * 3600
+# A BrowserStack App Automate session id (40 hex characters there; any short URL-safe
+# token here). Optional in every result: older agents never send it.
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+SESSION_ID_DESCRIPTION = (
+    "The BrowserStack App Automate session the test ran in (browserstack runner): the "
+    "results vault archives that session's record."
+)
 
 ReportStatus = Literal["passed", "failed", "error", "timed_out"]
+ARTIFACTS_DESCRIPTION = (
+    "Attachments of the test (screenshots, videos, traces) the agent uploaded with the "
+    "batch's artifact form, each under artifacts/<org>/<batch>/<job>/."
+)
+Artifacts = Annotated[list[ReportedArtifact], Field(max_length=MAX_ARTIFACTS_PER_RESULT)]
 
 
 # ----------------------------------------------------------------- requests
@@ -96,6 +114,8 @@ class ReportRequest(BatchRef):
     duration_s: float = Field(ge=0, le=MAX_REPORTED_DURATION_S)
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | None = None
     output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
+    session_id: SessionId | None = Field(default=None, description=SESSION_ID_DESCRIPTION)
+    artifacts: Artifacts = Field(default_factory=list, description=ARTIFACTS_DESCRIPTION)
 
 
 MAX_PROGRESS_RESULTS = 10  # results in one progress call (10 x 64 KB of output < 1 MB)
@@ -113,6 +133,8 @@ class ProgressResult(BaseModel):
     duration_s: float = Field(ge=0, le=MAX_REPORTED_DURATION_S)
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | None = None
     output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
+    session_id: SessionId | None = Field(default=None, description=SESSION_ID_DESCRIPTION)
+    artifacts: Artifacts = Field(default_factory=list, description=ARTIFACTS_DESCRIPTION)
 
 
 class ProgressRequest(BaseModel):
@@ -200,6 +222,16 @@ class BatchView(BaseModel):
     install_required: bool
     lease_expires_at: float
     jobs: list[BatchJob]
+    build: BuildDownload | None = Field(
+        default=None,
+        description=(
+            "The app version's build (a presigned GET, its sha256 and size); null when "
+            "none was uploaded (the agent installs what it already holds, if anything)."
+        ),
+    )
+    artifacts: ArtifactUploadForm | None = Field(
+        default=None, description="Where the agent uploads its tests' attachments."
+    )
 
 
 class LeaseResponse(BaseModel):

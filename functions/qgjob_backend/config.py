@@ -88,6 +88,15 @@ class Config:
     # Finished jobs, runs and closed batches expire (DynamoDB TTL) this many days after
     # they finished. Org metrics (counter shards) and tokens never expire.
     retention_days: float = 30.0
+    # App builds (None: builds are not deployed; the build routes answer 503).
+    builds_table: str | None = None
+    # The results vault (None: not deployed): its queue, archive bucket and audit table,
+    # the App Automate REST API, and the SSM path of the orgs' BrowserStack credentials.
+    vault_queue_url: str | None = None
+    vault_bucket: str | None = None
+    audit_table: str | None = None
+    browserstack_api_url: str = "https://api-cloud.browserstack.com"
+    browserstack_credentials_prefix: str = "/qgjob/browserstack"
 
     @property
     def default_install_seconds(self) -> dict[Target, float]:
@@ -96,6 +105,14 @@ class Config:
             Target.DEVICE: self.default_install_seconds_device,
             Target.BROWSERSTACK: self.default_install_seconds_browserstack,
         }
+
+    @property
+    def agent_touch_seconds(self) -> float:
+        """A lease records the agent's sign of life (a write that moves the idle index)
+        only when its last one is older than this: six chances per offline window, so a
+        live agent is never taken for gone, and a busy agent leasing each batch does not
+        pay a write per lease."""
+        return self.agent_offline_seconds / 6
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -141,4 +158,12 @@ class Config:
             idle_poll_seconds=idle_poll,
             push_endpoint=env.get("PUSH_ENDPOINT", "").strip() or None,
             retention_days=_number(env, "RETENTION_DAYS", 30.0, 1.0, 3650.0),
+            builds_table=env.get("BUILDS_TABLE", "").strip() or None,
+            vault_queue_url=env.get("VAULT_QUEUE_URL", "").strip() or None,
+            vault_bucket=env.get("VAULT_BUCKET", "").strip() or None,
+            audit_table=env.get("AUDIT_TABLE", "").strip() or None,
+            browserstack_api_url=env.get("BROWSERSTACK_API_URL", "").strip()
+            or "https://api-cloud.browserstack.com",
+            browserstack_credentials_prefix=env.get("BROWSERSTACK_CREDENTIALS_PREFIX", "").strip()
+            or "/qgjob/browserstack",
         )

@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from qgjob_backend.domain.builds import Build
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import Agent, AppRef, Batch, Job, Run
+from qgjob_backend.domain.vault import AuditRecord, VaultMessage
 from qgjob_backend.schema import JobStatus, Target
 
 
@@ -29,6 +31,9 @@ class JobOutcome:
     message: str | None
     output_excerpt: str | None
     output_key: str | None
+    session_id: str | None = None  # the BrowserStack session the result came from
+    # The test's uploaded attachments (build_protocol.ReportedArtifact dicts).
+    artifacts: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,3 +283,111 @@ class TokenStore(Protocol):
     def put(self, record: TokenRecord) -> bool: ...
 
     def get(self, token_hash: str) -> TokenRecord | None: ...
+
+
+# ---------------------------------------------------------------- builds
+@dataclass(frozen=True)
+class BuildPage:
+    builds: list[Build]
+    more: bool  # later app versions follow
+
+
+class BuildStore(Protocol):
+    """An org's app builds, one item per (org, app version)."""
+
+    def get_build(self, org_id: str, app_version_id: str) -> Build | None: ...
+
+    def save_build(self, build: Build, expected_version: int | None) -> bool:
+        """Writes ``build`` only if the stored one still has ``expected_version`` (None:
+        only if there is none); False when someone wrote in between."""
+
+    def list_builds(self, org_id: str, after: str | None, limit: int) -> BuildPage:
+        """Up to ``limit`` of the org's builds by app version id, after ``after`` (one
+        query of one partition: bounded by ``limit``)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    sha256_b64: str | None  # S3's SHA-256 of the object, when it has one
+
+
+@dataclass(frozen=True)
+class PresignedForm:
+    url: str
+    fields: dict[str, str]
+
+
+class UploadStore(Protocol):
+    """Presigned links to the artifacts bucket: bytes never pass through the API."""
+
+    def presigned_put(
+        self, key: str, size: int, sha256_b64: str, content_type: str, expires_s: int
+    ) -> str:
+        """A PUT URL whose signature covers Content-Length, Content-Type and the SHA-256."""
+
+    def presigned_get(self, key: str, expires_s: int) -> str: ...
+
+    def presigned_post(self, key_prefix: str, max_bytes: int, expires_s: int) -> PresignedForm:
+        """A POST form for any key under ``key_prefix``, each body at most ``max_bytes``."""
+
+    def head(self, key: str) -> StoredObject | None:
+        """The object's size and checksum (one HEAD), None when there is none."""
+
+
+# ----------------------------------------------------------------- vault
+# The results vault (services.vault) over three ports: the BrowserStack results API, an
+# object store for the raw archives, and the audit store. Each has a boto3/requests
+# adapter and an in-memory fake (tests/unit/fakes.py).
+
+
+class ResultsApiUnreachable(RuntimeError):
+    """The results API could not be reached (connection refused, reset, timed out)."""
+
+
+class MissingCredentials(RuntimeError):
+    """No results-API credentials are stored for the org (set them with infra.admin)."""
+
+
+@dataclass(frozen=True)
+class FetchedSession:
+    """One answer of the results API, as received."""
+
+    status: int
+    body: bytes  # at most max_bytes of it
+    source: str  # the URL asked (never carries credentials)
+    retry_after_s: float | None = None  # the Retry-After header, in seconds
+    too_large: bool = False  # the body was over max_bytes (``body`` is then empty)
+    size: int | None = None  # the body's size when known (Content-Length or read)
+
+
+class ResultsApi(Protocol):
+    def fetch_session(self, org_id: str, session_id: str, max_bytes: int) -> FetchedSession:
+        """One GET of the session's record with the org's credentials; no retries.
+        Raises ResultsApiUnreachable (network) or MissingCredentials."""
+
+
+class ObjectStore(Protocol):
+    def put_new(self, key: str, body: bytes, content_type: str) -> bool:
+        """Writes the object (encrypted at rest) only if no object has that key; False
+        when one already exists (it is left untouched). Any failure raises."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def presigned_get(self, key: str, expires_s: int) -> str:
+        """A URL that GETs the object for ``expires_s`` seconds, without credentials."""
+
+
+class AuditStore(Protocol):
+    def put(self, record: AuditRecord) -> bool:
+        """Writes the record if its (job_id, attempt) has none; False when one exists."""
+
+    def get(self, job_id: str, attempt: int) -> AuditRecord | None: ...
+
+    def for_job(self, job_id: str) -> list[AuditRecord]:
+        """The job's records by attempt (one query: a job has a few attempts at most)."""
+
+
+class VaultQueue(Protocol):
+    def send(self, message: VaultMessage) -> None:
+        """Asks the vault to archive one attempt's session record (at least once)."""

@@ -11,31 +11,40 @@ from typing import Any
 import boto3
 from botocore.config import Config as BotoConfig
 
+from qgjob_backend.adapters.browserstack import BrowserStackResultsApi, SsmCredentials
 from qgjob_backend.adapters.dynamodb import (
     DynamoEstimateStore,
     DynamoStateStore,
     DynamoTokenStore,
 )
+from qgjob_backend.adapters.dynamodb.audit import DynamoAuditStore
+from qgjob_backend.adapters.dynamodb.builds import DynamoBuildStore
 from qgjob_backend.adapters.push import ApiGatewayNotifier
-from qgjob_backend.adapters.s3 import S3ArtifactStore
-from qgjob_backend.adapters.sqs import SqsJobQueue
+from qgjob_backend.adapters.s3 import S3ArtifactStore, S3VaultStore
+from qgjob_backend.adapters.s3_uploads import S3UploadStore
+from qgjob_backend.adapters.sqs import SqsJobQueue, SqsVaultQueue
 from qgjob_backend.config import Config
 from qgjob_backend.domain.planner import PlanningPolicy
 from qgjob_backend.ports import (
     AgentNotifier,
     ArtifactStore,
+    BuildStore,
     EstimateStore,
     JobQueue,
     StateStore,
     TokenStore,
+    UploadStore,
+    VaultQueue,
 )
 from qgjob_backend.services.agents import AgentService
 from qgjob_backend.services.auth import TokenService
+from qgjob_backend.services.builds import BuildService
 from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
 from qgjob_backend.services.estimates import EstimateService
 from qgjob_backend.services.push import PushService
 from qgjob_backend.services.reaper import ReaperService, ReaperSettings
 from qgjob_backend.services.submission import SubmissionService
+from qgjob_backend.services.vault import VaultService
 
 _BOTO_CONFIG = BotoConfig(
     retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=3, read_timeout=10
@@ -46,6 +55,9 @@ _BOTO_CONFIG = BotoConfig(
 _PUSH_BOTO_CONFIG = BotoConfig(
     retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=3
 )
+
+
+_SIGV4 = BotoConfig(signature_version="s3v4")
 
 
 def new_id() -> str:
@@ -64,6 +76,10 @@ class Services:
     push: PushService
     # Asks the dispatcher to plan (a message in the one plan group of jobs.fifo).
     request_plan: Callable[[], None]
+    # App builds and the presigned links of builds and artifacts; None: not deployed.
+    builds: BuildService | None = None
+    # The results vault's reads (GET /jobs/{id}/audit); None when it is not deployed.
+    vault: VaultService | None = None
 
 
 def _client(name: str, session: Any | None) -> Any:
@@ -87,9 +103,18 @@ def assemble_services(
     clock: Callable[[], float],
     new_id: Callable[[], str] = new_id,
     notifier: AgentNotifier | None = None,
+    vault: VaultService | None = None,
+    vault_queue: VaultQueue | None = None,
+    build_store: BuildStore | None = None,
+    uploads: UploadStore | None = None,
 ) -> Services:
     """Wires the services over any implementation of the ports (boto3 adapters or fakes)."""
     estimates = EstimateService(estimate_store, config.default_install_seconds)
+    builds = (
+        BuildService(build_store, uploads, clock)
+        if build_store is not None and uploads is not None
+        else None
+    )
     push = PushService(store, notifier, clock)
     dispatcher = DispatchService(
         store,
@@ -113,10 +138,24 @@ def assemble_services(
         config=config,
         request_plan=queue.request_plan,
         tokens=TokenService(token_store, clock),
-        submissions=SubmissionService(store, queue, clock, new_id),
+        submissions=SubmissionService(
+            store,
+            queue,
+            clock,
+            new_id,
+            build_sha256=builds.ready_sha256 if builds else None,
+            estimates=estimates,
+        ),
         dispatcher=dispatcher,
         agents=AgentService(
-            store, artifacts, clock, config.lease_seconds, estimates, queue.request_plan
+            store,
+            artifacts,
+            clock,
+            config.lease_seconds,
+            estimates,
+            queue.request_plan,
+            archive=vault_queue.send if vault_queue is not None else None,
+            touch_seconds=config.agent_touch_seconds,
         ),
         reaper=ReaperService(
             store,
@@ -131,6 +170,8 @@ def assemble_services(
             queue_depth=queue.depth,
         ),
         push=push,
+        vault=vault,
+        builds=builds,
     )
 
 
@@ -155,6 +196,24 @@ def build_services(
         estimate_store=DynamoEstimateStore(dynamodb, config.estimates_table),
         clock=clock,
         notifier=_notifier(config, session),
+        build_store=(
+            DynamoBuildStore(dynamodb, config.builds_table) if config.builds_table else None
+        ),
+        uploads=S3UploadStore(_presigner(session), config.artifacts_bucket),
+        vault=build_vault_service(config, session) if config.audit_table else None,
+        vault_queue=(
+            SqsVaultQueue(_client("sqs", session), config.vault_queue_url)
+            if config.vault_queue_url
+            else None
+        ),
+    )
+
+
+def _presigner(session: Any | None) -> Any:
+    """An S3 client that signs with SigV4: only SigV4 signs a presigned PUT's
+    Content-Length and x-amz-checksum-sha256, so S3 refuses other bytes."""
+    return (session or boto3).client(
+        "s3", config=_BOTO_CONFIG.merge(BotoConfig(signature_version="s3v4"))
     )
 
 
@@ -184,3 +243,52 @@ class LazyServices:
 
     def use(self, instance: Services | None) -> None:
         self._services = instance
+
+
+def build_vault_service(
+    config: Config,
+    session: Any | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    count: Callable[[str], None] | None = None,
+    http: Any | None = None,
+) -> VaultService:
+    """The results vault over its production adapters: App Automate through ``requests``
+    with the org's credentials from SSM, S3 for the archives, DynamoDB for the audit."""
+    import requests
+
+    if not (config.vault_bucket and config.audit_table):
+        raise ValueError("the vault needs VAULT_BUCKET and AUDIT_TABLE")
+    credentials = SsmCredentials(_client("ssm", session), config.browserstack_credentials_prefix)
+    results = BrowserStackResultsApi(
+        http or requests.Session(), credentials, config.browserstack_api_url
+    )
+    return VaultService(
+        results,
+        # SigV4 presigned links (boto3 would sign them SigV2 in us-east-1).
+        S3VaultStore(
+            (session or boto3).client("s3", config=_BOTO_CONFIG.merge(_SIGV4)),
+            config.vault_bucket,
+        ),
+        DynamoAuditStore(_client("dynamodb", session), config.audit_table),
+        clock,
+        sleep,
+        count=count or (lambda name: None),
+    )
+
+
+class LazyVaultService:
+    """The vault Lambda's service, built on first use from the environment."""
+
+    def __init__(self, count: Callable[[str], None] | None = None) -> None:
+        self._count = count
+        self._service: VaultService | None = None
+
+    def __call__(self) -> VaultService:
+        if self._service is None:
+            self._service = build_vault_service(Config.from_env(), count=self._count)
+        return self._service
+
+    def use(self, instance: VaultService | None) -> None:
+        self._service = instance

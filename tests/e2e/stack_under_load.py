@@ -29,7 +29,8 @@ def _busy(name: str) -> None:
 
 
 def slow_api(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if event["path"] != "/health":  # the stack's own readiness check stays quick
+    # The stack's own readiness check stays quick (the path within the stage).
+    if event["pathParameters"]["proxy"] != "health":
         _busy("api")
     return {"statusCode": 200, "body": "{}"}
 

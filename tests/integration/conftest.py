@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,8 +22,12 @@ from moto import mock_aws
 from infra.events import HttpRequest, LambdaContext, build_proxy_event, build_sqs_event
 from infra.template import LocalTemplate, provision
 from qgjob_backend.adapters.dynamodb import DynamoStateStore
+from qgjob_backend.adapters.sqs import SqsJobQueue
 from qgjob_backend.config import Config
+from qgjob_backend.domain.models import Job, Run
+from qgjob_backend.domain.progress import run_job_ids
 from qgjob_backend.handlers import api, dispatcher, reaper
+from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.auth import TokenKind
 from qgjob_backend.wiring import Services, build_services
 
@@ -251,3 +256,43 @@ def _dispatch_once(session: boto3.Session, config: Config) -> dict[str, Any] | N
                 QueueUrl=config.jobs_queue_url, ReceiptHandle=message["ReceiptHandle"]
             )
     return dict(response)
+
+
+def legacy_run(
+    session: boto3.Session,
+    config: Config,
+    app_version_id: str,
+    tests: int = 2,
+    *,
+    send: bool = True,
+) -> list[str]:
+    """A run as qgjob wrote them before jobs went straight into their backlog: unadmitted
+    jobs and (``send``) one jobs.fifo message each, what is in flight when such a stack is
+    upgraded. The dispatcher still admits them and the reaper still re-sends them."""
+    now = time.time()
+    run_id = f"run-legacy-{app_version_id}"
+    job_ids = run_job_ids(run_id, tests)
+    store = state_store_of(session, config)
+    store.create_run(Run(run_id, "acme", app_version_id, Target.EMULATOR, 5, job_ids, "old", now))
+    jobs = [
+        Job(
+            job_id,
+            run_id,
+            "acme",
+            app_version_id,
+            Target.EMULATOR,
+            f"tests/t{position}.spec.js",
+            5,
+            JobStatus.QUEUED,
+            now,
+            now,
+            600,
+            1,
+            position=position,
+        )
+        for position, job_id in enumerate(job_ids)
+    ]
+    store.create_jobs(jobs)
+    if send:
+        assert SqsJobQueue(session.client("sqs"), config.jobs_queue_url).send(jobs) == []
+    return job_ids

@@ -20,16 +20,7 @@ from qgjob_backend.domain.models import Job
 from qgjob_backend.handlers import dispatcher
 from qgjob_backend.services.dispatch import AdmissionReads
 from qgjob_backend.wiring import Services
-from tests.integration.conftest import ACCOUNT, REGION, ApiCaller, receive_all
-
-
-def _suite(app_version_id: str) -> dict[str, Any]:
-    return {
-        "org_id": "acme",
-        "app_version_id": app_version_id,
-        "target": "emulator",
-        "test_paths": ["tests/first.spec.js", "tests/second.spec.js"],
-    }
+from tests.integration.conftest import ACCOUNT, REGION, ApiCaller, legacy_run, receive_all
 
 
 def _admitted(session: boto3.Session, config: Config, job_ids: list[str]) -> list[bool]:
@@ -55,8 +46,8 @@ def test_a_failed_record_holds_back_only_the_rest_of_its_own_group(
     config: Config,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    group_a = client.post("/runs", _suite("va")).body["job_ids"]
-    group_b = client.post("/runs", _suite("vb")).body["job_ids"]
+    group_a = legacy_run(aws_session, config, "va")
+    group_b = legacy_run(aws_session, config, "vb")
     messages = {_job_id(m): m for m in receive_all(aws_session, config.jobs_queue_url)}
     assert set(messages) == {*group_a, *group_b}
     # One batch as the event source delivers it: the groups interleaved, each in order.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -27,9 +28,11 @@ from tests.integration.conftest import (
     REGION,
     ApiCaller,
     dispatch_queue,
+    legacy_run,
     receive_all,
     state_store_of,
 )
+from tests.unit.fakes import SHARED_FLEET
 
 SUITE = {
     "org_id": "acme",
@@ -122,7 +125,7 @@ class _BrokenQueue:
         raise ConnectionError("SQS unreachable")
 
 
-def test_job_written_but_never_sent_is_resent_by_the_reaper(
+def test_jobs_whose_plan_request_was_lost_are_planned_by_the_schedule(
     services: Services, aws_session: boto3.Session, config: Config
 ) -> None:
     store = _store(aws_session, config)
@@ -133,10 +136,26 @@ def test_job_written_but_never_sent_is_resent_by_the_reaper(
     later = build_services(
         config, aws_session, clock=_Clock(1000.0 + config.resend_grace_seconds + 1)
     )
+    assert later.reaper.sweep().resent_jobs == 0  # in the backlog: nothing to re-send
+    later.agents.register(SHARED_FLEET, Target.EMULATOR, "d1", None)
+    committed = later.dispatcher.plan()  # what the schedule's plan request does
+
+    assert [job_id for batch in committed for job_id in batch.job_ids] == result.run.job_ids
+
+
+def test_a_legacy_job_written_but_never_sent_is_resent_by_the_reaper(
+    services: Services, aws_session: boto3.Session, config: Config
+) -> None:
+    job_ids = legacy_run(aws_session, config, "v7", 4, send=False)
+    assert receive_all(aws_session, config.jobs_queue_url) == []
+
+    later = build_services(
+        config, aws_session, clock=_Clock(time.time() + config.resend_grace_seconds + 1)
+    )
     assert later.reaper.sweep().resent_jobs == 4
 
     messages = receive_all(aws_session, config.jobs_queue_url)
-    assert sorted(json.loads(m["Body"])["job_id"] for m in messages) == sorted(result.run.job_ids)
+    assert sorted(json.loads(m["Body"])["job_id"] for m in messages) == sorted(job_ids)
     assert {m["Attributes"]["MessageGroupId"] for m in messages} == {"acme/v7/emulator"}
 
 
@@ -199,7 +218,7 @@ def test_redelivered_message_admits_the_job_once(
 def test_a_failing_record_fails_it_and_the_rest_of_the_fifo_batch(
     client: ApiCaller, services: Services, aws_session: boto3.Session, config: Config
 ) -> None:
-    client.post("/runs", SUITE)
+    legacy_run(aws_session, config, "v7", 4)
     messages = receive_all(aws_session, config.jobs_queue_url)
     assert len(messages) == 4
     bodies = [json.loads(m["Body"]) for m in messages]

@@ -172,15 +172,20 @@ def test_event_source_deletes_nothing_when_the_handler_raises(
 # ------------------------------------------------------------------ API shim
 
 
+def _in_stage(event: dict[str, Any]) -> str:
+    """The request's path within the stage (the event's ``path`` keeps the stage)."""
+    return "/" + str(event["pathParameters"]["proxy"])
+
+
 @pytest.fixture
 def shim() -> Iterator[tuple[ApiGatewayShim, list[dict[str, Any]]]]:
     seen: list[dict[str, Any]] = []
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         seen.append(event)
-        if event["path"] == "/crash":
+        if _in_stage(event) == "/crash":
             raise RuntimeError("boom")
-        body = json.dumps({"path": event["path"], "body": event["body"]})
+        body = json.dumps({"path": _in_stage(event), "body": event["body"]})
         return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": body}
 
     function = LambdaFunction(
@@ -199,6 +204,7 @@ def test_shim_turns_http_into_proxy_events_and_back(
     response = requests.post(f"{server.url}/jobs?x=1", json={"a": 1}, timeout=10)
     assert response.status_code == 200
     assert response.json() == {"path": "/jobs", "body": '{"a": 1}'}
+    assert seen[-1]["path"] == "/v1/jobs"  # an HTTP API on a named stage keeps the prefix
     assert response.headers["x-amzn-RequestId"] == seen[-1]["requestContext"]["requestId"]
     assert seen[-1]["httpMethod"] == "POST"
     assert seen[-1]["queryStringParameters"] == {"x": "1"}
@@ -210,11 +216,11 @@ def test_shim_answers_like_api_gateway_outside_the_api_and_on_crashes(
     server, seen = shim
     root = server.url.rsplit("/", 1)[0]
     outside = requests.get(f"{root}/jobs", timeout=10)
-    assert outside.status_code == 403
-    assert outside.json() == {"message": "Missing Authentication Token"}
+    assert outside.status_code == 404
+    assert outside.json() == {"message": "Not Found"}
     crash = requests.get(f"{server.url}/crash", timeout=10)
-    assert crash.status_code == 502
-    assert crash.json() == {"message": "Internal server error"}
+    assert crash.status_code == 500
+    assert crash.json() == {"message": "Internal Server Error"}
     assert len(seen) == 1  # the outside request never reached the function
 
 
@@ -227,11 +233,12 @@ class GatedApi:
         self.release = threading.Event()
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
-        self.paths.append(event["path"])
-        if event["path"].startswith("/slow"):
+        path = _in_stage(event)
+        self.paths.append(path)
+        if path.startswith("/slow"):
             self.entered.set()
             self.release.wait(timeout=60)
-        return {"statusCode": 200, "body": json.dumps({"path": event["path"]})}
+        return {"statusCode": 200, "body": json.dumps({"path": path})}
 
 
 @pytest.fixture
@@ -281,9 +288,9 @@ def test_shim_answers_every_method_like_api_gateway(
     connection = http.client.HTTPConnection(*_address(server), timeout=10)
     connection.request(method, f"/{server.stage}/jobs")
     response = connection.getresponse()
-    assert response.status == 403
+    assert response.status == 404  # no route of the HTTP API matches it
     assert response.getheader("Content-Type") == "application/json"
-    assert json.loads(response.read()) == {"message": "Missing Authentication Token"}
+    assert json.loads(response.read()) == {"message": "Not Found"}
     assert api.paths == []  # no function runs for a method `ANY` does not cover
 
 
@@ -377,7 +384,7 @@ def test_local_stack_wires_template_functions_to_api_queue_and_schedules(
 
     def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
         api_events.append(event)
-        if event["path"] == "/enqueue":
+        if _in_stage(event) == "/enqueue":
             boto3.client("sqs").send_message(
                 QueueUrl=os.environ["JOBS_QUEUE_URL"], MessageBody="job",
                 MessageGroupId="g", MessageDeduplicationId="d",
@@ -413,7 +420,7 @@ def test_local_stack_wires_template_functions_to_api_queue_and_schedules(
         assert planned.wait(10), "the planning schedule never invoked the dispatcher"
         assert reaped.wait(10), "the reaper schedule never ran"
     assert not ready_file.exists()
-    assert api_events[0]["path"] == "/health"  # the readiness check
+    assert _in_stage(api_events[0]) == "/health"  # the readiness check
     (record,) = next(e for e in dispatcher_events if "Records" in e)["Records"]
     assert record["body"] == "job"
     assert record["eventSourceARN"].endswith(":qgjob-local-jobs.fifo")

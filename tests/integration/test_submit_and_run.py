@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import boto3
 
 from qgjob_backend.config import Config
-from tests.integration.conftest import ApiCaller, dispatch_queue, receive_all
+from qgjob_backend.schema import Target
+from tests.integration.conftest import ApiCaller, dispatch_queue, receive_all, state_store_of
 
 SUITE = {
     "org_id": "acme",
@@ -16,18 +19,18 @@ SUITE = {
 }
 
 
-def test_message_group_id_carries_org_app_version_and_target(
+def test_a_submit_writes_the_jobs_into_the_backlog_and_sends_one_plan_request(
     client: ApiCaller, aws_session: boto3.Session, config: Config
 ) -> None:
     response = client.post("/runs", SUITE)
 
     assert response.status == 201, response.body
     messages = receive_all(aws_session, config.jobs_queue_url)
-    assert len(messages) == 3
-    groups = {m["Attributes"]["MessageGroupId"] for m in messages}
-    assert groups == {"acme/v1.2.3/device"}
-    dedup_ids = {m["Attributes"]["MessageDeduplicationId"] for m in messages}
-    assert dedup_ids == set(response.body["job_ids"])
+    assert [json.loads(m["Body"]) for m in messages] == [{"plan": True}]
+    assert messages[0]["Attributes"]["MessageGroupId"] == "plan"
+    store = state_store_of(aws_session, config)
+    backlog = [j.job_id for j in store.backlog(Target.DEVICE)]
+    assert backlog == response.body["job_ids"]  # in submission order, each one once
 
 
 def test_suite_runs_on_one_agent_with_one_install(

@@ -12,6 +12,7 @@ changes the stored state (as with a real database).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections import Counter
@@ -40,7 +41,15 @@ from qgjob_backend.domain.planner import (
     plan_batches,
 )
 from qgjob_backend.domain.progress import moved, nonzero, run_job_ids
-from qgjob_backend.ports import EstimateConflict, JobOutcome, JobPage, OrgMetrics, TokenRecord
+from qgjob_backend.domain.vault import AuditRecord, VaultMessage
+from qgjob_backend.ports import (
+    EstimateConflict,
+    FetchedSession,
+    JobOutcome,
+    JobPage,
+    OrgMetrics,
+    TokenRecord,
+)
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.agents import AgentCredential, AgentService, Heartbeat, LeasedBatch
 from qgjob_backend.services.auth import Principal, TokenKind, TokenService
@@ -199,6 +208,8 @@ class MemoryStateStore:
             self._count(job.run_id, job.org_id, moved(None, job.status))
             if job.status is JobStatus.QUEUED and not job.admitted:
                 self._unadmitted.add(job.job_id)
+            elif job.status is JobStatus.QUEUED:
+                self._backlog[job.job_id] = (job.target, backlog_sort_key(job))
 
     def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
         later = sorted(
@@ -321,6 +332,8 @@ class MemoryStateStore:
         stored.message = outcome.message
         stored.output_excerpt = outcome.output_excerpt
         stored.output_key = outcome.output_key
+        stored.session_id = outcome.session_id
+        stored.artifacts = [dict(a) for a in outcome.artifacts]
         stored.retry_of_batch = None
         return _copy(stored)
 
@@ -773,6 +786,7 @@ class MemoryServices:
     agents: AgentService
     reaper: ReaperService
     fleet: Principal = SHARED_FLEET
+    vault_queue: MemoryVaultQueue | None = None
 
     def __post_init__(self) -> None:
         self.as_agent = ActingAgents(self.agents, self.fleet, self.plan_pending)
@@ -791,6 +805,7 @@ def build_memory_services(
     settings: Config | None = None,
     clock: FakeClock | None = None,
     store: MemoryStateStore | None = None,
+    vault_queue: MemoryVaultQueue | None = None,
 ) -> MemoryServices:
     """The real services over the in-memory fakes, through the production wiring."""
     settings = settings or fake_config()
@@ -809,6 +824,7 @@ def build_memory_services(
         estimate_store=estimate_store,
         clock=clock,
         new_id=SequentialIds(),
+        vault_queue=vault_queue,
     )
     return MemoryServices(
         settings=settings,
@@ -823,6 +839,7 @@ def build_memory_services(
         dispatcher=services.dispatcher,
         agents=services.agents,
         reaper=services.reaper,
+        vault_queue=vault_queue,
     )
 
 
@@ -922,3 +939,207 @@ class PlanSpy:
             }
         )
         return result
+
+
+# ------------------------------------------------------------------ the results vault
+
+
+class ScriptedResultsApi:
+    """The ResultsApi port: answers from a script, one entry per call (the last repeats).
+
+    An entry is a FetchedSession, or an exception to raise (ResultsApiUnreachable...).
+    """
+
+    def __init__(self, *script: FetchedSession | Exception) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[str, str, int]] = []
+
+    def fetch_session(self, org_id: str, session_id: str, max_bytes: int) -> FetchedSession:
+        self.calls.append((org_id, session_id, max_bytes))
+        entry = self.script[min(len(self.calls), len(self.script)) - 1]
+        if isinstance(entry, Exception):
+            raise entry
+        if entry.status == 200 and len(entry.body) > max_bytes:
+            return FetchedSession(200, b"", entry.source, too_large=True, size=len(entry.body))
+        return entry
+
+
+class MemoryObjectStore:
+    """The ObjectStore port in memory; ``fail_with`` makes every put raise it."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+        self.fail_with: Exception | None = None
+
+    def put_new(self, key: str, body: bytes, content_type: str) -> bool:
+        self.puts += 1
+        if self.fail_with is not None:
+            raise self.fail_with
+        if key in self.objects:
+            return False
+        self.objects[key] = bytes(body)
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
+    def presigned_get(self, key: str, expires_s: int) -> str:
+        return f"memory://{key}?expires={expires_s}"
+
+
+class MemoryAuditStore:
+    """The AuditStore port in memory, with the adapter's one-record-per-attempt rule."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, int], AuditRecord] = {}
+
+    def put(self, record: AuditRecord) -> bool:
+        key = (record.job_id, record.attempt)
+        if key in self.records:
+            return False
+        self.records[key] = record
+        return True
+
+    def get(self, job_id: str, attempt: int) -> AuditRecord | None:
+        return self.records.get((job_id, attempt))
+
+    def for_job(self, job_id: str) -> list[AuditRecord]:
+        return [r for (j, _), r in sorted(self.records.items()) if j == job_id]
+
+
+class MemoryVaultQueue:
+    """The VaultQueue port: keeps what was sent; ``fail_next`` makes sends raise."""
+
+    def __init__(self) -> None:
+        self.sent: list[VaultMessage] = []
+        self.fail_next = 0
+
+    def send(self, message: VaultMessage) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("vault queue unavailable")
+        self.sent.append(message)
+
+
+# ------------------------------------------------------------------------ builds
+class MemoryBuildStore:
+    """The BuildStore port in memory, with the adapter's conditions (version checks)."""
+
+    def __init__(self) -> None:
+        self.builds: dict[tuple[str, str], Any] = {}
+        self.reads = 0
+
+    def get_build(self, org_id: str, app_version_id: str) -> Any:
+        self.reads += 1
+        return self.builds.get((org_id, app_version_id))
+
+    def save_build(self, build: Any, expected_version: int | None) -> bool:
+        key = (build.org_id, build.app_version_id)
+        current = self.builds.get(key)
+        if expected_version is None and current is not None:
+            return False
+        if expected_version is not None and (
+            current is None or current.version != expected_version
+        ):
+            return False
+        self.builds[key] = build
+        return True
+
+    def list_builds(self, org_id: str, after: str | None, limit: int) -> Any:
+        from qgjob_backend.ports import BuildPage
+
+        versions = sorted(v for (org, v) in self.builds if org == org_id)
+        if after is not None:
+            versions = [v for v in versions if v > after]
+        page = [self.builds[(org_id, v)] for v in versions[:limit]]
+        return BuildPage(page, more=len(versions) > limit)
+
+
+class MemoryUploadStore:
+    """The UploadStore port in memory: ``put`` is what a client's presigned PUT does."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.heads = 0
+        self.report_checksum = True  # S3 reports a SHA-256 only for uploads that sent one
+
+    def put(self, key: str, body: bytes) -> None:
+        self.objects[key] = body
+
+    def presigned_put(
+        self, key: str, size: int, sha256_b64: str, content_type: str, expires_s: int
+    ) -> str:
+        return f"memory://put/{key}?size={size}&sha256={sha256_b64}&expires={expires_s}"
+
+    def presigned_get(self, key: str, expires_s: int) -> str:
+        return f"memory://get/{key}?expires={expires_s}"
+
+    def presigned_post(self, key_prefix: str, max_bytes: int, expires_s: int) -> Any:
+        from qgjob_backend.ports import PresignedForm
+
+        return PresignedForm(
+            url="memory://post", fields={"key": key_prefix + "${filename}", "max": str(max_bytes)}
+        )
+
+    def head(self, key: str) -> Any:
+        import base64
+        import hashlib
+
+        from qgjob_backend.ports import StoredObject
+
+        self.heads += 1
+        body = self.objects.get(key)
+        if body is None:
+            return None
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        return StoredObject(len(body), digest if self.report_checksum else None)
+
+
+_legacy_runs = itertools.count(1)
+
+
+def legacy_submit(svc: MemoryServices, tests: int = 3, *, send: bool = True) -> list[str]:
+    """A run written the way qgjob wrote them before jobs went straight into their backlog:
+    queued, not admitted, one jobs.fifo message per job (``send``). A stack upgraded with
+    such jobs in flight still admits them (the dispatcher) and re-sends lost messages (the
+    reaper); these tests keep that path honest."""
+    now = svc.clock()
+    run_id = f"run-legacy{next(_legacy_runs):04d}"
+    job_ids = run_job_ids(run_id, tests)
+    svc.store.create_run(
+        Run(
+            run_id=run_id,
+            org_id="acme",
+            app_version_id="v1",
+            target=Target.EMULATOR,
+            priority=5,
+            job_ids=job_ids,
+            fingerprint="legacy",
+            created_at=now,
+        )
+    )
+    jobs = [
+        Job(
+            job_id=job_id,
+            run_id=run_id,
+            org_id="acme",
+            app_version_id="v1",
+            target=Target.EMULATOR,
+            test_path=f"tests/t{position}.spec.js",
+            priority=5,
+            status=JobStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+            timeout_s=600,
+            max_attempts=1,
+            position=position,
+        )
+        for position, job_id in enumerate(job_ids)
+    ]
+    svc.store.create_jobs(jobs)
+    if send:
+        # As SubmissionService did: a failed send still accepts (the reaper re-sends).
+        with contextlib.suppress(Exception):
+            svc.queue.send(jobs)
+    return job_ids

@@ -26,8 +26,7 @@ def _fleet(agents: int, queued: int) -> tuple[Any, CountingStore, str]:
         suite = SuiteSubmission(
             org_id="acme", app_version_id=f"v{start}", target="emulator", test_paths=paths
         )
-        for job in svc.submissions.submit("acme", suite).jobs:
-            svc.dispatcher.admit(job.job_id)
+        svc.submissions.submit("acme", suite)
     for index in range(agents):
         svc.as_agent.register(Target.DEVICE, f"d{index}", None)  # no device work: stays idle
     svc.as_agent.register(Target.EMULATOR, "probe", None)
@@ -50,7 +49,7 @@ def test_a_lease_makes_the_same_store_calls_whatever_the_fleet_and_backlog(
 
     assert spy.calls == []  # the lease planned nothing
     assert dict(store.calls) == {
-        "touch_agent": 1,
+        "get_agent": 1,  # the credential; its sign of life is fresh (registered just now)
         "get_batch": 1,
         "extend_lease": 1,
         "get_jobs": 1,
@@ -58,7 +57,7 @@ def test_a_lease_makes_the_same_store_calls_whatever_the_fleet_and_backlog(
 
 
 @pytest.mark.parametrize(("agents", "queued"), [(10, 10), (1000, 10_000)])
-def test_an_idle_lease_is_one_write_and_asks_for_no_plan(agents: int, queued: int) -> None:
+def test_an_idle_lease_is_one_read_and_asks_for_no_plan(agents: int, queued: int) -> None:
     svc, store, _ = _fleet(agents, queued)
     idle = svc.as_agent.credential("device-d0")
     requests = svc.queue.plan_requests
@@ -67,8 +66,28 @@ def test_an_idle_lease_is_one_write_and_asks_for_no_plan(agents: int, queued: in
     assert svc.agents.lease(idle) is None
     store.counting = False
 
-    assert dict(store.calls) == {"touch_agent": 1}
+    assert dict(store.calls) == {"get_agent": 1}
     assert svc.queue.plan_requests == requests
+
+
+def test_a_lease_writes_a_sign_of_life_only_when_the_last_is_old() -> None:
+    svc, store, _ = _fleet(agents=3, queued=10)
+    idle = svc.as_agent.credential("device-d0")
+    touch = svc.settings.agent_touch_seconds
+    seen = store.get_agent("device-d0").last_seen
+
+    svc.clock.advance(touch - 1)
+    store.counting = True
+    svc.agents.lease(idle)
+    assert "touch_agent" not in store.calls
+    svc.clock.advance(1)
+    svc.agents.lease(idle)
+    store.counting = False
+
+    assert store.calls["touch_agent"] == 1
+    assert store.get_agent("device-d0").last_seen == seen + touch
+    # Well inside the offline window: the planner and the reaper still count it live.
+    assert touch * 6 <= svc.settings.agent_offline_seconds
 
 
 def test_an_agent_that_becomes_idle_asks_for_a_plan_and_one_going_away_does_not() -> None:
@@ -78,9 +97,7 @@ def test_an_agent_that_becomes_idle_asks_for_a_plan_and_one_going_away_does_not(
     assert svc.queue.plan_requests == before + 1  # a new idle agent
 
     suite = SuiteSubmission(org_id="acme", app_version_id="v1", test_paths=["a.spec.js"])
-    (job,) = svc.submissions.submit("acme", suite).jobs
-    svc.dispatcher.admit(job.job_id)
-    svc.queue.request_plan()
+    svc.submissions.submit("acme", suite)  # asks for a plan
     leased = svc.as_agent.lease(agent.agent_id)
     assert leased is not None
     requests = svc.queue.plan_requests

@@ -65,6 +65,7 @@ def test_the_queue_redrives_to_the_local_dead_letter_queue() -> None:
 def test_function_environment_resolves_refs_and_parameter_overrides() -> None:
     stack = LocalTemplate.from_file(parameter_overrides={"LeaseSeconds": 7})
     stack.created_refs["JobsQueue"] = "http://moto/123456789012/qgjob-local-jobs.fifo"
+    stack.created_refs["VaultQueue"] = "http://moto/123456789012/qgjob-local-vault"
     env = stack.function_environment()
     assert env["JOBS_TABLE"] == "qgjob-local-JobsTable"
     assert env["TOKENS_TABLE"] == "qgjob-local-TokensTable"
@@ -73,6 +74,9 @@ def test_function_environment_resolves_refs_and_parameter_overrides() -> None:
     assert env["LEASE_SECONDS"] == "7"
     assert env["BATCH_MAX_JOBS"] == "25"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
+    assert env["VAULT_QUEUE_URL"] == "http://moto/123456789012/qgjob-local-vault"
+    assert env["BROWSERSTACK_CREDENTIALS_PREFIX"] == "/qgjob-local/browserstack"
+    assert env["BROWSERSTACK_API_URL"] == "https://api-cloud.browserstack.com"
 
 
 def test_unknown_parameters_and_unresolvable_refs_are_errors() -> None:
@@ -115,7 +119,7 @@ def _request(
     return events.HttpRequest("POST", raw_path, headers or [], body, "10.0.0.1")
 
 
-def test_proxy_event_has_the_rest_api_shape() -> None:
+def test_proxy_event_has_the_http_api_version_1_0_shape() -> None:
     request = _request(
         "/v1/jobs/job-1/result?a=1&a=2&b=",
         b'{"x": 1}',
@@ -124,13 +128,14 @@ def test_proxy_event_has_the_rest_api_shape() -> None:
     event = events.build_proxy_event(
         request, stage="v1", request_id="req-1", account_id=ACCOUNT, api_id="api", now=1000.0
     )
+    assert event["version"] == "1.0"
     assert event["resource"] == "/{proxy+}"
-    assert event["path"] == "/jobs/job-1/result"
+    assert event["path"] == "/v1/jobs/job-1/result"  # a named stage keeps its prefix
     assert event["pathParameters"] == {"proxy": "jobs/job-1/result"}
     assert event["queryStringParameters"] == {"a": "2", "b": ""}
     assert event["multiValueQueryStringParameters"] == {"a": ["1", "2"], "b": [""]}
-    assert event["headers"]["X-Multi"] == "2"
-    assert event["multiValueHeaders"]["X-Multi"] == ["1", "2"]
+    assert event["headers"]["x-multi"] == "2"  # names in lower case
+    assert event["multiValueHeaders"]["x-multi"] == ["1", "2"]
     assert event["body"] == '{"x": 1}'
     assert event["isBase64Encoded"] is False
     context = event["requestContext"]

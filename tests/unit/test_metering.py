@@ -29,9 +29,12 @@ def test_item_size_counts_names_and_values() -> None:
     ("operation", "params", "parsed", "expected"),
     [
         ("PutItem", {"TableName": "t", "Item": {"id": s("x" * 1500)}}, {}, (2, 0)),
-        # A Put that sets a GSI's keys also writes the index.
-        ("PutItem", {"TableName": "jobs", "Item": {"id": s("x"), "backlog_target": s("e")}}, {},
-         (2, 0)),
+        # A Put of an item with all of a GSI's keys also writes the index ...
+        ("PutItem", {"TableName": "jobs", "Item": {"id": s("x"), "backlog_target": s("e"),
+                                                   "backlog_key": s("k")}}, {}, (2, 0)),
+        # ... one missing a key is not in that (sparse) index.
+        ("PutItem", {"TableName": "jobs", "Item": {"id": s("x"), "backlog_key": s("k")}}, {},
+         (1, 0)),
         ("UpdateItem", {"TableName": "jobs", "UpdateExpression": "SET #s = :s",
                         "ExpressionAttributeNames": {"#s": "status"}}, {}, (1, 0)),
         ("UpdateItem", {"TableName": "jobs", "UpdateExpression": "SET #b = :b REMOVE x",
@@ -126,7 +129,10 @@ def test_botocore_hook_counts_calls_with_their_units() -> None:
         with meter.attributed_to("ApiFunction/api"):
             client.get_item(TableName="jobs", Key={"id": s("x")}, ConsistentRead=True)
             with pytest.raises(client.exceptions.ConditionalCheckFailedException):
-                client.put_item(TableName="jobs", Item={"id": s("x"), "backlog_key": s("k")})
+                client.put_item(
+                    TableName="jobs",
+                    Item={"id": s("x"), "backlog_target": s("e"), "backlog_key": s("k")},
+                )
     ops = meter.snapshot()["aws"]["ApiFunction/api"]
     assert ops["dynamodb.GetItem"]["rru"] == 1.0
     # A failed conditional write still consumes its write units.
@@ -204,3 +210,12 @@ def test_metering_is_off_without_its_variable(monkeypatch: pytest.MonkeyPatch) -
     assert metering.install_from_env(object(), handlers) is None
     assert handlers == {}
     metering.flush()  # a no-op
+
+
+def test_route_of_an_http_api_event_is_its_path_within_the_stage() -> None:
+    event = {
+        "httpMethod": "GET",
+        "path": "/v1/runs/run-1",  # an HTTP API on a named stage keeps the prefix
+        "pathParameters": {"proxy": "runs/run-1"},
+    }
+    assert route_of(event) == "GET /runs/{id}"

@@ -25,6 +25,7 @@ from tests.unit.fakes import (
     PlanSpy,
     build_memory_services,
     fake_config,
+    legacy_submit,
 )
 
 SETTINGS = fake_config(
@@ -64,10 +65,7 @@ def submit_and_admit(svc: MemoryServices, **overrides: Any) -> list[str]:
     }
     fields.update(overrides)
     suite = SuiteSubmission(**fields)
-    result = svc.submissions.submit("acme", suite)
-    for job in result.jobs:
-        svc.dispatcher.admit(job.job_id)
-    svc.queue.request_plan()  # as the dispatcher does once it admitted jobs
+    result = svc.submissions.submit("acme", suite)  # straight into the backlog
     return [j.job_id for j in result.jobs]
 
 
@@ -196,7 +194,7 @@ def test_the_first_install_report_counts_its_duration_once(
 
 
 # ============================================================ admission
-def test_admission_stamps_the_tests_current_estimate(svc: MemoryServices) -> None:
+def test_submission_stamps_the_tests_current_estimate(svc: MemoryServices) -> None:
     svc.estimate_store.record_test_duration(key(PATHS[0]), "old-job", 30.0, 0.0)
     svc.estimate_store.record_test_duration(key(PATHS[1], org="globex"), "old-2", 9.0, 0.0)
 
@@ -210,9 +208,8 @@ def test_admission_stamps_the_tests_current_estimate(svc: MemoryServices) -> Non
 
 
 def test_admitting_many_messages_reads_the_estimates_once(svc: MemoryServices) -> None:
-    svc.estimate_store.record_test_duration(key(PATHS[2]), "old-job", 20.0, 0.0)
-    suite = SuiteSubmission(org_id="acme", app_version_id="v1", test_paths=list(PATHS))
-    job_ids = [j.job_id for j in svc.submissions.submit("acme", suite).jobs]
+    svc.estimate_store.record_test_duration(key("tests/t2.spec.js"), "old-job", 20.0, 0.0)
+    job_ids = legacy_submit(svc)  # jobs of an older version, admitted through jobs.fifo
 
     reads = svc.dispatcher.prefetch([*job_ids, "job-unknown"])
     before = svc.estimate_store.reads

@@ -196,10 +196,8 @@ def test_a_plan_that_commits_a_batch_wakes_its_idle_agent() -> None:
     suite = SuiteSubmission(
         org_id="acme", app_version_id="v1", target=Target.EMULATOR, test_paths=["t/a.spec.js"]
     )
-    submitted = services.submissions.submit("acme", suite)
-    for job in submitted.jobs:
-        assert services.dispatcher.admit(job.job_id) is not None
-    assert notifier.posts == []
+    services.submissions.submit("acme", suite)
+    assert notifier.posts == []  # a submit only asks for a plan
 
     committed = services.dispatcher.plan()
 

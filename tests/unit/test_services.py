@@ -15,7 +15,13 @@ from qgjob_backend.services.auth import Principal, TokenKind
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
 from qgjob_backend.services.reaper import SweepReport
 from qgjob_backend.services.submission import SubmitResult
-from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
+from tests.unit.fakes import (
+    FakeClock,
+    MemoryServices,
+    build_memory_services,
+    fake_config,
+    legacy_submit,
+)
 
 LEASE = 60.0
 GRACE = 30.0
@@ -59,10 +65,11 @@ def submit(svc: MemoryServices, **overrides: Any) -> SubmitResult:
 
 
 def submit_and_admit(svc: MemoryServices, **overrides: Any) -> list[str]:
+    """A submitted suite: its jobs are written straight into their backlog."""
     result = submit(svc, **overrides)
     for job in result.jobs:
-        assert svc.dispatcher.admit(job.job_id) is not None
-    svc.queue.request_plan()  # as the dispatcher does once it admitted jobs
+        assert job.admitted
+        assert svc.store.in_backlog(job.job_id)
     return [j.job_id for j in result.jobs]
 
 
@@ -129,7 +136,10 @@ def ids(leased: LeasedBatch) -> list[str]:
 
 
 # ================================================================== submit
-def test_submit_writes_a_run_of_queued_jobs_and_sends_each(svc: MemoryServices) -> None:
+def test_submit_writes_queued_jobs_into_the_backlog_and_asks_for_one_plan(
+    svc: MemoryServices,
+) -> None:
+    requests = svc.queue.plan_requests
     result = submit(svc, retries=3, timeout_s=90)
 
     assert result.created is True
@@ -138,11 +148,13 @@ def test_submit_writes_a_run_of_queued_jobs_and_sends_each(svc: MemoryServices) 
     assert [j.position for j in result.jobs] == [0, 1, 2]
     for stored in svc.store.get_jobs(result.run.job_ids):
         assert stored.status is JobStatus.QUEUED
-        assert stored.admitted is False
+        assert stored.admitted is True
+        assert svc.store.in_backlog(stored.job_id)
         assert stored.max_attempts == 4
         assert stored.timeout_s == 90
         assert stored.run_id == result.run.run_id
-    assert svc.queue.sent_ids == result.run.job_ids
+    assert svc.queue.sent == []  # no message per job: one plan request for the run
+    assert svc.queue.plan_requests == requests + 1
 
 
 def test_ids_derive_from_the_idempotency_key(svc: MemoryServices) -> None:
@@ -183,15 +195,14 @@ def test_a_reused_key_with_another_payload_is_a_conflict(svc: MemoryServices) ->
     assert svc.store.snapshot() == before
 
 
-def test_a_replay_after_admission_sends_nothing_again(svc: MemoryServices) -> None:
-    first = submit(svc, idempotency_key="k1")
-    for queued in first.jobs:
-        svc.dispatcher.admit(queued.job_id)
-    sent = len(svc.queue.sent)
+def test_a_replay_writes_and_sends_nothing_again(svc: MemoryServices) -> None:
+    submit(svc, idempotency_key="k1")
+    before = svc.store.snapshot()
 
     again = submit(svc, idempotency_key="k1")
 
-    assert len(svc.queue.sent) == sent
+    assert svc.store.snapshot() == before
+    assert svc.queue.sent == []
     assert all(j.admitted for j in again.jobs)
 
 
@@ -201,24 +212,22 @@ def test_replay_heals_a_crash_between_the_run_and_its_jobs(svc: MemoryServices) 
         submit(svc, idempotency_key="k1")
     (run,) = svc.store.runs.values()
     assert svc.store.get_jobs(run.job_ids) == []
-    assert svc.queue.sent == []
+    requests = svc.queue.plan_requests
 
     healed = submit(svc, idempotency_key="k1")
 
     assert healed.created is False
     assert [j.job_id for j in healed.jobs] == run.job_ids
     assert statuses(svc, run.job_ids) == [JobStatus.QUEUED] * 3
-    assert svc.queue.sent_ids == run.job_ids
+    assert all(svc.store.in_backlog(job_id) for job_id in run.job_ids)
+    assert svc.queue.plan_requests == requests + 1
 
 
 def test_replay_writes_only_the_missing_jobs(svc: MemoryServices, clock: FakeClock) -> None:
     first = submit(svc, idempotency_key="k1")
     kept, lost = first.run.job_ids[:2], first.run.job_ids[2]
-    for job_id in kept:
-        svc.dispatcher.admit(job_id)
     svc.store.drop_job(lost)  # as if the write of the last job never happened
     kept_before = svc.store.get_jobs(kept)
-    svc.queue.sent.clear()
     clock.advance(5)
 
     healed = submit(svc, idempotency_key="k1")
@@ -232,18 +241,33 @@ def test_replay_writes_only_the_missing_jobs(svc: MemoryServices, clock: FakeClo
         PATHS[2],
     )
     assert restored.created_at == first.run.created_at
-    assert svc.queue.sent_ids == [lost]  # only the job never admitted is sent
+    assert svc.store.in_backlog(lost)
 
 
-def test_a_queue_outage_still_accepts_and_the_reaper_resends_after_grace(
+def test_a_queue_outage_still_accepts_and_the_scheduled_plan_assigns_the_jobs(
     svc: MemoryServices, clock: FakeClock
 ) -> None:
+    agent_id = register(svc)
     svc.queue.error = ConnectionError("sqs unreachable")
 
     result = submit(svc)
 
     assert result.created is True
     assert statuses(svc, result.run.job_ids) == [JobStatus.QUEUED] * 3
+    svc.queue.error = None
+    clock.advance(GRACE + 1)
+    assert svc.reaper.sweep().resent_jobs == 0  # nothing to re-send: they are in the backlog
+    assert svc.queue.sent == []
+
+    svc.dispatcher.plan()  # the schedule's plan
+    assert ids(lease(svc, agent_id)) == result.run.job_ids
+
+
+def test_a_queue_outage_on_a_legacy_run_is_re_sent_after_grace(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    svc.queue.error = ConnectionError("sqs unreachable")
+    job_ids = legacy_submit(svc)
     svc.queue.error = None
 
     clock.advance(GRACE)  # not yet older than the grace period
@@ -252,9 +276,9 @@ def test_a_queue_outage_still_accepts_and_the_reaper_resends_after_grace(
 
     clock.advance(1)
     assert svc.reaper.sweep().resent_jobs == 3
-    assert sorted(svc.queue.sent_ids) == sorted(result.run.job_ids)
+    assert sorted(svc.queue.sent_ids) == sorted(job_ids)
 
-    for job_id in result.run.job_ids:
+    for job_id in job_ids:
         svc.dispatcher.admit(job_id)
     svc.queue.sent.clear()
     assert svc.reaper.sweep().resent_jobs == 0
@@ -266,14 +290,13 @@ def test_partly_failed_sends_still_accept_and_get_resent(
 ) -> None:
     svc.queue.failing = lambda job: job.position == 1
 
-    result = submit(svc)
+    job_ids = legacy_submit(svc)
 
-    assert result.created is True
-    lost = result.run.job_ids[1]
+    lost = job_ids[1]
     assert lost not in svc.queue.sent_ids
     svc.queue.failing = lambda job: False
     svc.queue.sent.clear()
-    for job_id in result.run.job_ids:
+    for job_id in job_ids:
         if job_id != lost:
             svc.dispatcher.admit(job_id)
 
@@ -313,7 +336,7 @@ def test_another_orgs_job_and_run_are_not_found(svc: MemoryServices) -> None:
 
 # ================================================================== admit and plan
 def test_admitting_twice_is_a_no_op(svc: MemoryServices, clock: FakeClock) -> None:
-    job_id = submit(svc).run.job_ids[0]
+    job_id = legacy_submit(svc)[0]
 
     admitted = svc.dispatcher.admit(job_id)
     assert admitted is not None
@@ -327,7 +350,7 @@ def test_admitting_twice_is_a_no_op(svc: MemoryServices, clock: FakeClock) -> No
 
 
 def test_admit_ignores_unknown_and_cancelled_jobs(svc: MemoryServices) -> None:
-    job_id = submit(svc).run.job_ids[0]
+    job_id = legacy_submit(svc)[0]
     svc.submissions.cancel("acme", job_id)
 
     assert svc.dispatcher.admit("job-unknown") is None
@@ -336,7 +359,7 @@ def test_admit_ignores_unknown_and_cancelled_jobs(svc: MemoryServices) -> None:
 
 
 def test_unadmitted_jobs_are_never_planned(svc: MemoryServices) -> None:
-    submit(svc)
+    legacy_submit(svc)
     register(svc)
 
     assert svc.dispatcher.plan() == []
@@ -965,7 +988,7 @@ def test_a_cancelled_never_admitted_job_is_not_resent(
     svc: MemoryServices, clock: FakeClock
 ) -> None:
     svc.queue.error = ConnectionError("down")
-    job_ids = submit(svc).run.job_ids
+    job_ids = legacy_submit(svc)
     svc.queue.error = None
     svc.submissions.cancel("acme", job_ids[0])
     clock.advance(GRACE + 1)
@@ -1020,7 +1043,7 @@ def test_a_hung_job_on_a_heartbeating_agent_times_out_after_its_timeout_and_grac
 def test_resends_back_off_while_the_queue_is_only_backed_up(
     svc: MemoryServices, clock: FakeClock
 ) -> None:
-    submit(svc, test_paths=["tests/only.spec.js"])
+    legacy_submit(svc, 1, send=False)
     start = clock()
     sent_before = len(svc.queue.sent)
     resent_at = []

@@ -213,16 +213,72 @@ def test_the_dispatcher_may_consume_the_jobs_queue(expanded: dict[str, Any]) -> 
         assert _grants(statements, action, queue), action
 
 
-@pytest.mark.parametrize("function_id", ["ApiFunction", "ReaperFunction"])
-def test_senders_may_send_to_the_jobs_queue_only(
-    expanded: dict[str, Any], function_id: str
+@pytest.mark.parametrize(
+    ("function_id", "queues"),
+    [
+        # The API also asks the results vault to archive BrowserStack sessions.
+        ("ApiFunction", ["JobsQueue", "VaultQueue"]),
+        ("ReaperFunction", ["JobsQueue"]),
+    ],
+)
+def test_senders_may_send_to_their_queues_only(
+    expanded: dict[str, Any], function_id: str, queues: list[str]
 ) -> None:
     # SendMessageBatch is authorized as sqs:SendMessage (SQS has no separate batch action).
     statements = _role_statements(expanded, _function_role(expanded, function_id))
     assert _grants(statements, "sqs:SendMessage", {"Fn::GetAtt": ["JobsQueue", "Arn"]})
     on_sqs = [s for s in statements if any(a.startswith("sqs:") for a in s.actions)]
     sqs_resources = [resource for s in on_sqs for resource in s.resources]
-    assert sqs_resources == [{"Fn::GetAtt": ["JobsQueue", "Arn"]}]
+    assert sqs_resources == [{"Fn::GetAtt": [queue, "Arn"]} for queue in queues]
+
+
+def _granted(expanded: dict[str, Any], function_id: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs of a function's role, logs and tracing left out."""
+    return {
+        (action, str(resource))
+        for s in _role_statements(expanded, _function_role(expanded, function_id))
+        if not s.actions[0].startswith(("logs:", "xray:"))
+        for action in s.actions
+        for resource in s.resources
+    }
+
+
+def test_the_vault_function_may_do_only_what_archiving_needs(expanded: dict[str, Any]) -> None:
+    # No Delete of archives or audit records, no Query/Scan, no other queue, and only the
+    # stack's own credentials path in SSM.
+    queue = str({"Fn::GetAtt": ["VaultQueue", "Arn"]})
+    archives = str({"Fn::Sub": "${VaultBucket.Arn}/vault/*"})
+    audit = str({"Fn::GetAtt": ["AuditTable", "Arn"]})
+    credentials = str(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:"
+            "parameter/${AWS::StackName}/browserstack/*"
+        }
+    )
+    assert _granted(expanded, "VaultFunction") == {
+        ("sqs:ReceiveMessage", queue),
+        ("sqs:DeleteMessage", queue),
+        ("sqs:GetQueueAttributes", queue),
+        ("s3:PutObject", archives),
+        ("s3:GetObject", archives),
+        ("dynamodb:GetItem", audit),
+        ("dynamodb:PutItem", audit),
+        ("ssm:GetParameter", credentials),
+    }
+
+
+def test_only_the_vault_may_write_the_audit_or_read_credentials(expanded: dict[str, Any]) -> None:
+    for function_id in _resources(expanded, "AWS::Lambda::Function"):
+        if function_id == "VaultFunction":
+            continue
+        granted = _granted(expanded, function_id)
+        assert not {a for a, r in granted if a.startswith("ssm:")}, function_id
+        assert not {a for a, r in granted if "AuditTable" in r and a != "dynamodb:Query"}, (
+            function_id
+        )
+        assert not {a for a, r in granted if "VaultBucket" in r and a != "s3:GetObject"}, (
+            function_id
+        )
 
 
 def test_permissions_are_granted_on_the_roles_not_the_functions() -> None:

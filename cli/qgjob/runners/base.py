@@ -20,6 +20,15 @@ class InstallError(Exception):
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file a test produced (screenshot, video, trace): uploaded as an artifact."""
+
+    name: str
+    path: str
+    content_type: str
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     """What one test run produced."""
 
@@ -27,6 +36,10 @@ class RunOutcome:
     duration_s: float
     message: str | None = None
     output: str = ""
+    # The BrowserStack App Automate session the test ran in (browserstack runner).
+    session_id: str | None = None
+    # Files to upload as the result's artifacts (the agent uploads them, bounded).
+    attachments: tuple[Attachment, ...] = ()
 
 
 class UnsafeArgument(ValueError):
@@ -67,11 +80,17 @@ class Runner(Protocol):
     when it returns True, stop the test and return status "error" (interrupted).
     `should_stop()` turns True only when the agent is asked to stop twice (a first stop
     lets the test finish) or lost its lease; an interrupted outcome is not reported.
-    `org_id` / `app_version_id` name the app under test (the batch's). A test path
+    `org_id` / `app_version_id` name the app under test (the batch's); the build file is
+    the `app_path` of the last `install` (the agent installs before a batch's first test
+    whenever this process has not installed that build itself). A test path
     that is absolute or has a '..' segment is refused (see `refused`), never run.
     """
 
-    def install(self, org_id: str, app_version_id: str, target: str) -> None: ...
+    def install(
+        self, org_id: str, app_version_id: str, target: str, app_path: str | None = None
+    ) -> None:
+        """``app_path``: the batch's build in the agent's cache (verified against its
+        sha256), None when the app version has no uploaded build."""
 
     def run(
         self,

@@ -1,6 +1,8 @@
 """Runs each test as a command built from a template (no shell).
 
-Placeholders: {test_path} {target} {app_version_id} {org_id}. Each value is quoted
+Placeholders: {test_path} {target} {app_version_id} {org_id} {app_path} ({app_path}: the
+batch's build in the agent's cache; a test also gets it as $APP_BUILD_PATH, the variable
+the AppWright config of examples/appwright reads). Each value is quoted
 before the template is split with shlex, so paths with spaces stay one argument, and
 no value can become an option of the command (see `argument_path`): a test path that
 begins with '-' is passed as './-...'; an id that begins with '-' is refused.
@@ -31,7 +33,9 @@ from qgjob.runners.base import (
 )
 
 DEFAULT_COMMAND = "npx appwright test {test_path} --project {target}"
-PLACEHOLDERS = frozenset({"test_path", "target", "app_version_id", "org_id"})
+PLACEHOLDERS = frozenset({"test_path", "target", "app_version_id", "org_id", "app_path"})
+# Where a test finds the build file (examples/appwright/appwright.config.ts reads it).
+APP_PATH_ENV = "APP_BUILD_PATH"
 POLL_S = 0.1
 INSTALL_TIMEOUT_S = 1800.0
 KILL_GRACE_S = 5.0
@@ -150,15 +154,26 @@ class CommandRunner:
         self._env = dict(env) if env is not None else None
         self._clock = clock
         self._install_timeout_s = install_timeout_s
+        self.app_path: str | None = None  # the build of the last install
 
-    def install(self, org_id: str, app_version_id: str, target: str) -> None:
+    def install(
+        self, org_id: str, app_version_id: str, target: str, app_path: str | None = None
+    ) -> None:
+        self.app_path = app_path
         if self.install_command is None:
             return
+        if app_path is None and "app_path" in _placeholders(self.install_command):
+            raise InstallError(
+                f"install of {org_id}/{app_version_id}: the install command needs "
+                "{app_path} but no build was uploaded for this app version "
+                f"(qgjob app upload --org-id {org_id} --app-version-id {app_version_id} FILE)"
+            )
         values = {
             "org_id": org_id,
             "app_version_id": app_version_id,
             "target": target,
             "test_path": "",
+            "app_path": app_path or "",
         }
         try:
             argv = build_argv(self.install_command, values)
@@ -187,14 +202,31 @@ class CommandRunner:
                 "target": target,
                 "org_id": org_id,
                 "app_version_id": app_version_id,
+                "app_path": self.app_path or "",
             }
             argv = build_argv(self.command, values)
         except UnsafeArgument as error:
             return refused(error)
-        return self._execute(argv, timeout_s, should_stop)
+        return self._execute(argv, timeout_s, should_stop, env=self.test_env())
+
+    def test_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str] | None:
+        """The environment of a test: the runner's (else the agent's), with the build's
+        path in APP_BUILD_PATH when there is one; None: inherit the agent's as it is."""
+        if self.app_path is None and not extra:
+            return self._env
+        env = dict(self._env if self._env is not None else os.environ)
+        if self.app_path is not None:
+            env[APP_PATH_ENV] = self.app_path
+        env.update(extra or {})
+        return env
 
     def _execute(
-        self, argv: list[str], timeout_s: float, should_stop: Callable[[], bool]
+        self,
+        argv: list[str],
+        timeout_s: float,
+        should_stop: Callable[[], bool],
+        *,
+        env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
         started = self._clock()
         try:
@@ -206,7 +238,7 @@ class CommandRunner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=self._cwd,
-                env=self._env,
+                env=dict(env) if env is not None else self._env,
                 start_new_session=True,
             )
         except FileNotFoundError:

@@ -54,7 +54,9 @@ class SimulatedRunner:
         self.sim_scale = sim_scale
         self._sleep = sleep
 
-    def install(self, org_id: str, app_version_id: str, target: str) -> None:
+    def install(
+        self, org_id: str, app_version_id: str, target: str, app_path: str | None = None
+    ) -> None:
         self._sleep(INSTALL_S * self.sim_scale)
 
     def run(

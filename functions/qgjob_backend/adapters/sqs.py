@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qgjob_backend.domain.models import Job
+from qgjob_backend.domain.vault import VaultMessage
 
 SQS_BATCH_LIMIT = 10
 # The message group of plan requests: one group, so plans run one at a time.
@@ -60,3 +61,14 @@ class SqsJobQueue:
 
 def is_plan_request(body: object) -> bool:
     return isinstance(body, dict) and body.get("plan") is True
+
+
+class SqsVaultQueue:
+    """The VaultQueue port: a standard queue (the vault is idempotent per job attempt)."""
+
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self._sqs = client
+        self._url = queue_url
+
+    def send(self, message: VaultMessage) -> None:
+        self._sqs.send_message(QueueUrl=self._url, MessageBody=message.to_json())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from qgjob_backend.schema import FINAL_STATUSES, JobStatus, Target
 
@@ -46,6 +47,10 @@ class Run:
     # Jobs per counter of domain.progress (assigned and running share "active"), kept in
     # the same writes as each job's transitions; only counters above zero are present.
     counts: dict[str, int] = field(default_factory=dict)
+    # The sha256 of the app version's build when the run was submitted: "" when it had
+    # none (agents install only what they already hold), None when not known (builds
+    # not deployed, or a run older than builds).
+    build_sha256: str | None = None
 
 
 @dataclass
@@ -81,6 +86,11 @@ class Job:
     # What history said this test takes on this target when the job was admitted (None:
     # no history yet); stamped at admission so planning needs no extra reads.
     estimate_s: float | None = None
+    # The attachments of its last result (screenshots, videos, traces) the agent uploaded:
+    # dicts of build_protocol.ReportedArtifact (name, key, content_type, size).
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # The BrowserStack App Automate session of its last result (browserstack runner).
+    session_id: str | None = None
 
     @property
     def group_key(self) -> str:

@@ -32,8 +32,18 @@ from qgjob_backend.agent_protocol import (
     RequeueView,
     parse_credential,
 )
+from qgjob_backend.build_protocol import (
+    MAX_BUILDS_PAGE,
+    ArtifactView,
+    BuildCompleteRequest,
+    BuildPageView,
+    BuildUploadRequest,
+    BuildUploadResponse,
+    BuildView,
+)
 from qgjob_backend.domain.models import Agent, AppRef
 from qgjob_backend.handlers.api_models import (
+    AuditView,
     ErrorView,
     HealthView,
     JobPageView,
@@ -49,7 +59,8 @@ from qgjob_backend.handlers.body import check_body
 from qgjob_backend.schema import FINAL_STATUSES, JobPayload, JobStatus, SuiteSubmission
 from qgjob_backend.services.agents import AgentCredential, ReportedResult, Step
 from qgjob_backend.services.auth import Principal, require_fleet, require_org
-from qgjob_backend.services.errors import Forbidden, ServiceError, Unauthorized
+from qgjob_backend.services.builds import BuildService, build_view
+from qgjob_backend.services.errors import Forbidden, ServiceError, Unauthorized, Unavailable
 from qgjob_backend.services.submission import MAX_PAGE_JOBS, SubmitResult, as_suite
 from qgjob_backend.wiring import LazyServices
 
@@ -185,8 +196,89 @@ def get_result(job_id: str) -> Response[ResultView]:
         output_key=job.output_key,
         agent_id=job.agent_id,
         finished_at=job.finished_at,
+        session_id=job.session_id,
+        artifacts=_artifact_views(job.artifacts),
     )
     return Response(200, content_types.APPLICATION_JSON, body)
+
+
+def _artifact_views(artifacts: list[dict[str, Any]]) -> list[ArtifactView]:
+    builds = services().builds
+    if builds is None:  # no links without the presigner; the keys still show
+        return [ArtifactView(**a) for a in artifacts]
+    return builds.artifact_views(artifacts)
+
+
+# --------------------------------------------------------------- builds
+def _builds() -> BuildService:
+    builds = services().builds
+    if builds is None:
+        raise Unavailable("app builds are not deployed here (no BUILDS_TABLE)")
+    return builds
+
+
+@app.post(
+    "/builds",
+    summary="Start an upload of an app build: a presigned PUT (or nothing: same bytes)",
+    responses=_responses(
+        *_ORG_ROUTE_ERRORS,
+        409,
+        ok={201: "Upload started: PUT the bytes, then complete.", 200: "Same bytes: stored."},
+    ),
+)
+def start_build_upload(request: BuildUploadRequest) -> Response[BuildUploadResponse]:
+    ticket = _builds().start_upload(_org(), request)
+    body = BuildUploadResponse(build=build_view(ticket.build), upload=ticket.upload)
+    status = HTTPStatus.CREATED if ticket.created else HTTPStatus.OK
+    return Response(status, content_types.APPLICATION_JSON, body)
+
+
+@app.post(
+    "/builds/<app_version_id>/complete",
+    summary="Complete an upload: checks the stored object, then it is the version's build",
+    responses=_responses(*_ORG_ROUTE_ERRORS, 409),
+)
+def complete_build_upload(app_version_id: str, request: BuildCompleteRequest) -> BuildView:
+    return build_view(_builds().complete(_org(), app_version_id, request.sha256))
+
+
+@app.get(
+    "/builds/<app_version_id>",
+    summary="An app version's build (another org's is not found)",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
+def get_build(app_version_id: str) -> BuildView:
+    return build_view(_builds().get(_org(), app_version_id))
+
+
+@app.get(
+    "/builds",
+    summary="The org's app builds by app version id, a page at a time",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
+def list_builds(
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_BUILDS_PAGE, description="Builds per page.")
+    ] = MAX_BUILDS_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, description="The next_cursor of the previous page."),
+    ] = None,
+) -> BuildPageView:
+    page = _builds().page(_org(), cursor, limit)
+    return BuildPageView(builds=[build_view(b) for b in page.builds], next_cursor=page.next_cursor)
+
+
+@app.get(
+    "/jobs/<job_id>/audit",
+    summary="The results vault's audit records of a job, with short-lived archive links",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
+def get_audit(job_id: str) -> AuditView:
+    job = services().submissions.job(_org(), job_id)  # another org's job: 404
+    vault = services().vault
+    entries = vault.entries(job.job_id) if vault is not None else []
+    return AuditView.of(job.job_id, entries)
 
 
 @app.post(
@@ -290,7 +382,21 @@ def lease(agent_id: str) -> LeaseResponse:
     leased = services().agents.lease(_credential(agent_id))
     if leased is None:
         return LeaseResponse(batch=None, wait_s=services().config.idle_poll_seconds)
-    return LeaseResponse(batch=batch_view(leased.batch, leased.jobs))
+    batch = leased.batch
+    builds = services().builds
+    if builds is None:
+        return LeaseResponse(batch=batch_view(batch, leased.jobs))
+    # The build to install (one read) and the batch's artifact form (a signature): the
+    # form must outlive every test of the batch, whose lease heartbeats keep extending.
+    seconds = sum(j.timeout_s for j in leased.jobs) + services().config.lease_seconds
+    return LeaseResponse(
+        batch=batch_view(
+            batch,
+            leased.jobs,
+            build=builds.download(batch.org_id, batch.app_version_id),
+            artifacts=builds.artifact_form(batch.org_id, batch.batch_id, seconds),
+        )
+    )
 
 
 @app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")
@@ -314,6 +420,8 @@ def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView
         request.duration_s,
         request.message,
         request.output,
+        request.session_id,
+        artifacts=request.artifacts,
     )
     return JobView.of(job)
 
@@ -328,7 +436,15 @@ def batch_progress(agent_id: str, batch_id: str, request: ProgressRequest) -> Pr
         batch_id,
         installed=request.installed,
         results=[
-            ReportedResult(r.job_id, JobStatus(r.status), r.duration_s, r.message, r.output)
+            ReportedResult(
+                r.job_id,
+                JobStatus(r.status),
+                r.duration_s,
+                r.message,
+                r.output,
+                r.session_id,
+                tuple(r.artifacts),
+            )
             for r in request.results
         ],
         start=request.start,
@@ -474,8 +590,23 @@ def _text_body(event: dict[str, Any]) -> tuple[dict[str, Any], int]:
     return {**event, "body": raw.decode("utf-8"), "isBase64Encoded": False}, len(raw)
 
 
+def _within_stage(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with its path relative to the stage. An HTTP API on a named stage sends
+    ``path`` with the stage prefix (``/v1/runs``); a REST API, or the $default stage, does
+    not (then the event is returned as it is)."""
+    stage = (event.get("requestContext") or {}).get("stage")
+    path = event.get("path")
+    if not isinstance(stage, str) or not isinstance(path, str) or stage == "$default":
+        return event
+    prefix = f"/{stage}"
+    if path != prefix and not path.startswith(prefix + "/"):
+        return event
+    return {**event, "path": path[len(prefix) :] or "/"}
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    event = _within_stage(event)
     path = event.get("path") or "/"
     if any(len(segment) > MAX_PATH_SEGMENT for segment in path.split("/")):
         return _reply(404, f"no such resource: a path segment is over {MAX_PATH_SEGMENT} chars")

@@ -5,10 +5,29 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from qgjob_backend.agent_protocol import AgentView, BatchJob, BatchView
+from qgjob_backend.build_protocol import ArtifactUploadForm, ArtifactView, BuildDownload
 from qgjob_backend.domain import progress
 from qgjob_backend.domain.models import Agent, Batch, Job, Run
 from qgjob_backend.ports import OrgMetrics
 from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.vault import AuditEntry
+
+BUILD_SHA_DESCRIPTION = (
+    "The sha256 of the app version's build when the run was submitted (null: none, or "
+    "builds are not deployed; see build_note)."
+)
+
+
+def build_note(run: Run) -> str | None:
+    """What a run says when its app version had no build at submit (accepted anyway)."""
+    if run.build_sha256 != "":
+        return None
+    return (
+        f"no build was uploaded for app version {run.app_version_id} when this run was "
+        "submitted: agents run it only with the app they already hold "
+        f"(qgjob app upload --org-id {run.org_id} --app-version-id {run.app_version_id} FILE)"
+    )
+
 
 COUNTS_DESCRIPTION = (
     "Jobs by state, only states with jobs: queued, active (assigned to an agent or "
@@ -74,6 +93,8 @@ class SubmitResponse(BaseModel):
     )
     counts: dict[str, int] = Field(description="The submission's jobs by current status.")
     replayed: bool = Field(description="True when the idempotency key matched an earlier submit.")
+    build_sha256: str | None = Field(default=None, description=BUILD_SHA_DESCRIPTION)
+    build_note: str | None = Field(default=None, description="Set when there was no build.")
 
     @classmethod
     def of(cls, run: Run, jobs: list[Job], *, single: bool, replayed: bool) -> SubmitResponse:
@@ -88,6 +109,8 @@ class SubmitResponse(BaseModel):
             status=shared.pop() if len(shared) == 1 else None,
             counts=counts,
             replayed=replayed,
+            build_sha256=run.build_sha256 or None,
+            build_note=build_note(run),
         )
 
 
@@ -103,6 +126,8 @@ class RunView(BaseModel):
     counts: dict[str, int] = Field(description=COUNTS_DESCRIPTION)
     finished: bool = Field(description="Every job is in a final state.")
     passed: bool = Field(description="Every job passed.")
+    build_sha256: str | None = Field(default=None, description=BUILD_SHA_DESCRIPTION)
+    build_note: str | None = Field(default=None, description="Set when there was no build.")
 
     @classmethod
     def of(cls, run: Run) -> RunView:
@@ -117,6 +142,8 @@ class RunView(BaseModel):
             counts=progress.nonzero(run.counts),
             finished=finished,
             passed=finished and progress.passed(total, run.counts),
+            build_sha256=run.build_sha256 or None,
+            build_note=build_note(run),
         )
 
 
@@ -145,6 +172,67 @@ class ResultView(BaseModel):
     output_key: str | None = Field(default=None, description="S3 key of the full output.")
     agent_id: str | None = None
     finished_at: float | None = None
+    session_id: str | None = Field(
+        default=None, description="The BrowserStack session of the result (browserstack)."
+    )
+    artifacts: list[ArtifactView] = Field(
+        default_factory=list,
+        description="The test's attachments (screenshots, videos, traces), with short-lived links.",
+    )
+
+
+class AuditRecordView(BaseModel):
+    """One attempt's audit record: what the vault fetched and where it archived it."""
+
+    attempt: int
+    session_id: str
+    outcome: str = Field(
+        description=(
+            "archived, or why nothing was archived: unauthorized, not_found, rejected, "
+            "malformed_json, too_large."
+        )
+    )
+    http_status: int | None = Field(description="The App Automate API's answer.")
+    source: str = Field(description="The URL the record was fetched from.")
+    fetched_at: float
+    recorded_at: float
+    s3_key: str | None = Field(description="The archive (vault/<org>/<job>/<attempt>.json).")
+    sha256: str | None = Field(description="SHA-256 (hex) of the archived bytes.")
+    size: int | None = Field(description="Bytes archived (or seen, when not archived).")
+    detail: str | None = None
+    link: str | None = Field(
+        default=None, description="A presigned GET of the archive, valid link_expires_s."
+    )
+    link_expires_s: int | None = None
+
+
+class AuditView(BaseModel):
+    job_id: str
+    records: list[AuditRecordView]
+
+    @classmethod
+    def of(cls, job_id: str, entries: list[AuditEntry]) -> AuditView:
+        return cls(
+            job_id=job_id,
+            records=[
+                AuditRecordView(
+                    attempt=e.record.attempt,
+                    session_id=e.record.session_id,
+                    outcome=e.record.outcome.value,
+                    http_status=e.record.http_status,
+                    source=e.record.source,
+                    fetched_at=e.record.fetched_at,
+                    recorded_at=e.record.recorded_at,
+                    s3_key=e.record.s3_key,
+                    sha256=e.record.sha256,
+                    size=e.record.size,
+                    detail=e.record.detail,
+                    link=e.link,
+                    link_expires_s=e.link_expires_s if e.link else None,
+                )
+                for e in entries
+            ],
+        )
 
 
 class MetricsView(BaseModel):
@@ -198,7 +286,12 @@ def agent_view(
     )
 
 
-def batch_view(batch: Batch, jobs: list[Job]) -> BatchView:
+def batch_view(
+    batch: Batch,
+    jobs: list[Job],
+    build: BuildDownload | None = None,
+    artifacts: ArtifactUploadForm | None = None,
+) -> BatchView:
     return BatchView(
         batch_id=batch.batch_id,
         org_id=batch.org_id,
@@ -210,4 +303,6 @@ def batch_view(batch: Batch, jobs: list[Job]) -> BatchView:
             BatchJob(job_id=j.job_id, test_path=j.test_path, timeout_s=j.timeout_s, status=j.status)
             for j in jobs
         ],
+        build=build,
+        artifacts=artifacts,
     )

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field, replace
 from aws_lambda_powertools import Logger
 
 from qgjob_backend.agent_protocol import OUTPUT_EXCERPT_CHARS, agent_id_for, format_credential
+from qgjob_backend.build_protocol import ReportedArtifact
 from qgjob_backend.domain.models import Agent, AgentStatus, AppRef, Batch, BatchState, Job
+from qgjob_backend.domain.vault import VaultMessage
 from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.auth import Principal, hash_token
+from qgjob_backend.services.builds import checked_artifacts
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound
 from qgjob_backend.services.estimates import EstimateService
 from qgjob_backend.services.recovery import requeue_unfinished
@@ -52,6 +55,9 @@ class ReportedResult:
     duration_s: float
     message: str | None = None
     output: str | None = None
+    session_id: str | None = None  # a BrowserStack session: archived by the vault
+    # Uploaded attachments (screenshots, videos, traces) under the job's artifact prefix.
+    artifacts: tuple[ReportedArtifact, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class AgentService:
         estimates: EstimateService,
         request_plan: Callable[[], None],
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+        archive: Callable[[VaultMessage], None] | None = None,
+        touch_seconds: float = 0.0,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -103,6 +111,10 @@ class AgentService:
         self._estimates = estimates
         self._request_plan = request_plan
         self._new_secret = new_secret
+        # Sends a result's BrowserStack session to the results vault (None: no vault).
+        self._archive = archive
+        # A lease writes the agent's last_seen only when it is older than this (0: always).
+        self._touch_seconds = touch_seconds
 
     def register(
         self, fleet: Principal, target: Target, device_id: str, installed: AppRef | None
@@ -195,8 +207,17 @@ class AgentService:
 
     def lease(self, credential: AgentCredential) -> LeasedBatch | None:
         """The batch the dispatcher assigned to the agent (or the one it resumes after a
-        restart), or None. Constant work: it never plans, whatever the fleet or backlog."""
-        agent = self._live_agent(credential)
+        restart), or None. Constant work: it never plans, whatever the fleet or backlog.
+
+        The credential is checked on a read; the sign of life is written only when the
+        agent's last one is older than ``touch_seconds`` (a conditional write, refused for
+        a credential superseded since the read).
+        """
+        agent = self._authorized(credential)
+        if agent.status is AgentStatus.OFFLINE:
+            raise self._refused(credential)
+        if self._clock() - agent.last_seen >= self._touch_seconds:
+            agent = self._live_agent(credential)
         agent_id = agent.agent_id
         if agent.batch_id is None:
             return None
@@ -260,9 +281,21 @@ class AgentService:
         duration_s: float,
         message: str | None,
         output: str | None,
+        session_id: str | None = None,
+        artifacts: Sequence[ReportedArtifact] = (),
     ) -> Job:
         agent_id = self._authorized(credential).agent_id
-        return self._report(agent_id, job_id, batch_id, status, duration_s, message, output)
+        return self._report(
+            agent_id,
+            job_id,
+            batch_id,
+            status,
+            duration_s,
+            message,
+            output,
+            session_id,
+            artifacts=artifacts,
+        )
 
     def _report(
         self,
@@ -273,6 +306,9 @@ class AgentService:
         duration_s: float,
         message: str | None,
         output: str | None,
+        session_id: str | None = None,
+        *,
+        artifacts: Sequence[ReportedArtifact] = (),
     ) -> Job:
         current = self._store.get_job(job_id)
         if current is None:
@@ -281,8 +317,11 @@ class AgentService:
             # Not this agent's job in this batch (any more): nothing it sends may change
             # the job or its output, unless it repeats an error report already applied.
             if self._error_applied(current, agent_id, batch_id, status):
+                # The attempt that errored is the one before the requeue counted it.
+                self._archive_session(current, current.attempts, session_id)
                 return current
             raise self._late_report(job_id, agent_id, batch_id)
+        attempt = current.attempts + 1  # this report's attempt (1-based)
         now = self._clock()
         if status is JobStatus.ERROR and current.attempts + 1 < current.max_attempts:
             # Infrastructure errors are retried; the test itself did not fail. The write
@@ -298,6 +337,7 @@ class AgentService:
             )
             if retried is not None:
                 logger.info("job errored; requeued", extra={"job_id": job_id})
+                self._archive_session(current, attempt, session_id)
                 return retried
         output_key = None
         if output and len(output) > OUTPUT_EXCERPT_CHARS:
@@ -313,12 +353,15 @@ class AgentService:
             message=message,
             output_excerpt=output[-OUTPUT_EXCERPT_CHARS:] if output else None,
             output_key=output_key,
+            session_id=session_id,
+            artifacts=tuple(checked_artifacts(current.org_id, batch_id, job_id, artifacts)),
         )
         # `current` names the run and org whose counters move: passing it saves a read.
         job = self._store.finish_job(job_id, agent_id, batch_id, outcome, now, job=current)
         if job is not None:
             # Only the report that made the job final counts (a replay never gets here).
             self._estimates.record_test(job)
+            self._archive_session(job, attempt, session_id)
             return job
         replay = self._store.get_job(job_id)
         if (
@@ -327,10 +370,28 @@ class AgentService:
             and replay.agent_id == agent_id
             and replay.status is status
         ):
-            return replay  # the same report delivered twice
+            # The same report delivered twice: the vault message again, in case the first
+            # delivery's send failed (the vault is idempotent per job and attempt).
+            self._archive_session(replay, attempt, session_id)
+            return replay
         if replay and self._error_applied(replay, agent_id, batch_id, status):
+            self._archive_session(replay, replay.attempts, session_id)
             return replay
         raise self._late_report(job_id, agent_id, batch_id)
+
+    def _archive_session(self, job: Job, attempt: int, session_id: str | None) -> None:
+        """Asks the vault to archive the attempt's BrowserStack session record.
+
+        Sent after the result is applied; a failed send raises (the agent's call gets a
+        503 and is retried, and the replay sends again), so no session is left out.
+        """
+        if session_id is None or self._archive is None:
+            return
+        self._archive(
+            VaultMessage(
+                org_id=job.org_id, job_id=job.job_id, attempt=max(1, attempt), session_id=session_id
+            )
+        )
 
     def _error_applied(self, job: Job, agent_id: str, batch_id: str, status: JobStatus) -> bool:
         """A retried delivery of this agent's error report, which already put the job back."""
@@ -417,6 +478,8 @@ class AgentService:
                     result.duration_s,
                     result.message,
                     result.output,
+                    result.session_id,
+                    artifacts=result.artifacts,
                 )
                 progress.results.append(Step(result.job_id, job.status))
             except (Conflict, NotFound) as error:

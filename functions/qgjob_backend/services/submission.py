@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aws_lambda_powertools import Logger
 
@@ -16,6 +16,7 @@ from qgjob_backend.domain.progress import run_job_ids
 from qgjob_backend.ports import JobQueue, OrgMetrics, StateStore
 from qgjob_backend.schema import JobPayload, JobStatus, SuiteSubmission
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound, ServiceError
+from qgjob_backend.services.estimates import EstimateService
 
 logger = Logger(child=True)
 
@@ -75,14 +76,22 @@ class SubmissionService:
         queue: JobQueue,
         clock: Callable[[], float],
         new_id: Callable[[], str],
+        build_sha256: Callable[[str, str], str | None] | None = None,
+        estimates: EstimateService | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._clock = clock
         self._new_id = new_id
+        # The sha256 of an org's app version's ready build (None: it has none); without
+        # it (builds not deployed) runs do not say whether a build exists.
+        self._build_sha256 = build_sha256
+        # Stamps each job with its test's estimate as it is written (None: no estimates).
+        self._estimates = estimates
 
     def submit(self, org_id: str, suite: SuiteSubmission) -> SubmitResult:
-        """Writes a run and its jobs, then sends every job to jobs.fifo.
+        """Writes a run and its jobs straight into their group's backlog, then asks the
+        dispatcher for a plan (one message, however many jobs).
 
         With an idempotency key, ids derive from (org, key): a retried request finds
         the same run, heals a partial earlier write and never creates a second one.
@@ -104,6 +113,7 @@ class SubmissionService:
             job_ids=run_job_ids(run_id, len(suite.test_paths)),
             fingerprint=fingerprint,
             created_at=now,
+            build_sha256=self._build_of(org_id, suite.app_version_id),
         )
         created = self._store.create_run(run)
         if not created:
@@ -131,31 +141,44 @@ class SubmissionService:
                 timeout_s=suite.timeout_s,
                 max_attempts=1 + suite.retries,
                 position=position,
+                # Written into the backlog: no admission step (one write and one SQS
+                # message per job fewer than admitting them through jobs.fifo).
+                admitted=True,
             )
             for position, (job_id, test_path) in enumerate(
                 zip(run.job_ids, suite.test_paths, strict=True)
             )
         ]
+        jobs = self._stamped(jobs)
         self._store.create_jobs(jobs)
         stored = jobs if created else self._store.get_jobs(run.job_ids)
-        self._enqueue([j for j in stored if j.status is JobStatus.QUEUED and not j.admitted])
+        if any(j.status is JobStatus.QUEUED for j in stored):
+            self._ask_for_plan()
         logger.info(
             "run submitted" if created else "run replayed (idempotency key)",
             extra={"run_id": run.run_id, "org_id": org_id, "jobs": len(jobs)},
         )
         return SubmitResult(run, stored, created)
 
-    def _enqueue(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
+    def _build_of(self, org_id: str, app_version_id: str) -> str | None:
+        """The run's note of its build: accepted without one (an agent may hold it)."""
+        if self._build_sha256 is None:
+            return None
+        return self._build_sha256(org_id, app_version_id) or ""
+
+    def _stamped(self, jobs: list[Job]) -> list[Job]:
+        """The jobs with their tests' current estimates (advisory: see EstimateService)."""
+        if self._estimates is None:
+            return jobs
+        found = self._estimates.for_jobs(jobs)
+        return [replace(j, estimate_s=found[j.job_id]) if j.job_id in found else j for j in jobs]
+
+    def _ask_for_plan(self) -> None:
         try:
-            failed = self._queue.send(jobs)
+            self._queue.request_plan()
         except Exception:
-            # The jobs are durable in DynamoDB; the reaper re-sends unadmitted ones.
-            logger.exception("sending to jobs.fifo failed; the reaper will re-send")
-            return
-        if failed:
-            logger.warning("some sends failed; the reaper will re-send", extra={"jobs": failed})
+            # The jobs are durable in their backlog; the dispatcher's schedule plans them.
+            logger.exception("plan request failed; the schedule will plan these jobs")
 
     def cancel(self, org_id: str, job_id: str) -> Job:
         job = self.job(org_id, job_id)

@@ -1102,6 +1102,31 @@ def test_an_idle_agent_waits_on_its_push_channel_and_leases_when_pushed() -> Non
     assert list(api.results) == ["b1-j1"]
 
 
+def test_after_a_batch_a_pushed_agent_waits_for_the_push_instead_of_leasing_at_once() -> None:
+    api = FakeAgentApi()
+    api.push_url = "wss://push.example/v1"
+    api.idle_poll_seconds = 240.0  # no empty lease yet: the register answer's safety poll
+    api.pending.append(make_batch("b1", ["a.spec.ts"]))
+    push = PushFactory()
+    leases: list[int] = []
+    api.on_lease = lambda: leases.append(len(api.results))
+
+    def next_batch_pushed(stop: Callable[[], bool]) -> bool:
+        api.pending.append(make_batch("b2", ["b.spec.ts"]))  # planned once b1 ended
+        return True
+
+    push.on_wait = next_batch_pushed
+    agent = push_agent(api, push, sleeps=Sleeps(), max_batches=2)
+
+    assert agent.run() == 0
+
+    # One lease per batch: b1's, then (after waiting on the channel) b2's; no empty lease
+    # in between, which is what an agent leasing as soon as its batch ended got.
+    assert leases == [0, 1]
+    assert push.channels[0].waits == [(240.0, 1.0)]
+    assert list(api.results) == ["b1-j1", "b2-j1"]
+
+
 def test_without_wait_s_the_safety_poll_is_the_register_answers_idle_poll() -> None:
     api = FakeAgentApi()
     api.push_url = "wss://push.example/v1"

@@ -502,26 +502,54 @@ def test_status_of_a_run_prints_a_table_and_exits_0_even_with_failures() -> None
 
 
 @responses.activate
-def test_polls_back_off_while_nothing_changes_and_read_the_jobs_once(clock: FakeClock) -> None:
+def test_polls_back_off_then_follow_the_runs_pace_and_read_the_jobs_once(
+    clock: FakeClock,
+) -> None:
     queued = [job_view(f"j{i}", f"t{i}.spec.ts", "queued") for i in range(150)]
-    half = [job_view(j["job_id"], j["test_path"], "passed") for j in queued[:75]] + queued[75:]
+    almost = [job_view(j["job_id"], j["test_path"], "passed") for j in queued[:149]] + queued[149:]
     done = [job_view(j["job_id"], j["test_path"], "passed") for j in queued]
-    for view in [queued] * 4 + [half] * 3 + [done]:
+    for view in [queued] * 3 + [almost] * 2 + [done]:
         responses.get(f"{BASE}/runs/r1", json=run_view(view))
     serve_jobs(done, per_page=100)
 
-    result = invoke(
-        ["--json", "status", "--run-id", "r1", "--wait", "--max-poll-interval", "4"], clock
-    )
+    result = invoke(["--json", "status", "--run-id", "r1", "--wait"], clock)
 
     assert result.exit_code == 0, result.stderr
-    # 2 s, then 1.5x per unchanged poll up to 4 s; progress brings it back to 2 s.
-    assert clock.sleeps == [2.0, 3.0, 4.0, 4.0, 2.0, 3.0, 4.0]
+    # 2 s, then 1.5x per poll; with 149 of 150 final after 9.5 s the end is near: back
+    # to 2 s (half the estimated time left, never under --poll-interval).
+    assert clock.sleeps == [2.0, 3.0, 4.5, 2.0, 2.0]
     paths = [c.request.path_url for c in responses.calls]
-    assert paths[:8] == ["/runs/r1"] * 8  # the polls read the counters only
-    assert [p.split("?")[0] for p in paths[8:]] == ["/runs/r1/jobs"] * 2  # then two pages
-    assert paths[9].endswith("cursor=c100")
+    assert paths[:6] == ["/runs/r1"] * 6  # the polls read the counters only
+    assert [p.split("?")[0] for p in paths[6:]] == ["/runs/r1/jobs"] * 2  # then two pages
+    assert paths[7].endswith("cursor=c100")
     assert [j["job_id"] for j in json.loads(result.stdout)["jobs"]] == [j["job_id"] for j in done]
+
+
+@responses.activate
+def test_a_run_that_moves_on_every_poll_is_not_polled_at_the_first_interval(
+    clock: FakeClock,
+) -> None:
+    # 100 jobs, 2 more final at each poll: the counts change every time, which used to
+    # reset the wait to --poll-interval for the whole run.
+    views = []
+    for poll in range(12):
+        final = min(100, 2 * poll)
+        views.append(
+            [
+                job_view(f"j{i}", "t.spec.ts", "passed" if i < final else "running")
+                for i in range(100)
+            ]
+        )
+    for view in views:
+        responses.get(f"{BASE}/runs/r1", json=run_view(view))
+
+    invoke(["--json", "status", "--run-id", "r1", "--wait", "--wait-timeout", "60"], clock)
+
+    # Far from done at every poll: the backoff alone, 8 polls in the minute instead of 30
+    # (the last wait is cut at --wait-timeout).
+    assert clock.sleeps[:7] == [2.0, 3.0, 4.5, 6.75, 10.125, 15.1875, 18.4375]
+    polls = [c for c in responses.calls if c.request.path_url == "/runs/r1"]
+    assert len(polls) == 8
 
 
 @responses.activate

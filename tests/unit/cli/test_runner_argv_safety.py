@@ -7,6 +7,8 @@ that did not (an older or a compromised one) would.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -16,7 +18,13 @@ import responses
 from click.testing import CliRunner
 
 from qgjob.cli import CliState, cli
-from qgjob.runners import DEFAULT_COMMAND, CommandRunner, InstallError, SimulatedRunner
+from qgjob.runners import (
+    DEFAULT_COMMAND,
+    BrowserStackRunner,
+    CommandRunner,
+    InstallError,
+    SimulatedRunner,
+)
 from qgjob.runners.command import argument_path, build_argv
 
 PY = shlex.quote(sys.executable)
@@ -148,3 +156,61 @@ def test_the_cli_refuses_an_option_like_test_path_with_exit_2(test_path: str) ->
     assert result.exit_code == 2, result.output
     assert "begin with '-'" in result.output
     assert len(responses.calls) == 0
+
+
+# ------------------------------------------------------------------ the browserstack runner
+def _browserstack_runner(tmp_path: Path, command: str) -> BrowserStackRunner:
+    """Installed (its build already on a mocked App Automate), running ``command``."""
+    build = tmp_path / "app.apk"
+    build.write_bytes(b"build")
+    env = {
+        "PATH": os.environ["PATH"],
+        "BROWSERSTACK_USERNAME": "argv-user",
+        "BROWSERSTACK_ACCESS_KEY": "argv-access-key",
+        "QGJOB_BROWSERSTACK_API_URL": "https://bs.test",
+    }
+    runner = BrowserStackRunner(app_path=str(build), env=env, command=command)
+    with responses.RequestsMock() as mock:
+        mock.get(
+            re.compile(r"https://bs\.test/app-automate/recent_apps/.*"),
+            json=[{"app_url": "bs://1"}],
+        )
+        runner.install("acme", "v1", "browserstack")
+    return runner
+
+
+@pytest.mark.parametrize("test_path", OPTION_LIKE)
+def test_the_browserstack_runner_passes_an_option_like_path_as_a_relative_path(
+    tmp_path: Path, test_path: str
+) -> None:
+    runner = _browserstack_runner(tmp_path, f"{ECHO_ARGS} {{test_path}} --project {{target}}")
+
+    outcome = runner.run(test_path, "browserstack", 30.0, _never_stop)
+
+    assert outcome.status == "passed", outcome
+    assert json.loads(outcome.output) == [f"./{test_path}", "--project", "browserstack"]
+
+
+@pytest.mark.parametrize("test_path", ESCAPING)
+def test_the_browserstack_runner_refuses_a_path_out_of_the_tree_and_runs_nothing(
+    tmp_path: Path, test_path: str
+) -> None:
+    marker = tmp_path / "ran"
+    runner = _browserstack_runner(tmp_path, f"{_touch(marker)} {{test_path}}")
+
+    outcome = runner.run(test_path, "browserstack", 30.0, _never_stop)
+
+    assert outcome.status == "failed"
+    assert outcome.message is not None
+    assert outcome.message.startswith("refused to run: test path")
+    assert not marker.exists()
+
+
+def test_the_browserstack_install_refuses_an_option_like_id(tmp_path: Path) -> None:
+    runner = BrowserStackRunner(
+        app_path=str(tmp_path / "x.apk"),
+        env={"BROWSERSTACK_USERNAME": "u", "BROWSERSTACK_ACCESS_KEY": "k"},
+    )
+    with responses.RequestsMock() as mock, pytest.raises(InstallError, match="begins with '-'"):
+        runner.install("acme", "--upload-everything", "browserstack")
+    assert len(mock.calls) == 0

@@ -102,9 +102,14 @@ def job_to_item(job: Job) -> Item:
         "retry_of_batch": job.retry_of_batch,
         "resends": job.resends,
         "estimate_s": job.estimate_s,
+        "session_id": job.session_id,
+        "artifacts": job.artifacts or None,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = unadmitted_shard(job.job_id)
+    elif job.status is JobStatus.QUEUED:
+        item["backlog_target"] = backlog_shard(job)
+        item["backlog_key"] = backlog_sort_key(job)
     return item
 
 
@@ -136,6 +141,8 @@ def job_from_item(item: Item) -> Job:
         retry_of_batch=item.get("retry_of_batch"),
         resends=int(item.get("resends", 0)),
         estimate_s=optional_float(item.get("estimate_s")),
+        session_id=item.get("session_id"),
+        artifacts=list(item.get("artifacts") or []),
     )
 
 
@@ -155,6 +162,7 @@ def run_to_item(run: Run) -> Item:
         "total": len(run.job_ids),
         "fingerprint": run.fingerprint,
         "created_at": run.created_at,
+        "build_sha256": run.build_sha256,
     }
 
 
@@ -174,6 +182,7 @@ def run_from_item(item: Item) -> Run | None:
         fingerprint=item["fingerprint"],
         created_at=float(item["created_at"]),
         counts=nonzero(counts_of(item)),
+        build_sha256=item.get("build_sha256"),
     )
 
 
@@ -451,6 +460,8 @@ class JobStore(CountingTables):
             "message": outcome.message,
             "output_excerpt": outcome.output_excerpt,
             "output_key": outcome.output_key,
+            "session_id": outcome.session_id,
+            "artifacts": list(outcome.artifacts) or None,
         }
         # A result replaces everything an earlier attempt left behind.
         removes = ["retry_of_batch", TIMEOUT_ATTRIBUTES]
@@ -481,6 +492,8 @@ class JobStore(CountingTables):
             message=outcome.message,
             output_excerpt=outcome.output_excerpt,
             output_key=outcome.output_key,
+            session_id=outcome.session_id,
+            artifacts=list(outcome.artifacts),
             retry_of_batch=None,
         )
 

@@ -1,0 +1,1 @@
+../../functions/qgjob_backend/build_protocol.py
