@@ -184,7 +184,7 @@ class DispatchService:
             rest = [job for job in waiting if job.job_id not in taken]
             planned += self._plan(rest, idle[None], busy.get(None, []), now, install_s)
         labs = {a.agent_id: lab for lab, agents in idle.items() for a in agents}
-        committed = []
+        batches = []
         for plan in planned:
             if labs.get(plan.agent_id) not in (None, plan.org_id):
                 logger.error(
@@ -192,9 +192,12 @@ class DispatchService:
                     extra={"agent_id": plan.agent_id, "org_id": plan.org_id},
                 )
                 continue
-            batch = self._to_batch(plan, now)
-            if self._store.commit_batch(batch, now):
-                committed.append(batch)
+            batches.append(self._to_batch(plan, now))
+        # One call: the store shares the run and org counter writes between the batches.
+        committed = self._store.commit_batches(batches, now) if batches else []
+        done = {batch.batch_id for batch in committed}
+        for batch in batches:
+            if batch.batch_id in done:
                 logger.info(
                     "batch assigned",
                     extra={
@@ -206,8 +209,9 @@ class DispatchService:
                     },
                 )
             else:
-                # Another dispatcher or lease call won the race for this agent or these jobs.
-                logger.info("batch not committed (lost a race)", extra={"agent_id": plan.agent_id})
+                # The agent or a job changed since the plan read them (a cancel, a
+                # deregistration): nothing of this batch was written.
+                logger.info("batch not committed (lost a race)", extra={"agent_id": batch.agent_id})
         if committed and self._on_assigned is not None:
             try:
                 self._on_assigned(committed)

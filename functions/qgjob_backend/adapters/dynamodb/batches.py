@@ -15,6 +15,7 @@ from qgjob_backend.adapters.dynamodb.codec import (
     Item,
     deserialize,
     expression_values,
+    is_condition_failure,
     optional_float,
     serialize,
 )
@@ -100,13 +101,112 @@ class BatchStore(CountingTables):
 
     # ------------------------------------------------------------ batches
     def commit_batch(self, batch: Batch, now: float) -> bool:
-        """One transaction: the agent, the batch, each job queued -> assigned, the counters
-        of each run the jobs belong to, and one shard of the org's metrics (+1 batch)."""
-        if len(batch.job_ids) > MAX_BATCH_JOBS:
-            raise ValueError(f"a batch holds at most {MAX_BATCH_JOBS} jobs")
-        runs = self._runs_of(batch.job_ids)
-        if runs is None:
-            return False  # a job that does not exist: the transaction would fail anyway
+        """One batch's commit: see ``commit_batches``."""
+        return bool(self.commit_batches([batch], now))
+
+    def commit_batches(self, batches: Sequence[Batch], now: float) -> list[Batch]:
+        """Commits each batch whose preconditions hold; returns those, in order.
+
+        Batches are packed into as few transactions as fit (100 items): each batch's agent
+        (idle -> busy), its item and its jobs (queued -> assigned), and once per
+        transaction the counters of every run and org the batches touch. A plan spreads a
+        suite over many agents, so sharing those counter writes saves two doubled writes
+        per batch. A transaction is all or nothing: when it is cancelled, the batches whose
+        items caused it are dropped (nothing of them written) and the rest is tried again.
+        """
+        for batch in batches:
+            if len(batch.job_ids) > MAX_BATCH_JOBS:
+                raise ValueError(f"a batch holds at most {MAX_BATCH_JOBS} jobs")
+        runs = self._runs_of([job_id for batch in batches for job_id in batch.job_ids])
+        # A batch naming a job that does not exist cannot commit: its condition would fail.
+        ready = [b for b in batches if all(j in runs for j in b.job_ids)]
+        committed: list[Batch] = []
+        for group in self._packed(ready, runs):
+            committed += self._commit_group(group, runs, now)
+        for batch in committed:
+            self._count_pair(batch)
+        return committed
+
+    def _packed(self, batches: Sequence[Batch], runs: dict[str, str]) -> list[list[Batch]]:
+        """Consecutive batches per transaction, while they fit and touch no item twice
+        (DynamoDB refuses a transaction that does; a plan never makes such batches)."""
+        groups: list[list[Batch]] = []
+        touched: set[str] = set()
+        for batch in batches:
+            keys = {f"agent:{batch.agent_id}", *(f"job:{j}" for j in batch.job_ids)}
+            fits = bool(groups) and touched.isdisjoint(keys)
+            if fits:
+                items, _ = self._group_items([*groups[-1], batch], runs, 0.0)
+                fits = len(items) <= TRANSACTION_LIMIT
+            if fits:
+                groups[-1].append(batch)
+                touched |= keys
+            else:
+                groups.append([batch])
+                touched = set(keys)
+        return groups
+
+    def _commit_group(self, group: list[Batch], runs: dict[str, str], now: float) -> list[Batch]:
+        remaining = list(group)
+        while remaining:
+            items, owners = self._group_items(remaining, runs, now)
+            if len(items) > TRANSACTION_LIMIT:  # pragma: no cover - MAX_BATCH_JOBS prevents it
+                raise ValueError(f"a batch commit of {len(items)} items is over one transaction")
+            try:
+                self._db.transact_write_items(TransactItems=items)
+                return remaining
+            except ClientError as error:
+                if not is_condition_failure(error):
+                    raise
+                culprits = _cancelling_owners(error, owners)
+            if not culprits:
+                # Only a counter's condition failed (a run missing): each batch on its own.
+                if len(remaining) == 1:
+                    return []
+                return [b for b in remaining if self._commit_group([b], runs, now)]
+            remaining = [b for index, b in enumerate(remaining) if index not in culprits]
+        return []
+
+    def _group_items(
+        self, group: Sequence[Batch], runs: dict[str, str], now: float
+    ) -> tuple[list[dict[str, Any]], list[int | None]]:
+        """The transaction of a group of batches, and for each item the index of the batch
+        it belongs to (None: a counter shared by the group)."""
+        items: list[dict[str, Any]] = []
+        owners: list[int | None] = []
+        for index, batch in enumerate(group):
+            for item in self._batch_items(batch, now):
+                items.append(item)
+                owners.append(index)
+        per_run = Counter(runs[job_id] for batch in group for job_id in batch.job_ids)
+        for run_id, jobs in sorted(per_run.items()):
+            items.append(
+                run_counter_update(
+                    self._runs, run_id, moved(JobStatus.QUEUED, JobStatus.ASSIGNED, jobs)
+                )
+            )
+            owners.append(None)
+        per_org: dict[str, list[Batch]] = {}
+        for batch in group:
+            per_org.setdefault(batch.org_id, []).append(batch)
+        for org_id, org_batches in sorted(per_org.items()):
+            assigned = moved(
+                JobStatus.QUEUED, JobStatus.ASSIGNED, sum(len(b.job_ids) for b in org_batches)
+            )
+            items.append(
+                org_counter_update(
+                    self._runs,
+                    org_id,
+                    org_batches[0].batch_id,
+                    assigned,
+                    batches=len(org_batches),
+                )
+            )
+            owners.append(None)
+        return items, owners
+
+    def _batch_items(self, batch: Batch, now: float) -> list[dict[str, Any]]:
+        """The agent idle -> busy, the batch's item, each job queued -> assigned."""
         agent_values: dict[str, Any] = {
             "busy": AgentStatus.BUSY.value,
             "idle": AgentStatus.IDLE.value,
@@ -164,46 +264,34 @@ class BatchStore(CountingTables):
                     }
                 }
             )
-        per_run = Counter(runs[job_id] for job_id in batch.job_ids)
-        for run_id, jobs in sorted(per_run.items()):
-            items.append(
-                run_counter_update(
-                    self._runs, run_id, moved(JobStatus.QUEUED, JobStatus.ASSIGNED, jobs)
-                )
-            )
-        assigned = moved(JobStatus.QUEUED, JobStatus.ASSIGNED, len(batch.job_ids))
-        items.append(
-            org_counter_update(self._runs, batch.org_id, batch.batch_id, assigned, batches=1)
-        )
-        if len(items) > TRANSACTION_LIMIT:  # pragma: no cover - MAX_BATCH_JOBS prevents it
-            raise ValueError(f"a batch commit of {len(items)} items is over one transaction")
-        if not self._transact(items):
-            return False
-        self._count_pair(batch)
-        return True
+        return items
 
-    def _runs_of(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+    def _runs_of(self, job_ids: Sequence[str]) -> dict[str, str]:
         """Each job's run (it never changes: an eventually consistent read will do, with a
-        strongly consistent one for any job it did not see yet); None if a job is missing."""
+        strongly consistent one for any job it did not see yet); a missing job is absent."""
         runs: dict[str, str] = {}
         for consistent in (False, True):
             missing = [j for j in dict.fromkeys(job_ids) if j not in runs]
             if not missing:
                 break
-            request: dict[str, Any] = {
-                self._jobs: {
-                    "Keys": [serialize({"job_id": j}) for j in missing],
-                    "ProjectionExpression": "job_id, run_id",
-                    "ConsistentRead": consistent,
+            for start in range(0, len(missing), BATCH_GET_LIMIT):
+                request: dict[str, Any] = {
+                    self._jobs: {
+                        "Keys": [
+                            serialize({"job_id": j})
+                            for j in missing[start : start + BATCH_GET_LIMIT]
+                        ],
+                        "ProjectionExpression": "job_id, run_id",
+                        "ConsistentRead": consistent,
+                    }
                 }
-            }
-            while request:
-                response = self._db.batch_get_item(RequestItems=request)
-                for raw in response.get("Responses", {}).get(self._jobs, []):
-                    item = deserialize(raw)
-                    runs[item["job_id"]] = item["run_id"]
-                request = response.get("UnprocessedKeys") or {}
-        return runs if all(j in runs for j in job_ids) else None
+                while request:
+                    response = self._db.batch_get_item(RequestItems=request)
+                    for raw in response.get("Responses", {}).get(self._jobs, []):
+                        item = deserialize(raw)
+                        runs[item["job_id"]] = item["run_id"]
+                    request = response.get("UnprocessedKeys") or {}
+        return runs
 
     def _count_pair(self, batch: Batch) -> None:
         """Counts (agent, app version, target) once per org: a marker item put only if
@@ -386,3 +474,27 @@ class BatchStore(CountingTables):
             installs=totals["installs"],
             agent_app_pairs=totals["agent_app_pairs"],
         )
+
+
+# BatchGetItem reads at most this many keys per request.
+BATCH_GET_LIMIT = 100
+
+# Cancellation reasons that name the item at fault; any other (throttling, validation) is
+# raised: the plan fails and its request is delivered again.
+_ITEM_FAULTS = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+
+
+def _cancelling_owners(error: ClientError, owners: Sequence[int | None]) -> set[int]:
+    """The batches whose items cancelled the transaction (raises for other causes)."""
+    reasons: Sequence[Any] = error.response.get("CancellationReasons") or []
+    culprits: set[int] = set()
+    for index, reason in enumerate(reasons):
+        code = reason.get("Code") if isinstance(reason, dict) else None
+        if code in (None, "None"):
+            continue
+        if code not in _ITEM_FAULTS:
+            raise error
+        owner = owners[index] if index < len(owners) else None
+        if owner is not None:
+            culprits.add(owner)
+    return culprits
