@@ -32,7 +32,9 @@ fmt: $(STAMP) ## Apply ruff fixes and formatting
 typecheck: $(STAMP) ## mypy on functions/ and cli/
 	$(BIN)/mypy functions/qgjob_backend cli/qgjob
 
-validate: $(STAMP) ## cfn-lint and sam validate --lint on template.yaml
+validate: $(STAMP) ## cfn-lint and sam validate --lint on template.yaml; action.yml's schema
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-actions action.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/cfn-lint template.yaml
 	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
 		$(BIN)/sam validate --lint --template template.yaml

@@ -280,6 +280,10 @@ class Agent:
         self._build_cache = build_cache
         self.installed_sha256: str | None = None  # the build this process installed
         self._artifact_form: ArtifactUploadForm | None = None  # the batch's, for attachments
+        # Jobs of the current batch that were cancelled (told by a heartbeat or a progress
+        # answer): the running one is stopped, the others are skipped, none is reported.
+        self._cancelled: set[str] = set()
+        self.current_job_id: str | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -402,7 +406,9 @@ class Agent:
         a 409 (lease lost) stops the current batch at the runner's next check."""
         batch_id = self.current_batch_id
         try:
-            self._heartbeat_api.heartbeat(self.agent_id)
+            answer = self._heartbeat_api.heartbeat(self.agent_id)
+            if batch_id is not None and batch_id == self.current_batch_id:
+                self._note_cancelled(answer.get("cancelled_job_ids"))
         except Conflict as error:
             if batch_id is not None and batch_id == self.current_batch_id:
                 self._batch_lost.set()
@@ -418,6 +424,19 @@ class Agent:
             self.log(f"heartbeat failed unexpectedly: {error!r}")
 
     # ------------------------------------------------------------------ main loop
+
+    def _note_cancelled(self, job_ids: object) -> None:
+        """Remembers the batch's cancelled jobs; the running one stops at the runner's next
+        check (it kills the test's process group)."""
+        if not isinstance(job_ids, list):
+            return
+        new = {j for j in job_ids if isinstance(j, str)} - self._cancelled
+        if not new:
+            return
+        self._cancelled.update(new)
+        current = self.current_job_id
+        if current in new:
+            self.log(f"job {current} was cancelled: stopping its test")
 
     def _loop(self) -> None:
         failures = 0
@@ -511,6 +530,7 @@ class Agent:
             f"({'install needed' if need_install else 'already installed'})"
         )
         self._batch_lost.clear()
+        self._cancelled = set()
         self._unsent_install = False
         self._unsent_results = []
         self.current_batch_id = batch_id
@@ -518,7 +538,7 @@ class Agent:
         ran = 0
         lost = False
         try:
-            install_error = None
+            install_error: RunOutcome | None = None
             if need_install and not self.stopping:
                 install_error = self._install(batch_id, org_id, app_version_id, target, build)
             for job in jobs:
@@ -527,6 +547,10 @@ class Agent:
                     break
                 if self._batch_lost.is_set():
                     self._lease_lost(batch_id, None, "the heartbeat was refused")
+                if job.job_id in self._cancelled:
+                    self.log(f"job {job.job_id} {job.test_path} cancelled: skipped")
+                    ran += 1
+                    continue
                 self._run_job(batch_id, org_id, app_version_id, target, job, install_error)
                 ran += 1
         except _LeaseLost:
@@ -553,9 +577,10 @@ class Agent:
         app_version_id: str,
         target: str,
         build: BuildDownload | None = None,
-    ) -> str | None:
+    ) -> RunOutcome | None:
         """Installs the app (its build from the cache, downloaded once per sha256);
-        returns an error message when the install failed."""
+        when the install failed, returns the outcome each of the batch's tests gets (an
+        error, not retryable when the runner says no retry can cure it)."""
         self.log(f"installing {org_id}/{app_version_id} on {target}")
         self.installed_app = None  # unknown while installing
         self.installed_sha256 = None
@@ -566,9 +591,10 @@ class Agent:
             else:
                 self.runner.install(org_id, app_version_id, target, app_path)
         except InstallError as error:
-            self.log(f"install failed: {error}")
+            retryable = getattr(error, "retryable", True)
+            self.log(f"install failed{'' if retryable else ' (not retryable)'}: {error}")
             self._record("install", batch_id, status="failed", accepted=False)
-            return f"install failed: {error}"
+            return RunOutcome("error", 0.0, f"install failed: {error}", retryable=retryable)
         self.installed_app = (org_id, app_version_id)
         self.installed_sha256 = build.sha256 if build is not None else None
         self._unsent_install = True  # told with the first start (or the completion)
@@ -609,7 +635,7 @@ class Agent:
         app_version_id: str,
         target: str,
         job: BatchJob,
-        install_error: str | None,
+        install_error: RunOutcome | None,
     ) -> None:
         job_id = job.job_id
         test_path = job.test_path
@@ -620,13 +646,17 @@ class Agent:
             self._record("start", batch_id, job_id=job_id, accepted=False)
             reason = started.message if started is not None else "no answer for the start"
             self._lease_lost(batch_id, job_id, f"job {job_id} not started: {reason}")
+        if (started is not None and started.status == "cancelled") or job_id in self._cancelled:
+            self.log(f"job {job_id} {test_path} cancelled: skipped")
+            return
         self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
+        self.current_job_id = job_id
         self._test_interrupted = False
         if self._stop_now:
             self._test_interrupted = True  # stop now: do not even begin the test
             outcome = RunOutcome("error", 0.0, "interrupted: the agent is stopping")
         elif install_error is not None:
-            outcome = RunOutcome("error", 0.0, install_error)
+            outcome = install_error
         else:
             try:
                 outcome = self.runner.run(
@@ -639,6 +669,14 @@ class Agent:
                 )
             except Exception as error:
                 outcome = RunOutcome("error", 0.0, f"the runner crashed: {error!r}")
+        self.current_job_id = None
+        if job_id in self._cancelled:
+            # Cancelled while it ran: qgjob has it as cancelled and applies no result.
+            self.log(
+                f"job {job_id} {test_path} cancelled after {outcome.duration_s:.2f}s: "
+                "its test was stopped; not reported"
+            )
+            return
         if self._test_interrupted:
             # Not a real outcome: reporting it would spend one of the job's retries. The
             # batch is completed right away and the server requeues the job.
@@ -664,6 +702,8 @@ class Agent:
             output=output,
             session_id=outcome.session_id,  # browserstack: the vault archives that session
             artifacts=artifacts,
+            # Only an error can be final; a runner that says otherwise is not believed.
+            retryable=outcome.retryable or status != "error",
         )
         # Reported with the next call: the next job's start, or the batch's end.
         self._unsent_results.append((result, test_path))
@@ -690,6 +730,7 @@ class Agent:
             answer = _refused_all(request, str(error))
         self._unsent_install = False
         self._unsent_results = []
+        self._note_cancelled(answer.cancelled_job_ids)
         if request.installed:
             accepted = answer.installed is True
             self._record("install", batch_id, status="installed", accepted=accepted)
@@ -754,6 +795,8 @@ class Agent:
         self._note_stop()
         if self._stop_now:
             self._test_interrupted = True
+            return True
+        if self.current_job_id is not None and self.current_job_id in self._cancelled:
             return True
         return self._batch_lost.is_set()
 

@@ -144,6 +144,16 @@ wait_timeout_option = click.option(
     metavar="S",
     help="Give up waiting after this many seconds (exit 3); the run keeps going.",
 )
+fail_on_option = click.option(
+    "--fail-on",
+    type=click.Choice(("failure", "flaky", "never")),
+    default="failure",
+    show_default=True,
+    help=(
+        "With --wait: exit 1 when a test did not pass (failure), also when one passed only "
+        "on a re-run (flaky), or never (exit 0 once the run finished)."
+    ),
+)
 junit_option = click.option(
     "--junit",
     type=click.Path(dir_okay=False, writable=True),
@@ -232,9 +242,42 @@ timed out or was cancelled, 3 when --wait-timeout passed first."""
     metavar="KEY",
     help="Same key, same run: a retried submit never queues twice (default: a new UUID).",
 )
-@click.option("--timeout-s", type=int, metavar="S", help="Longest one test may run.")
-@click.option("--retries", type=int, metavar="N", help="Re-runs after an infrastructure error.")
+@click.option(
+    "--timeout-s", type=int, metavar="S", help="Longest one test may run [default: 1800]."
+)
+@click.option(
+    "--retries",
+    type=int,
+    metavar="N",
+    help=(
+        "Re-run a failed test up to N times [default: 0]; a test that fails and then "
+        "passes is flaky (it passes; see --fail-on)."
+    ),
+)
+@click.option(
+    "--infra-retries",
+    type=int,
+    metavar="N",
+    help=(
+        "Re-runs after an infrastructure error or a lost agent, on another agent when one "
+        "is free [default: 2]; they never spend --retries."
+    ),
+)
+@fail_on_option
 @click.option("--wait", is_flag=True, help="Wait until every test finished; print a table.")
+@click.option(
+    "--cancel-on-timeout",
+    is_flag=True,
+    help="With --wait: cancel the run when --wait-timeout passes (default: it keeps going).",
+)
+@click.option(
+    "--cancel-on-interrupt",
+    is_flag=True,
+    help=(
+        "With --wait: Ctrl-C cancels the run without asking (default: ask on a terminal, "
+        "leave the run going otherwise)."
+    ),
+)
 @poll_option
 @max_poll_option
 @wait_timeout_option
@@ -251,7 +294,11 @@ def submit(
     idempotency_key: str | None,
     timeout_s: int | None,
     retries: int | None,
+    infra_retries: int | None,
+    fail_on: str,
     wait: bool,
+    cancel_on_timeout: bool,
+    cancel_on_interrupt: bool,
     poll_interval: float,
     max_poll_interval: float,
     wait_timeout: float,
@@ -262,6 +309,8 @@ def submit(
     state = _state(ctx, as_json)
     if junit and not wait:
         raise click.UsageError("--junit needs --wait (the report is written when the run ends)")
+    if (cancel_on_timeout or cancel_on_interrupt) and not wait:
+        raise click.UsageError("--cancel-on-timeout and --cancel-on-interrupt need --wait")
     fields: dict[str, Any] = {
         "org_id": org_id,
         "app_version_id": app_version_id,
@@ -273,10 +322,15 @@ def submit(
     if timeout_s is not None:
         fields["timeout_s"] = timeout_s
     if retries is not None:
-        fields["retries"] = retries
+        fields["failure_retries"] = retries
+    if infra_retries is not None:
+        fields["retries"] = infra_retries
     payload = _validated_suite(fields)
     client = state.client()
     answer = client.submit_run(payload)
+    job_ids = answer.get("job_ids")
+    if answer.get("job_id") is None and isinstance(job_ids, list) and len(job_ids) == 1:
+        answer = {**answer, "job_id": job_ids[0]}  # one test: its job id, as POST /jobs
     run_id = str(answer.get("run_id"))
     if not wait:
         _emit(state, answer, render.submitted_text(answer, payload))
@@ -284,7 +338,21 @@ def submit(
     if not state.as_json:
         click.echo(render.submitted_text(answer, payload))
     polls = Polling(poll_interval, max_poll_interval, wait_timeout)
-    _finish_run_wait(ctx, state, client, run_id, polls, junit)
+    _finish_run_wait(
+        ctx,
+        state,
+        client,
+        run_id,
+        polls,
+        junit,
+        cancel_on_timeout=cancel_on_timeout,
+        on_interrupt="cancel" if cancel_on_interrupt else "ask",
+        fail_on=fail_on,
+    )
+
+
+# Submission fields whose option is not the field's name.
+FIELD_OPTIONS = {"failure_retries": "--retries", "retries": "--infra-retries"}
 
 
 def _as_option_problem(item: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
@@ -297,7 +365,7 @@ def _as_option_problem(item: Mapping[str, Any], fields: Mapping[str, Any]) -> st
             return f"--test {value!r}: {message}"
         return f"--test: {message}"
     name = str(location[0]) if location else "body"
-    return f"--{name.replace('_', '-')}: {message}"
+    return f"{FIELD_OPTIONS.get(name, '--' + name.replace('_', '-'))}: {message}"
 
 
 def _validated_suite(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,6 +404,7 @@ def _wait_for(
     eta: Callable[[dict[str, Any], float], float | None] | None,
     polls: Polling,
     resume_hint: str,
+    interrupted: Callable[[], str | None] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Polls until done; returns the last view and whether --wait-timeout passed first.
 
@@ -373,6 +442,9 @@ def _wait_for(
             on_failure=on_failure,
         )
     except KeyboardInterrupt:
+        cancelled = interrupted() if interrupted is not None else None
+        if cancelled is not None:
+            raise Interrupted(f"interrupted; {cancelled}") from None
         raise Interrupted(f"interrupted; the work goes on in qgjob: {resume_hint}") from None
     if outcome.view is None:
         reason = f"; last error: {failures[-1]}" if failures else ""
@@ -404,8 +476,28 @@ def _finish_run_wait(
     run_id: str,
     polls: Polling,
     junit: str | None,
+    *,
+    cancel_on_timeout: bool = False,
+    on_interrupt: str = "keep",
+    fail_on: str = "failure",
 ) -> None:
+    """Waits for the run and prints it. ``on_interrupt`` (Ctrl-C): "keep" the run going,
+    "ask" (on a terminal; else keep), or "cancel" it."""
     from qgjob.follow import run_done, run_eta
+
+    def interrupted() -> str | None:
+        if on_interrupt == "keep":
+            return None
+        if on_interrupt == "ask":
+            if not _is_tty():
+                return None
+            try:
+                if not click.confirm(f"\nCancel run {run_id} in qgjob?", default=False, err=True):
+                    return None
+            except (click.Abort, EOFError, KeyboardInterrupt):
+                return None
+        answer = client.cancel_run(run_id)
+        return f"run {run_id} cancelled ({answer.get('cancelled', 0)} job(s) stopped)"
 
     progress, timed_out = _wait_for(
         state,
@@ -415,8 +507,17 @@ def _finish_run_wait(
         run_eta,
         polls,
         f"qgjob status --run-id {run_id} --wait",
+        interrupted,
     )
     wait_timeout = polls.timeout
+    if timed_out and cancel_on_timeout:
+        answer = client.cancel_run(run_id)
+        _note(
+            state,
+            f"run {run_id} not finished after {wait_timeout:g}s: cancelled "
+            f"({answer.get('cancelled', 0)} job(s) stopped; --cancel-on-timeout)",
+        )
+        progress = client.get_run(run_id)
     run = _with_jobs(state, client, progress)
     if junit:
         from qgjob.junit import write_junit
@@ -429,13 +530,31 @@ def _finish_run_wait(
     if junit:
         _note(state, f"JUnit report written to {junit}")
     if timed_out:
+        goes_on = (
+            "it was cancelled (--cancel-on-timeout)"
+            if cancel_on_timeout
+            else f"it keeps going: qgjob status --run-id {run_id} --wait"
+        )
         click.echo(
             f"qgjob: error: run {run_id} not finished after {wait_timeout:g}s "
-            f"(--wait-timeout); it keeps going: qgjob status --run-id {run_id} --wait",
+            f"(--wait-timeout); {goes_on}",
             err=True,
         )
         ctx.exit(EXIT_INFRA)
-    ctx.exit(EXIT_OK if render.run_passed(run) else EXIT_TEST_FAILED)
+    ctx.exit(run_exit_code(run, fail_on))
+
+
+def run_exit_code(run: Mapping[str, Any], fail_on: str) -> int:
+    """The exit code of a finished run under --fail-on: failure (a test did not pass),
+    flaky (that, or a test passed only on a re-run), never (0 whatever the tests did)."""
+    if fail_on == "never":
+        return EXIT_OK
+    if not render.run_passed(run):
+        return EXIT_TEST_FAILED
+    flaky = run.get("flaky")
+    if fail_on == "flaky" and isinstance(flaky, int) and flaky > 0:
+        return EXIT_TEST_FAILED
+    return EXIT_OK
 
 
 def _failure_outputs(client: ApiClient, run: Mapping[str, Any]) -> dict[str, str]:
@@ -474,6 +593,7 @@ Without --wait the exit code is 0 whatever the status. With --wait: 0 all passed
 @click.option("--job-id", metavar="ID", help="A job id (from qgjob submit).")
 @click.option("--run-id", metavar="ID", help="A run id: prints every job of the run.")
 @click.option("--wait", is_flag=True, help="Wait until the job or run finished.")
+@fail_on_option
 @poll_option
 @max_poll_option
 @wait_timeout_option
@@ -485,6 +605,7 @@ def status(
     job_id: str | None,
     run_id: str | None,
     wait: bool,
+    fail_on: str,
     poll_interval: float,
     max_poll_interval: float,
     wait_timeout: float,
@@ -501,7 +622,7 @@ def status(
     polls = Polling(poll_interval, max_poll_interval, wait_timeout)
     if run_id:
         if wait:
-            _finish_run_wait(ctx, state, client, run_id, polls, junit)
+            _finish_run_wait(ctx, state, client, run_id, polls, junit, fail_on=fail_on)
             return
         run = _with_jobs(state, client, client.get_run(run_id))
         _emit(state, run, render.run_text(run))
@@ -586,19 +707,170 @@ def audit(ctx: click.Context, job_id: str, as_json: bool) -> None:
     epilog="""\b
 Examples:
   qgjob cancel --job-id <job id>
+  qgjob cancel --run-id <run id>
 
 \b
-Only queued jobs can be cancelled; cancelling a job that already started is
-rejected (exit 2)."""
+A queued job is cancelled at once. A job an agent already started is cancelled
+too: its agent stops the test (killing its processes) at its next heartbeat, and
+a result it sends afterwards is not applied. A run is cancelled a page of jobs
+per request (safe to repeat). Cancelling a finished job is rejected (exit 2)."""
 )
-@click.option("--job-id", required=True, metavar="ID", help="The queued job to cancel.")
+@click.option("--job-id", metavar="ID", help="The job to cancel.")
+@click.option("--run-id", metavar="ID", help="The run to cancel: every job not finished.")
 @json_option
 @click.pass_context
-def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Cancel a queued job."""
+def cancel(ctx: click.Context, job_id: str | None, run_id: str | None, as_json: bool) -> None:
+    """Cancel a job or a whole run; started tests are stopped by their agents."""
     state = _state(ctx, as_json)
-    job = state.client().cancel_job(job_id)
+    if bool(job_id) == bool(run_id):
+        raise click.UsageError("pass exactly one of --job-id or --run-id")
+    client = state.client()
+    if run_id:
+        answer = client.cancel_run(run_id)
+        run = answer.get("run") or {}
+        counts = render.counts_text(run.get("counts") or {})
+        _emit(
+            state,
+            answer,
+            f"run {run_id}: cancelled {answer.get('cancelled', 0)} job(s); now {counts}",
+        )
+        return
+    assert job_id is not None
+    job = client.cancel_job(job_id)
     _emit(state, job, f"job {job.get('job_id', job_id)}: {job.get('status', 'cancelled')}")
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------------- artifacts
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob artifacts --job-id <job id> -o out/
+  qgjob artifacts --run-id <run id> -o out/
+
+\b
+Writes DIR/<job id>/output.log (the full output) and each attachment the agent
+uploaded (screenshots, videos, traces), downloaded through short-lived links, and
+DIR/index.json. Jobs not finished yet are listed as skipped."""
+)
+@click.option("--job-id", metavar="ID", help="One job.")
+@click.option("--run-id", metavar="ID", help="Every job of a run.")
+@click.option(
+    "--only-failed",
+    is_flag=True,
+    help="With --run-id: only the jobs that did not pass, and the flaky ones.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    "output_dir",
+    required=True,
+    type=click.Path(file_okay=False, writable=True),
+    metavar="DIR",
+    help="Where to write the files.",
+)
+@json_option
+@click.pass_context
+def artifacts(
+    ctx: click.Context,
+    job_id: str | None,
+    run_id: str | None,
+    only_failed: bool,
+    output_dir: str,
+    as_json: bool,
+) -> None:
+    """Download jobs' full output and attachments."""
+    from pathlib import Path
+
+    from qgjob.artifacts import fetch
+
+    state = _state(ctx, as_json)
+    if bool(job_id) == bool(run_id):
+        raise click.UsageError("pass exactly one of --job-id or --run-id")
+    client = state.client()
+    jobs = client.run_jobs(run_id) if run_id else [{"job_id": job_id}]
+    if only_failed:
+        jobs = [j for j in jobs if j.get("status") != "passed" or j.get("flaky")]
+    job_ids = [str(j.get("job_id")) for j in jobs]
+    index = fetch(client, job_ids, Path(output_dir), lambda line: _note(state, line))
+    _emit(
+        state,
+        index,
+        f"{index['files']} file(s) of {len(job_ids)} job(s) written to {output_dir}",
+    )
+
+
+# ---------------------------------------------------------------------- report
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  qgjob report --run-id <run id> -o report.html
+  qgjob report --run-id <run id> --html out/report.html
+
+\b
+One self-contained HTML file (no network): totals, install savings, a sortable and
+filterable table of tests (status, flaky, duration, device, attempts), the failures
+with their output, and a device timeline (one lane per agent, tests coloured by app
+version). It reads on a phone and prints well. Exit code 0 once written."""
+)
+@click.option("--run-id", required=True, metavar="ID", help="The run to report on.")
+@click.option(
+    "-o",
+    "--output",
+    "--html",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Where to write the HTML file.",
+)
+@click.option(
+    "--artifacts-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help=(
+        "Where `qgjob artifacts` wrote the run's files: each job found there gets a "
+        "link to its output (relative to the report)."
+    ),
+)
+@json_option
+@click.pass_context
+def report(
+    ctx: click.Context, run_id: str, output: str, artifacts_dir: str | None, as_json: bool
+) -> None:
+    """Write an HTML report of a run (finished or not)."""
+    import os
+    from pathlib import Path
+
+    from qgjob.artifacts import safe_name
+    from qgjob.report import write_report
+
+    state = _state(ctx, as_json)
+    client = state.client()
+    run = _with_jobs(state, client, client.get_run(run_id))
+    run["reported_at"] = time.time()
+    links: dict[str, str] = {}
+    if artifacts_dir:
+        base = Path(output).resolve().parent
+        for job in run.get("jobs") or []:
+            folder = Path(artifacts_dir) / safe_name(str(job.get("job_id")))
+            if folder.is_dir():
+                log = folder / "output.log"
+                target = log if log.exists() else folder
+                links[str(job.get("job_id"))] = Path(
+                    os.path.relpath(target.resolve(), base)
+                ).as_posix()
+    write_report(output, run, _failure_outputs(client, run), links)
+    _emit(state, {"run_id": run_id, "report_path": output}, f"report written to {output}")
 
 
 # ---------------------------------------------------------------------- agent
@@ -613,11 +885,11 @@ Examples:
   qgjob agent --target device --device-id pixel-7 --runner command \\
       --install-command "./install-app.sh {org_id} {app_version_id}" \\
       --command "npx appwright test {test_path} --project {target}"
-  # BrowserStack App Automate: uploads each build once, reports each test's session
+  # BrowserStack App Automate: uploads each build once, reports each test's session;
+  # --app-path only for versions without an uploaded build
   BROWSERSTACK_USERNAME=... BROWSERSTACK_ACCESS_KEY=... qgjob agent \\
       --target browserstack --device-id bs-1 --runner browserstack \\
-      --app-path "builds/{app_version_id}.apk"
-
+      --project-dir examples/appwright --app-path "builds/{app_version_id}.apk"
   # AppWright on an emulator: the batch's build (qgjob app upload) is downloaded once
   # into the build cache and handed to the project's config as $APP_BUILD_PATH
   qgjob agent --target emulator --device-id emu-1 --runner appwright \\
@@ -685,8 +957,8 @@ it without spending a retry), then the agent hands the batch back and exits 0.""
     "--app-path",
     metavar="TEMPLATE",
     help=(
-        "BrowserStack runner: the app build to upload ({org_id} {app_version_id} "
-        "placeholders; default $QGJOB_APP_PATH)."
+        "BrowserStack runner: the app build to upload when the batch's version has no "
+        "uploaded build ({org_id} {app_version_id} placeholders; default $QGJOB_APP_PATH)."
     ),
 )
 @click.option(
@@ -852,7 +1124,15 @@ def _validated_ids(**ids: str) -> None:
             )
 
 
-@app.command("show")
+@app.command(
+    "show",
+    epilog="""\b
+Examples:
+  qgjob app show --app-version-id v1.4.2
+  qgjob --json app show --app-version-id v1.4.2 | jq -r .sha256
+
+Exit 2 when the version has no build (404).""",
+)
 @click.option("--app-version-id", required=True, metavar="V", help="An app version.")
 @json_option
 @click.pass_context
@@ -866,7 +1146,13 @@ def app_show(ctx: click.Context, app_version_id: str, as_json: bool) -> None:
     _emit(state, build, render.build_text(build))
 
 
-@app.command("list")
+@app.command(
+    "list",
+    epilog="""\b
+Examples:
+  qgjob app list
+  qgjob --json app list --limit 10""",
+)
 @click.option(
     "--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Most builds."
 )

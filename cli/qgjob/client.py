@@ -252,6 +252,26 @@ class ApiClient:
     def cancel_job(self, job_id: str) -> Json:
         return self.request("POST", f"/jobs/{_segment(job_id)}/cancel", {})
 
+    def cancel_run_page(self, run_id: str, cursor: str | None = None) -> Json:
+        """POST /runs/{id}/cancel: one page -> {"run_id", "cancelled", "next_cursor", "run"}."""
+        suffix = f"?{urlencode({'cursor': cursor})}" if cursor else ""
+        return self.request("POST", f"/runs/{_segment(run_id)}/cancel{suffix}", {})
+
+    def cancel_run(self, run_id: str, max_pages: int = MAX_RUN_PAGES) -> Json:
+        """Cancels every job of the run that is not finished, a page per request (each
+        bounded; repeating is safe). Returns the last page's answer, with ``cancelled``
+        summed over the pages."""
+        cursor: str | None = None
+        cancelled = 0
+        for _ in range(max_pages):
+            page = self.cancel_run_page(run_id, cursor)
+            cancelled += int(page.get("cancelled") or 0)
+            next_cursor = page.get("next_cursor")
+            if not isinstance(next_cursor, str) or not next_cursor:
+                return {**page, "cancelled": cancelled}
+            cursor = next_cursor
+        raise ServerError(200, f"run {run_id}: still more jobs after {max_pages} pages of cancel")
+
     def metrics(self) -> Json:
         return self.request("GET", "/metrics")
 

@@ -23,6 +23,10 @@ def junit_xml(run: Mapping[str, Any], outputs: Mapping[str, str] | None = None) 
     failed -> <failure>, timed_out -> <failure type="timed_out">, error -> <error>,
     cancelled -> <skipped>, not finished -> <error type="not_finished">.
     `outputs` (job_id -> test output) become <system-out>.
+    Earlier tries that failed (a job's ``tries``) are written as Surefire does: in a test
+    that then passed (flaky), one <flakyFailure> each; in one that failed in the end, one
+    <rerunFailure> each, beside its <failure>. Each names its try and agent and carries
+    the tail of the try's output as <system-out>.
     """
     outputs = outputs or {}
     jobs = list(run.get("jobs") or [])
@@ -71,12 +75,30 @@ def junit_xml(run: Mapping[str, Any], outputs: Mapping[str, str] | None = None) 
         elif status not in FINAL_STATUSES:
             text = f"not finished when qgjob stopped waiting (status {status})"
             ET.SubElement(case, "error", message=text, type="not_finished").text = text
+        _tries(case, job, "flakyFailure" if status == "passed" else "rerunFailure")
         output = outputs.get(str(job.get("job_id")))
         if output:
             ET.SubElement(case, "system-out").text = _clean(output)
     ET.indent(suites)
     body: bytes = ET.tostring(suites, encoding="utf-8", xml_declaration=True)
     return body + b"\n"
+
+
+def _tries(case: ET.Element, job: Mapping[str, Any], tag: str) -> None:
+    """One ``tag`` element per earlier failed try of ``job``."""
+    for tried in job.get("tries") or []:
+        if not isinstance(tried, Mapping):
+            continue
+        text = _clean(
+            f"try {tried.get('attempt')} on agent {tried.get('agent_id')}: "
+            f"{tried.get('message') or tried.get('status')}"
+        )
+        element = ET.SubElement(
+            case, tag, message=text, type=_clean(tried.get("status") or "failed")
+        )
+        ET.SubElement(element, "stackTrace").text = text  # Surefire's child for the detail
+        if tried.get("output"):
+            ET.SubElement(element, "system-out").text = _clean(tried["output"])
 
 
 def write_junit(

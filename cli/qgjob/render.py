@@ -105,7 +105,7 @@ def run_table(run: Json) -> str:
         rows.append(
             [
                 str(job.get("job_id")),
-                str(job.get("status")),
+                str(job.get("status")) + (" (flaky)" if job.get("flaky") else ""),
                 duration_text(job.get("duration_s")),
                 str(job.get("test_path")),
                 _one_line(message),
@@ -119,9 +119,11 @@ def run_summary(run: Json) -> str:
     verdict = ""
     if run.get("finished"):
         verdict = ": PASSED" if run_passed(run) else ": FAILED"
+    flaky = run.get("flaky")
+    flaky_text = f"; {flaky} flaky" if isinstance(flaky, int) and flaky else ""
     return (
         f"{run_header(run)} {state}{verdict} "
-        f"({counts_text(run_counts(run))}; {run_total(run)} total)"
+        f"({counts_text(run_counts(run))}{flaky_text}; {run_total(run)} total)"
     )
 
 
@@ -217,6 +219,16 @@ def job_text(job: Json) -> str:
         ("finished", _timestamp(job.get("finished_at"))),
         ("duration", duration_text(job.get("duration_s"))),
         ("message", job.get("message")),
+        ("flaky", "yes: passed after a failed try" if job.get("flaky") else None),
+        *[
+            (
+                f"try {t.get('attempt')}",
+                f"{t.get('status')} on {t.get('agent_id')}: "
+                f"{_one_line(str(t.get('message') or ''))}",
+            )
+            for t in job.get("tries") or []
+            if isinstance(t, dict)
+        ],
     ]
     lines = [f"job {job.get('job_id')}: {job.get('status')}"]
     lines += [f"  {name:<9} {value}" for name, value in fields if value not in (None, "", "-")]
@@ -237,6 +249,8 @@ def result_text(result: Json) -> str:
         lines.append(f"message: {result['message']}")
     if result.get("session_id"):
         lines.append(f"browserstack session: {result['session_id']} (qgjob audit --job-id ...)")
+    if result.get("output_url"):
+        lines.append(f"full output: {result['output_url']}")
     output = result.get("output")
     if output:
         lines.append("output:")

@@ -43,7 +43,11 @@ export default defineConfig({
           osVersion: "14.0",
         },
         // BrowserStack needs BROWSERSTACK_USERNAME and BROWSERSTACK_ACCESS_KEY in the environment.
-        buildPath: process.env.APP_BUILD_PATH ?? "builds/app-release.apk",
+        // The qgjob browserstack runner uploads the build once per batch and passes its bs://
+        // URL, which AppWright (>= 0.1.29) uses as it is; a file path would be uploaded again
+        // for every test.
+        buildPath:
+          process.env.BROWSERSTACK_APP_URL ?? process.env.APP_BUILD_PATH ?? "builds/app-release.apk",
         expectTimeout: 30_000,
       },
     },

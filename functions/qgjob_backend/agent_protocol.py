@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Relative: the same file is qgjob_backend.agent_protocol here and qgjob.agent_protocol in
 # the CLI, each beside its own copy of the schema.
@@ -86,6 +94,18 @@ ARTIFACTS_DESCRIPTION = (
     "batch's artifact form, each under artifacts/<org>/<batch>/<job>/."
 )
 Artifacts = Annotated[list[ReportedArtifact], Field(max_length=MAX_ARTIFACTS_PER_RESULT)]
+RETRYABLE_DESCRIPTION = (
+    "false: an error that would come back on any agent and any attempt (BrowserStack "
+    "refused the credentials: 401/403), so the job ends as error at once instead of being "
+    "retried. Only with status error; omitted (true) by default and by older agents."
+)
+
+
+def _checked_retryable(status: object, retryable: bool) -> bool:
+    # (status None: invalid itself, and reported as such.)
+    if not retryable and status is not None and status != "error":
+        raise ValueError("only an error result can be not retryable (false)")
+    return retryable
 
 
 # ----------------------------------------------------------------- requests
@@ -116,6 +136,12 @@ class ReportRequest(BatchRef):
     output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
     session_id: SessionId | None = Field(default=None, description=SESSION_ID_DESCRIPTION)
     artifacts: Artifacts = Field(default_factory=list, description=ARTIFACTS_DESCRIPTION)
+    retryable: bool = Field(default=True, description=RETRYABLE_DESCRIPTION)
+
+    @field_validator("retryable")
+    @classmethod
+    def _only_errors_are_final(cls, retryable: bool, info: ValidationInfo) -> bool:
+        return _checked_retryable(info.data.get("status"), retryable)
 
 
 MAX_PROGRESS_RESULTS = 10  # results in one progress call (10 x 64 KB of output < 1 MB)
@@ -135,6 +161,12 @@ class ProgressResult(BaseModel):
     output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
     session_id: SessionId | None = Field(default=None, description=SESSION_ID_DESCRIPTION)
     artifacts: Artifacts = Field(default_factory=list, description=ARTIFACTS_DESCRIPTION)
+    retryable: bool = Field(default=True, description=RETRYABLE_DESCRIPTION)
+
+    @field_validator("retryable")
+    @classmethod
+    def _only_errors_are_final(cls, retryable: bool, info: ValidationInfo) -> bool:
+        return _checked_retryable(info.data.get("status"), retryable)
 
 
 class ProgressRequest(BaseModel):
@@ -205,6 +237,14 @@ class AgentView(BaseModel):
             "(its safety poll); an idle agent sends no heartbeats."
         ),
     )
+    cancelled_job_ids: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Jobs of the agent's current batch that were cancelled: the agent stops the "
+            "one it runs (killing its process tree) and skips the others; their results "
+            "are not applied."
+        ),
+    )
 
 
 class BatchJob(BaseModel):
@@ -269,4 +309,8 @@ class ProgressResponse(BaseModel):
     )
     requeued: int | None = Field(
         default=None, description="Set when the batch was completed: the jobs put back."
+    )
+    cancelled_job_ids: list[str] = Field(
+        default_factory=list,
+        description="Jobs of this batch that were cancelled: stop and skip them.",
     )

@@ -97,6 +97,15 @@ class StateStore(Protocol):
         """queued -> cancelled. ``job``: the caller's copy (it names the run and org whose
         counters move; without it the store reads the job)."""
 
+    def cancel_jobs(self, jobs: Sequence[Job], now: float) -> list[Job]:
+        """Each of ``jobs`` (the caller's copies) that is not final -> cancelled, as it is
+        stored: queued ones leave the backlog; an assigned or running one stays on its
+        batch and agent, and its agent gets a cancel mark (``Agent.cancelled_job_ids``)
+        so its next heartbeat tells it to stop the test; any later result or start for it
+        is refused. Counters move once per job. Returns the jobs this call cancelled
+        (a job cancelled already, finished, or changed since it was read and then found
+        final, is left out); repeating the call cancels nothing twice."""
+
     def start_job(self, job_id: str, agent_id: str, batch_id: str, now: float) -> Job | None:
         """assigned|running in this batch on this agent -> running (first start time kept)."""
 
@@ -126,6 +135,20 @@ class StateStore(Protocol):
     ) -> Job | None:
         """assigned|running in this batch (on this agent, when given) -> back in the backlog
         (or error when out of attempts)."""
+
+    def retry_failed_job(
+        self,
+        job: Job,
+        agent_id: str,
+        batch_id: str,
+        tried: dict[str, Any],
+        reason: str,
+        now: float,
+    ) -> Job | None:
+        """assigned|running in this batch on this agent -> back in the backlog to be run
+        again, ``tried`` (domain.models.failed_try) appended to its tries and
+        ``retry_of_batch`` set to ``batch_id``; no attempt counted. None when the job is
+        no longer this agent's in this batch (nothing written)."""
 
     # --------------------------------------------------------------- agents
     def get_agent(self, agent_id: str) -> Agent | None: ...
@@ -190,6 +213,11 @@ class StateStore(Protocol):
         False (and nothing written) when any precondition fails, e.g. another
         dispatcher assigned one of the jobs or the agent first.
         """
+
+    def commit_batches(self, batches: Sequence[Batch], now: float) -> list[Batch]:
+        """``commit_batch`` for each batch (fewer, shared counter writes): the batches that
+        committed, in order. A batch whose precondition fails is not written; the others
+        still are."""
 
     def get_batch(self, batch_id: str) -> Batch | None: ...
 

@@ -106,6 +106,17 @@ class _Submission(BaseModel):
         strict=True,
         description="Re-runs after an infrastructure error or a lost agent.",
     )
+    failure_retries: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETRIES,
+        strict=True,
+        description=(
+            "Re-runs of a test that failed (the CLI's --retries). A test that fails and "
+            "then passes is flaky: it passes, and the run counts it as flaky. "
+            "Infrastructure errors are retried without spending these."
+        ),
+    )
 
 
 class JobPayload(_Submission):

@@ -38,6 +38,9 @@ TESTS = ("tests/login.spec.ts", "tests/cart.spec.ts")
 # Made-up, distinctive credentials: the test greps for them everywhere they must not be.
 USERNAME = "e2e_bsuser_Qx7"
 ACCESS_KEY = "E2Ebskey-4f3e2d1c0b9a8f7e6d5c"
+# A key App Automate refuses (401), and the app version the refused agent is given.
+WRONG_KEY = "E2Ewrongkey-0a1b2c3d4e5f6a7b8c9d"
+REFUSED_VERSION = "bs-7.2.0"
 STACK_ARGS = ("--lease-seconds", "5", "--plan-interval", "0.5", "--reap-interval", "0.5")
 
 
@@ -183,25 +186,27 @@ class BrowserStackAgent:
         return self.process.returncode
 
 
-@pytest.fixture
-def agent(
-    stack: StackProcess, app_automate: FakeAppAutomate, tmp_path: Path
-) -> Iterator[BrowserStackAgent]:
+def _start_agent(
+    stack: StackProcess, app_automate: FakeAppAutomate, tmp_path: Path, device_id: str,
+    access_key: str,
+) -> BrowserStackAgent:  # fmt: skip
+    """`qgjob agent --runner browserstack` with these credentials, as an operator starts it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     npx = bin_dir / "npx"
     npx.write_text(FAKE_NPX)
     npx.chmod(npx.stat().st_mode | stat.S_IXUSR)
-    (tmp_path / f"{APP_VERSION}.apk").write_bytes(b"PK\x03\x04 e2e build")
+    for version in (APP_VERSION, REFUSED_VERSION):
+        (tmp_path / f"{version}.apk").write_bytes(b"PK\x03\x04 e2e build")
     env = stack.cli.env(stack.agent_token)
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         BROWSERSTACK_USERNAME=USERNAME,
-        BROWSERSTACK_ACCESS_KEY=ACCESS_KEY,
+        BROWSERSTACK_ACCESS_KEY=access_key,
         QGJOB_BROWSERSTACK_API_URL=app_automate.url,
     )
     command = stack.cli.command(
-        "agent", "--target", "browserstack", "--device-id", "bs-e2e",
+        "agent", "--target", "browserstack", "--device-id", device_id,
         "--runner", "browserstack",
         "--app-path", str(tmp_path / "{app_version_id}.apk"),
         "--poll-seconds", "0.1",
@@ -211,7 +216,24 @@ def agent(
         process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
         )
-    running = BrowserStackAgent(process, log_path)
+    return BrowserStackAgent(process, log_path)
+
+
+@pytest.fixture
+def agent(
+    stack: StackProcess, app_automate: FakeAppAutomate, tmp_path: Path
+) -> Iterator[BrowserStackAgent]:
+    running = _start_agent(stack, app_automate, tmp_path, "bs-e2e", ACCESS_KEY)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def refused_agent(
+    stack: StackProcess, app_automate: FakeAppAutomate, tmp_path: Path
+) -> Iterator[BrowserStackAgent]:
+    """An agent whose BrowserStack access key is wrong: App Automate answers it 401."""
+    running = _start_agent(stack, app_automate, tmp_path, "bs-e2e-refused", WRONG_KEY)
     yield running
     running.stop()
 
@@ -239,6 +261,7 @@ def test_a_browserstack_suite_reaches_audit_records_whose_archives_hash_to_their
     stack: StackProcess, app_automate: FakeAppAutomate, agent: BrowserStackAgent
 ) -> None:
     _set_credentials(stack)
+    seen = len(app_automate.requests)
     run_id = stack.submit(ORG, APP_VERSION, "browserstack", TESTS)
 
     waited = stack.wait_run(run_id, ORG, timeout_s=90)
@@ -281,7 +304,7 @@ def test_a_browserstack_suite_reaches_audit_records_whose_archives_hash_to_their
     # One batch, one install: the build was uploaded to App Automate once.
     assert len(app_automate.uploads) == 1
     assert app_automate.uploads[0].startswith(f"qgjob-{ORG}-{APP_VERSION}-")
-    assert all(ok for _, _, ok in app_automate.requests), app_automate.requests
+    assert all(ok for _, _, ok in app_automate.requests[seen:]), app_automate.requests
 
     # The credentials appear nowhere: not in logs, results, audit records or API answers.
     assert agent.stop() == 0, agent.log()
@@ -303,3 +326,37 @@ def test_a_browserstack_suite_reaches_audit_records_whose_archives_hash_to_their
     for where, text in haystacks.items():
         assert ACCESS_KEY not in text, f"the access key leaked into {where}"
         assert USERNAME not in text, f"the username leaked into {where}"
+
+
+def test_refused_credentials_end_the_jobs_as_error_without_a_retry(
+    stack: StackProcess, app_automate: FakeAppAutomate, refused_agent: BrowserStackAgent
+) -> None:
+    """401 at the batch's install: no retry of the call, and the jobs end as error at once
+    with a clear message, although they have retries left (none is requeued)."""
+    seen = len(app_automate.requests)
+    uploads = len(app_automate.uploads)
+    run_id = stack.submit(ORG, REFUSED_VERSION, "browserstack", TESTS, "--retries", "2")
+
+    waited = stack.wait_run(run_id, ORG, timeout_s=90)
+    assert waited.exit_code != 0, waited.describe()
+
+    jobs = stack.run_view(run_id, ORG)["jobs"]
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("error", 0)] * len(TESTS), jobs
+    token = stack.token(ORG)
+    for job in jobs:
+        result = stack.api("GET", f"/jobs/{job['job_id']}/result", token).json()
+        assert "BrowserStack refused the credentials (401)" in result["message"], result
+        assert "BROWSERSTACK_ACCESS_KEY" in result["message"]
+        assert WRONG_KEY not in json.dumps(result)
+        assert result["session_id"] is None  # no session: nothing for the vault
+    # One refused call per batch it leased (the install's), never retried; no upload.
+    refused = app_automate.requests[seen:]
+    assert refused
+    assert all(not ok for _, _, ok in refused), refused
+    assert all(method == "GET" and "/recent_apps/" in path for method, path, _ in refused)
+    assert len(refused) <= len(TESTS)
+    assert len(app_automate.uploads) == uploads
+    assert refused_agent.stop() == 0, refused_agent.log()
+    log = refused_agent.log()
+    assert "install failed (not retryable)" in log
+    assert WRONG_KEY not in log

@@ -304,6 +304,124 @@ def test_only_queued_jobs_are_cancelled(store: StateStore) -> None:
     assert get_job(store, "j3").status is JobStatus.ASSIGNED
 
 
+def test_cancel_jobs_cancels_queued_and_started_jobs_once(store: StateStore) -> None:
+    queued(store, "j1")
+    write_jobs(store, [make_job("j2", position=1)])  # not admitted
+    assigned(store, "j3", "j4", batch_id="b1", agent_id="a-1")
+    assert store.start_job("j3", "a-1", "b1", T0 + 1) is not None
+    write_jobs(store, [make_job("j5", position=5)])
+    store.cancel_jobs([get_job(store, "j5")], T0 + 1)  # final before the big call
+    jobs = store.get_jobs(["j1", "j2", "j3", "j4", "j5"])
+
+    done = store.cancel_jobs(jobs, T0 + 3)
+
+    assert sorted(j.job_id for j in done) == ["j1", "j2", "j3", "j4"]
+    for job in store.get_jobs(["j1", "j2", "j3", "j4"]):
+        assert (job.status, job.finished_at) == (JobStatus.CANCELLED, T0 + 3)
+    assert get_job(store, "j3").message == "cancelled while running on agent a-1"
+    assert get_job(store, "j4").message == "cancelled before it started on agent a-1"
+    assert (get_job(store, "j3").batch_id, get_job(store, "j3").agent_id) == ("b1", "a-1")
+    assert get_run(store).counts == {"cancelled": 5}
+    assert store.org_metrics("acme").jobs_by_status == {"cancelled": 5}
+    assert backlog_ids(store) == []
+    assert store.unadmitted_job_ids(T0 + 100) == []
+    assert store.overdue_job_ids(T0 + 10_000) == []
+    assert get_agent(store, "a-1").cancelled_job_ids == ["j3", "j4"]
+    # Repeated (the same stale copies): nothing moves twice.
+    assert store.cancel_jobs(jobs, T0 + 4) == []
+    assert get_run(store).counts == {"cancelled": 5}
+    # A late result or start of a cancelled job is refused.
+    assert store.finish_job("j3", "a-1", "b1", PASSED, T0 + 5) is None
+    assert store.start_job("j4", "a-1", "b1", T0 + 5) is None
+    assert (
+        store.requeue_job(get_job(store, "j4"), "b1", T0 + 5, count_attempt=False, reason="x")
+        is None
+    )
+    # The marks go with the batch.
+    assert store.release_agent("a-1", "b1", offline=False, now=T0 + 6)
+    assert get_agent(store, "a-1").cancel_marks == frozenset()
+
+
+def test_cancel_jobs_from_a_stale_read_cancels_what_is_still_open(store: StateStore) -> None:
+    queued(store, "j1", "j2", "j3")
+    stale = store.get_jobs(["j1", "j2", "j3"])
+    agent(store, "a-1")
+    assert store.commit_batch(make_batch("b1", "a-1", ["j2"]), T0 + 1)  # j2 now assigned
+    assert store.finish_job("j2", "a-1", "b1", PASSED, T0 + 2) is not None  # and passed
+    assert store.commit_batch(make_batch("b2", "a-9", ["j3"]), T0 + 1) is False
+
+    done = store.cancel_jobs(stale, T0 + 3)
+
+    assert sorted(j.job_id for j in done) == ["j1", "j3"]
+    assert get_job(store, "j2").status is JobStatus.PASSED
+    assert get_run(store).counts == {"passed": 1, "cancelled": 2}
+    assert store.org_metrics("acme").jobs_by_status == {"passed": 1, "cancelled": 2}
+
+
+def test_cancel_jobs_of_many_runs_and_more_than_one_transaction(store: StateStore) -> None:
+    jobs = [make_job(f"j{i:03d}", position=i) for i in range(120)]
+    jobs += [make_job(f"k{i}", run_id="run-2", position=i) for i in range(3)]
+    write_jobs(store, jobs)
+
+    done = store.cancel_jobs(store.get_jobs([j.job_id for j in jobs]), T0 + 1)
+
+    assert len(done) == 123
+    assert get_run(store).counts == {"cancelled": 120}
+    assert get_run(store, "run-2").counts == {"cancelled": 3}
+    assert store.org_metrics("acme").jobs_by_status == {"cancelled": 123}
+
+
+def test_a_failed_test_is_put_back_with_its_try_and_a_later_pass_counts_flaky(
+    store: StateStore,
+) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assert store.start_job("j1", "a-1", "b1", T0 + 1) is not None
+    tried = {
+        "attempt": 1,
+        "agent_id": "a-1",
+        "batch_id": "b1",
+        "status": "failed",
+        "duration_s": 1.5,
+        "message": "boom",
+        "output": None,
+        "finished_at": T0 + 2,
+    }
+
+    assert store.retry_failed_job(get_job(store, "j1"), "a-2", "b1", tried, "r", T0 + 2) is None
+    assert store.retry_failed_job(get_job(store, "j1"), "a-1", "b9", tried, "r", T0 + 2) is None
+    back = store.retry_failed_job(get_job(store, "j1"), "a-1", "b1", tried, "re-run", T0 + 2)
+
+    assert back is not None
+    stored = get_job(store, "j1")
+    assert (stored.status, stored.batch_id, stored.agent_id) == (JobStatus.QUEUED, None, None)
+    assert (stored.attempts, stored.retry_of_batch, stored.message) == (0, "b1", "re-run")
+    expected = {k: v for k, v in tried.items() if v is not None}
+    assert stored.tries == [expected]
+    assert back.tries == [expected]
+    assert backlog_ids(store) == ["j1"]
+    assert store.overdue_job_ids(T0 + 10_000) == []
+    assert get_run(store).counts == {"queued": 1}
+    # Replayed: the job is no longer that batch's, nothing is written.
+    assert store.retry_failed_job(get_job(store, "j1"), "a-1", "b1", tried, "x", T0 + 3) is None
+    assert len(get_job(store, "j1").tries) == 1
+    # The next try passes on another agent: flaky, counted once on the run.
+    agent(store, "a-2")
+    assert store.commit_batch(make_batch("b2", "a-2", ["j1"]), T0 + 4)
+    assert store.start_job("j1", "a-2", "b2", T0 + 5) is not None
+    assert store.finish_job("j1", "a-2", "b2", PASSED, T0 + 6) is not None
+    assert store.finish_job("j1", "a-2", "b2", PASSED, T0 + 7) is None
+    assert get_job(store, "j1").flaky
+    assert get_run(store).counts == {"passed": 1}
+    assert get_run(store).flaky == 1
+
+
+def test_a_pass_without_a_failed_try_is_not_flaky(store: StateStore) -> None:
+    assigned(store, "j1", batch_id="b1", agent_id="a-1")
+    assert store.finish_job("j1", "a-1", "b1", PASSED, T0 + 1) is not None
+    assert not get_job(store, "j1").flaky
+    assert get_run(store).flaky == 0
+
+
 # ================================================================== commit_batch
 def test_commit_batch_assigns_jobs_and_makes_the_agent_busy(store: StateStore) -> None:
     batch = assigned(store, "j1", "j2", batch_id="b1", agent_id="a-1")
@@ -315,6 +433,61 @@ def test_commit_batch_assigns_jobs_and_makes_the_agent_busy(store: StateStore) -
         "b1",
     )
     assert get_batch(store, "b1") == batch
+    assert backlog_ids(store) == []
+
+
+def test_commit_batches_commits_each_batch_whose_preconditions_hold(store: StateStore) -> None:
+    # Two runs of two orgs over five agents; one agent is busy, one batch names a job
+    # another batch took: those two are not written, every other one is, with its counts.
+    queued(store, "j1", "j2", "j3", "j4", "j5", "j6", run_id="run-1")
+    queued(store, "k1", "k2", run_id="run-2", org_id="globex")
+    for agent_id in ("a-1", "a-2", "a-3", "a-4", "a-5"):
+        agent(store, agent_id)
+    assert store.commit_batch(make_batch("b0", "a-4", ["j5"]), T0)  # a-4 busy, j5 taken
+    metrics_before = store.org_metrics("acme").batches
+    batches = [
+        make_batch("b1", "a-1", ["j1", "j2"]),
+        make_batch("b2", "a-4", ["j3"]),  # agent busy
+        make_batch("b3", "a-2", ["j4", "j5"]),  # j5 taken
+        make_batch("b4", "a-3", ["k1", "k2"], org_id="globex"),
+        make_batch("b5", "a-5", ["j6"]),
+    ]
+
+    committed = store.commit_batches(batches, T0 + 1)
+
+    assert [b.batch_id for b in committed] == ["b1", "b4", "b5"]
+    assert store.get_batch("b2") is None
+    assert store.get_batch("b3") is None
+    assert [j.status for j in store.get_jobs(["j1", "j2", "j3", "j4", "j6"])] == [
+        JobStatus.ASSIGNED,
+        JobStatus.ASSIGNED,
+        JobStatus.QUEUED,
+        JobStatus.QUEUED,
+        JobStatus.ASSIGNED,
+    ]
+    assert get_job(store, "j6").batch_id == "b5"
+    assert get_agent(store, "a-2").status is AgentStatus.IDLE
+    assert get_run(store, "run-1").counts == {"queued": 2, "active": 4}
+    assert get_run(store, "run-2").counts == {"active": 2}
+    assert store.org_metrics("acme").batches == metrics_before + 2
+    assert store.org_metrics("globex").batches == 1
+    assert backlog_ids(store) == ["j3", "j4"]
+
+
+def test_commit_batches_of_more_than_one_transaction_all_commit(store: StateStore) -> None:
+    # 40 batches of 3 jobs: 200 transaction items, and more job reads than one batch read.
+    jobs = [f"j{i:03d}" for i in range(120)]
+    for start in range(0, 120, 60):
+        queued(store, *jobs[start : start + 60], run_id=f"run-{start}")
+    for index in range(40):
+        agent(store, f"a-{index}")
+    batches = [make_batch(f"b{i}", f"a-{i}", jobs[3 * i : 3 * i + 3]) for i in range(40)]
+
+    committed = store.commit_batches(batches, T0)
+
+    assert [b.batch_id for b in committed] == [b.batch_id for b in batches]
+    assert get_run(store, "run-0").counts == {"active": 60}
+    assert get_run(store, "run-60").counts == {"active": 60}
     assert backlog_ids(store) == []
 
 

@@ -31,6 +31,8 @@ from qgjob_backend.domain.models import (
     BatchState,
     Job,
     Run,
+    cancel_mark,
+    cancel_message,
 )
 from qgjob_backend.domain.planner import (
     BacklogJob,
@@ -287,6 +289,27 @@ class MemoryStateStore:
         self._unadmitted.discard(job_id)
         return _copy(stored)
 
+    def cancel_jobs(self, jobs: Sequence[Job], now: float) -> list[Job]:
+        self._maybe_fail("cancel_jobs")
+        done: list[Job] = []
+        for job_id in dict.fromkeys(j.job_id for j in jobs):
+            stored = self.jobs.get(job_id)
+            if stored is None or stored.is_final or not self._runs_exist([stored.run_id]):
+                continue
+            message = cancel_message(stored)
+            agent = self.agents.get(stored.agent_id or "")
+            if stored.status in _IN_PROGRESS and agent is not None and stored.batch_id:
+                agent.cancel_marks = agent.cancel_marks | {cancel_mark(stored.batch_id, job_id)}
+            self._move(stored, JobStatus.CANCELLED)
+            stored.status = JobStatus.CANCELLED
+            stored.finished_at = now
+            stored.updated_at = now
+            stored.message = message
+            self._backlog.pop(job_id, None)
+            self._unadmitted.discard(job_id)
+            done.append(_copy(stored))
+        return done
+
     def _owned(self, job_id: str, agent_id: str, batch_id: str) -> Job | None:
         stored = self.jobs.get(job_id)
         if stored is None:
@@ -323,6 +346,8 @@ class MemoryStateStore:
         stored = self._owned(job_id, agent_id, batch_id)
         if stored is None or not self._runs_exist([stored.run_id]):
             return None
+        if stored.tries and outcome.status is JobStatus.PASSED:
+            self.runs[stored.run_id].flaky += 1  # in the same write, as in the adapter
         self._move(stored, outcome.status)
         stored.status = outcome.status
         stored.finished_at = now
@@ -335,6 +360,31 @@ class MemoryStateStore:
         stored.session_id = outcome.session_id
         stored.artifacts = [dict(a) for a in outcome.artifacts]
         stored.retry_of_batch = None
+        return _copy(stored)
+
+    def retry_failed_job(
+        self,
+        job: Job,
+        agent_id: str,
+        batch_id: str,
+        tried: dict[str, Any],
+        reason: str,
+        now: float,
+    ) -> Job | None:
+        self._maybe_fail("retry_failed_job")
+        stored = self._owned(job.job_id, agent_id, batch_id)
+        if stored is None or not self._runs_exist([stored.run_id]):
+            return None
+        self._move(stored, JobStatus.QUEUED)
+        stored.status = JobStatus.QUEUED
+        stored.updated_at = now
+        stored.message = reason
+        stored.tries = [*stored.tries, {k: v for k, v in tried.items() if v is not None}]
+        stored.retry_of_batch = batch_id
+        stored.batch_id = None
+        stored.agent_id = None
+        stored.started_at = None
+        self._backlog[job.job_id] = (stored.target, backlog_sort_key(stored))
         return _copy(stored)
 
     def requeue_job(
@@ -491,6 +541,7 @@ class MemoryStateStore:
         agent.status = AgentStatus.OFFLINE if offline else AgentStatus.IDLE
         agent.batch_id = None
         agent.batch_group = None
+        agent.cancel_marks = frozenset()
         agent.batch_expected_free_at = None
         return True
 
@@ -552,6 +603,10 @@ class MemoryStateStore:
             self._pairs.add(pair)
             self._total(batch.org_id, "agent_app_pairs")
         return True
+
+    def commit_batches(self, batches: Sequence[Batch], now: float) -> list[Batch]:
+        # Each batch on its own: what the adapter's shared transactions amount to.
+        return [batch for batch in batches if self.commit_batch(batch, now)]
 
     def get_batch(self, batch_id: str) -> Batch | None:
         return _copy(self.batches.get(batch_id))

@@ -958,7 +958,7 @@ def test_lease_loss_before_start_does_not_count_an_attempt(
 
 
 # ================================================================== cancel
-def test_cancel_only_queued_jobs(svc: MemoryServices, clock: FakeClock) -> None:
+def test_cancel_queued_jobs_and_not_finished_ones(svc: MemoryServices, clock: FakeClock) -> None:
     job_ids = submit_and_admit(svc)
     clock.advance(3)
 
@@ -974,12 +974,9 @@ def test_cancel_only_queued_jobs(svc: MemoryServices, clock: FakeClock) -> None:
     handed_out = ids(leased)
     assert handed_out == job_ids[: len(handed_out)]
     assert job_ids[2] not in handed_out  # the cancelled job is not handed out
-    with pytest.raises(Conflict, match="only queued"):
-        svc.submissions.cancel("acme", job_ids[0])
-    assert job(svc, job_ids[0]).status is JobStatus.ASSIGNED
     svc.as_agent.start(agent_id, job_ids[0], leased.batch.batch_id)
     report(svc, agent_id, job_ids[0], leased.batch.batch_id)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, match="already finished"):
         svc.submissions.cancel("acme", job_ids[0])
     assert job(svc, job_ids[0]).status is JobStatus.PASSED
 

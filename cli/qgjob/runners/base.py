@@ -16,7 +16,16 @@ _TRUNCATED = "[... {n} earlier bytes truncated ...]\n"
 
 
 class InstallError(Exception):
-    """Installing the app on the device failed; the batch's tests cannot run."""
+    """Installing the app on the device failed; the batch's tests cannot run.
+
+    Each of the batch's jobs is reported as ``error``, which the server retries (on any
+    agent) while the job has attempts left. ``retryable=False`` says no retry can cure
+    it (BrowserStack refused the credentials): the jobs then end as ``error`` at once.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,9 @@ class RunOutcome:
     session_id: str | None = None
     # Files to upload as the result's artifacts (the agent uploads them, bounded).
     attachments: tuple[Attachment, ...] = ()
+    # False (only with status "error"): no retry can cure it, so the job ends as error
+    # instead of going back to the queue (e.g. BrowserStack refused the credentials).
+    retryable: bool = True
 
 
 class UnsafeArgument(ValueError):

@@ -5,9 +5,11 @@ The batch's install step uploads the app build to App Automate once (REST API v1
 version and the build's SHA-256: when BrowserStack still holds that build (``GET
 /app-automate/recent_apps/<custom_id>``), the earlier upload is reused. Each test then
 runs as ``npx appwright test <test_path> --project <target>`` in the AppWright project,
-with the returned ``bs://`` app URL in the environment AppWright's provider reads
-(``BROWSERSTACK_APP_URL`` and ``BROWSERSTACK_APP_URL_<PROJECT>``), and the session id of
-the test is reported with its result (the results vault archives that session).
+with the returned ``bs://`` app URL in ``BROWSERSTACK_APP_URL`` (and
+``BROWSERSTACK_APP_URL_<PROJECT>``), which the project's config gives AppWright's
+BrowserStack provider as its ``buildPath`` (AppWright uses a ``bs://`` build path as it
+is; a file it would upload again for every test), and the session id of the test is
+reported with its result (the results vault archives that session).
 
 Where the session id comes from: the test (an AppWright fixture, see the README) appends
 it to the file named by ``QGJOB_SESSION_FILE``, or prints ``BrowserStack session:
@@ -18,7 +20,8 @@ environment. They go only into the Authorization header and the test's environme
 never into a log line, a message or a result (any text the runner reports is scrubbed
 of them). 429, 5xx and connection errors are retried with bounded exponential backoff
 that honours ``Retry-After``; 401/403 are not retried and fail the install with a clear
-message (the batch's jobs end as ``error``).
+message: the batch's jobs end as ``error`` and are reported as not retryable, so the
+server does not requeue them either (another attempt would be refused the same way).
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ MIN_SCRUBBED = 6
 
 
 class BrowserStackError(Exception):
-    """The App Automate API refused or kept failing a request."""
+    """The App Automate API refused or kept failing a request.
+
+    ``retryable`` is False when no later attempt can succeed (401/403).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -185,8 +195,10 @@ class AppAutomateClient:
             else:
                 if answer.status_code in (401, 403):
                     raise BrowserStackError(
-                        f"BrowserStack refused the credentials ({answer.status_code}): check "
-                        f"{USERNAME_ENV} and {ACCESS_KEY_ENV} on this agent"
+                        f"BrowserStack refused the credentials ({answer.status_code}) for "
+                        f"{what}: check {USERNAME_ENV} and {ACCESS_KEY_ENV} on this agent "
+                        "(not retried)",
+                        retryable=False,
                     )
                 if answer.status_code not in RETRYABLE:
                     return answer
@@ -267,7 +279,9 @@ class BrowserStackRunner:
         try:
             self._install(org_id, app_version_id, target, app_path)
         except BrowserStackError as error:
-            raise InstallError(self.scrub(f"BrowserStack App Automate: {error}")) from None
+            raise InstallError(
+                self.scrub(f"BrowserStack App Automate: {error}"), retryable=error.retryable
+            ) from None
 
     def _install(self, org_id: str, app_version_id: str, target: str, app_path: str | None) -> None:
         username = self._env.get(USERNAME_ENV, "")
@@ -305,7 +319,8 @@ class BrowserStackRunner:
         self._test_env = {
             **self._env,
             APP_URL_ENV: app_url,
-            f"{APP_URL_ENV}_{project}": app_url,  # what AppWright's provider reads
+            # The variable AppWright's provider sets from buildPath and starts sessions with.
+            f"{APP_URL_ENV}_{project}": app_url,
             "QGJOB_APP_URL": app_url,
             "QGJOB_BUILD_NAME": f"qgjob {org_id}/{app_version_id}",
         }

@@ -12,6 +12,7 @@ is killed and the outcome is "timed_out"; a missing binary is an "error".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -281,7 +282,9 @@ class CommandRunner:
 
     @staticmethod
     def _kill(process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM to the whole process group, SIGKILL if it does not go away."""
+        """SIGTERM to the whole process group, SIGKILL if it does not go away; then
+        SIGKILL to the group again, for children that outlived their parent (a test
+        tool whose workers ignore SIGTERM must not keep a device busy)."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 if hasattr(os, "killpg"):
@@ -292,6 +295,9 @@ class CommandRunner:
                 pass
             try:
                 process.wait(timeout=KILL_GRACE_S)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
+        if hasattr(os, "killpg"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)

@@ -47,6 +47,8 @@ class Run:
     # Jobs per counter of domain.progress (assigned and running share "active"), kept in
     # the same writes as each job's transitions; only counters above zero are present.
     counts: dict[str, int] = field(default_factory=dict)
+    # Jobs that passed after a failed try (counted in the write that made them pass).
+    flaky: int = 0
     # The sha256 of the app version's build when the run was submitted: "" when it had
     # none (agents install only what they already hold), None when not known (builds
     # not deployed, or a run older than builds).
@@ -91,6 +93,16 @@ class Job:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     # The BrowserStack App Automate session of its last result (browserstack runner).
     session_id: str | None = None
+    # Re-runs a failed test may still get (SuiteSubmission.failure_retries), and each try
+    # that failed before the current one: dicts of domain.models.failed_try (attempt,
+    # agent_id, batch_id, status, duration_s, message, output, finished_at).
+    failure_retries: int = 0
+    tries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def flaky(self) -> bool:
+        """It passed after a try that failed."""
+        return self.status is JobStatus.PASSED and bool(self.tries)
 
     @property
     def group_key(self) -> str:
@@ -134,6 +146,58 @@ class Agent:
     batch_expected_free_at: float | None = None
     # Its push-channel connection (API Gateway WebSocket), while it has one.
     connection_id: str | None = None
+    # Jobs cancelled while in one of its batches, as cancel_mark(batch, job): its next
+    # heartbeat (or progress answer) tells it to stop them. Cleared when it is released.
+    cancel_marks: frozenset[str] = frozenset()
+
+    @property
+    def cancelled_job_ids(self) -> list[str]:
+        """The jobs of the batch it holds that were cancelled (sorted)."""
+        if self.batch_id is None:
+            return []
+        prefix = cancel_mark(self.batch_id, "")
+        return sorted(m[len(prefix) :] for m in self.cancel_marks if m.startswith(prefix))
+
+
+# The tail of a failed try's output kept on the job (its try's report; JUnit shows it).
+TRY_OUTPUT_CHARS = 1000
+
+
+def failed_try(
+    job: Job,
+    agent_id: str,
+    batch_id: str,
+    status: JobStatus,
+    duration_s: float,
+    message: str | None,
+    output: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """The record of one failed try of ``job`` (its next ``tries`` entry)."""
+    return {
+        "attempt": len(job.tries) + 1,
+        "agent_id": agent_id,
+        "batch_id": batch_id,
+        "status": status.value,
+        "duration_s": duration_s,
+        "message": message,
+        "output": output[-TRY_OUTPUT_CHARS:] if output else None,
+        "finished_at": now,
+    }
+
+
+def cancel_mark(batch_id: str, job_id: str) -> str:
+    """What an agent item holds for a job of its batch ``batch_id`` that was cancelled."""
+    return f"{batch_id}#{job_id}"
+
+
+def cancel_message(job: Job) -> str:
+    """The message a job gets when it is cancelled in ``job``'s state."""
+    if job.status is JobStatus.QUEUED or job.agent_id is None:
+        return "cancelled before it started"
+    if job.status is JobStatus.ASSIGNED:
+        return f"cancelled before it started on agent {job.agent_id}"
+    return f"cancelled while running on agent {job.agent_id}"
 
 
 class BatchState(StrEnum):

@@ -31,6 +31,9 @@ COUNTERS = (
     "timed_out",
 )
 FINAL_COUNTERS = frozenset({"passed", "failed", "error", "cancelled", "timed_out"})
+# Not a state: jobs that passed after a failed try, counted (on the run) by the write that
+# made them pass. Kept apart from ``counts`` (its jobs are in "passed" too).
+FLAKY = "flaky"
 # Org metric counters live in this many items per org, chosen by a hash of the subject of
 # the write (a job id, a batch id): enough to spread a busy org's writes, few enough
 # that /metrics sums them with one batch read.

@@ -50,6 +50,7 @@ from qgjob_backend.handlers.api_models import (
     JobView,
     MetricsView,
     ResultView,
+    RunCancelView,
     RunView,
     SubmitResponse,
     agent_view,
@@ -61,7 +62,12 @@ from qgjob_backend.services.agents import AgentCredential, ReportedResult, Step
 from qgjob_backend.services.auth import Principal, require_fleet, require_org
 from qgjob_backend.services.builds import BuildService, build_view
 from qgjob_backend.services.errors import Forbidden, ServiceError, Unauthorized, Unavailable
-from qgjob_backend.services.submission import MAX_PAGE_JOBS, SubmitResult, as_suite
+from qgjob_backend.services.submission import (
+    MAX_CANCEL_PAGE,
+    MAX_PAGE_JOBS,
+    SubmitResult,
+    as_suite,
+)
 from qgjob_backend.wiring import LazyServices
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -194,12 +200,18 @@ def get_result(job_id: str) -> Response[ResultView]:
         message=job.message,
         output=job.output_excerpt,
         output_key=job.output_key,
+        output_url=_output_url(job.output_key),
         agent_id=job.agent_id,
         finished_at=job.finished_at,
         session_id=job.session_id,
         artifacts=_artifact_views(job.artifacts),
     )
     return Response(200, content_types.APPLICATION_JSON, body)
+
+
+def _output_url(key: str | None) -> str | None:
+    builds = services().builds
+    return builds.output_link(key) if key and builds is not None else None
 
 
 def _artifact_views(artifacts: list[dict[str, Any]]) -> list[ArtifactView]:
@@ -283,11 +295,35 @@ def get_audit(job_id: str) -> AuditView:
 
 @app.post(
     "/jobs/<job_id>/cancel",
-    summary="Cancel a queued job",
+    summary="Cancel a job: a queued one at once, a started one is stopped by its agent",
     responses=_responses(*_ORG_ROUTE_ERRORS, 409),
 )
 def cancel_job(job_id: str) -> JobView:
     return JobView.of(services().submissions.cancel(_org(), job_id))
+
+
+@app.post(
+    "/runs/<run_id>/cancel",
+    summary="Cancel a run, one page of its jobs per call (repeat with next_cursor)",
+    responses=_responses(*_ORG_ROUTE_ERRORS),
+)
+def cancel_run(
+    run_id: str,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_CANCEL_PAGE, description="Jobs per call.")
+    ] = MAX_CANCEL_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, description="The next_cursor of the previous call."),
+    ] = None,
+) -> RunCancelView:
+    page = services().submissions.cancel_run(_org(), run_id, cursor, limit)
+    return RunCancelView(
+        run_id=run_id,
+        cancelled=page.cancelled,
+        next_cursor=page.next_cursor,
+        run=RunView.of(page.run),
+    )
 
 
 @app.get(
@@ -422,6 +458,7 @@ def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView
         request.output,
         request.session_id,
         artifacts=request.artifacts,
+        retryable=request.retryable,
     )
     return JobView.of(job)
 
@@ -444,6 +481,7 @@ def batch_progress(agent_id: str, batch_id: str, request: ProgressRequest) -> Pr
                 r.output,
                 r.session_id,
                 tuple(r.artifacts),
+                r.retryable,
             )
             for r in request.results
         ],
@@ -456,6 +494,7 @@ def batch_progress(agent_id: str, batch_id: str, request: ProgressRequest) -> Pr
         started=_progress_item(done.started) if done.started else None,
         completed=done.completed,
         requeued=done.requeued,
+        cancelled_job_ids=done.cancelled,
     )
 
 

@@ -35,6 +35,19 @@ COUNTS_DESCRIPTION = (
 )
 
 
+class TryView(BaseModel):
+    """One earlier try of a job that failed (and was re-run: failure_retries)."""
+
+    attempt: int = Field(description="The try's number, from 1.")
+    agent_id: str | None = None
+    batch_id: str | None = None
+    status: str
+    duration_s: float | None = None
+    message: str | None = None
+    output: str | None = Field(default=None, description="The tail of the try's output.")
+    finished_at: float | None = None
+
+
 class JobView(BaseModel):
     job_id: str
     run_id: str
@@ -53,6 +66,11 @@ class JobView(BaseModel):
     finished_at: float | None
     duration_s: float | None
     message: str | None
+    flaky: bool = Field(default=False, description="It passed after a failed try.")
+    tries: list[TryView] = Field(
+        default_factory=list,
+        description="Earlier tries that failed, in order (the job's own fields are its last).",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -74,6 +92,8 @@ class JobView(BaseModel):
             finished_at=job.finished_at,
             duration_s=job.duration_s,
             message=job.message,
+            flaky=job.flaky,
+            tries=[TryView.model_validate(t) for t in job.tries],
         )
 
 
@@ -126,6 +146,7 @@ class RunView(BaseModel):
     counts: dict[str, int] = Field(description=COUNTS_DESCRIPTION)
     finished: bool = Field(description="Every job is in a final state.")
     passed: bool = Field(description="Every job passed.")
+    flaky: int = Field(default=0, description="Jobs that passed after a failed try.")
     build_sha256: str | None = Field(default=None, description=BUILD_SHA_DESCRIPTION)
     build_note: str | None = Field(default=None, description="Set when there was no build.")
 
@@ -142,9 +163,21 @@ class RunView(BaseModel):
             counts=progress.nonzero(run.counts),
             finished=finished,
             passed=finished and progress.passed(total, run.counts),
+            flaky=run.flaky,
             build_sha256=run.build_sha256 or None,
             build_note=build_note(run),
         )
+
+
+class RunCancelView(BaseModel):
+    """One page of a run cancel: call again with next_cursor until it is null."""
+
+    run_id: str
+    cancelled: int = Field(description="Jobs this call cancelled (0 when repeated).")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to cancel the next page; null when every page is done."
+    )
+    run: RunView = Field(description="The run's progress after this page.")
 
 
 class JobPageView(BaseModel):
@@ -170,6 +203,10 @@ class ResultView(BaseModel):
     message: str | None = None
     output: str | None = Field(default=None, description="The last lines of the test output.")
     output_key: str | None = Field(default=None, description="S3 key of the full output.")
+    output_url: str | None = Field(
+        default=None,
+        description="A short-lived link to the full output (set when output_key is).",
+    )
     agent_id: str | None = None
     finished_at: float | None = None
     session_id: str | None = Field(
@@ -283,6 +320,7 @@ def agent_view(
         lease_expires_at=lease_expires_at,
         lab_org_id=agent.lab_org_id,
         credential=credential,
+        cancelled_job_ids=agent.cancelled_job_ids,
     )
 
 

@@ -11,7 +11,15 @@ from aws_lambda_powertools import Logger
 
 from qgjob_backend.agent_protocol import OUTPUT_EXCERPT_CHARS, agent_id_for, format_credential
 from qgjob_backend.build_protocol import ReportedArtifact
-from qgjob_backend.domain.models import Agent, AgentStatus, AppRef, Batch, BatchState, Job
+from qgjob_backend.domain.models import (
+    Agent,
+    AgentStatus,
+    AppRef,
+    Batch,
+    BatchState,
+    Job,
+    failed_try,
+)
 from qgjob_backend.domain.vault import VaultMessage
 from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
 from qgjob_backend.schema import JobStatus, Target
@@ -58,6 +66,9 @@ class ReportedResult:
     session_id: str | None = None  # a BrowserStack session: archived by the vault
     # Uploaded attachments (screenshots, videos, traces) under the job's artifact prefix.
     artifacts: tuple[ReportedArtifact, ...] = ()
+    # False: an error no retry can cure (BrowserStack refused the credentials); the job
+    # ends as error instead of going back to the queue.
+    retryable: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,12 +94,19 @@ class Progress:
     started: Step | None = None
     completed: bool | None = None
     requeued: int | None = None
+    # Jobs of the batch cancelled since it was committed: the agent stops and skips them.
+    cancelled: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     agent: Agent
     lease_expires_at: float | None
+
+    @property
+    def cancelled(self) -> list[str]:
+        """Jobs of the agent's batch that were cancelled: stop them now."""
+        return self.agent.cancelled_job_ids
 
 
 class AgentService:
@@ -266,6 +284,10 @@ class AgentService:
     def _start(self, agent_id: str, job_id: str, batch_id: str) -> Job:
         job = self._store.start_job(job_id, agent_id, batch_id, self._clock())
         if job is None:
+            current = self._store.get_job(job_id)
+            if _cancelled_in(current, agent_id, batch_id):
+                assert current is not None
+                return current  # accepted, status cancelled: the agent skips it
             raise Conflict(
                 f"job {job_id} is no longer assigned to batch {batch_id} on {agent_id} "
                 "(lease lost or job cancelled): skip it"
@@ -283,6 +305,7 @@ class AgentService:
         output: str | None,
         session_id: str | None = None,
         artifacts: Sequence[ReportedArtifact] = (),
+        retryable: bool = True,
     ) -> Job:
         agent_id = self._authorized(credential).agent_id
         return self._report(
@@ -295,6 +318,7 @@ class AgentService:
             output,
             session_id,
             artifacts=artifacts,
+            retryable=retryable,
         )
 
     def _report(
@@ -309,10 +333,20 @@ class AgentService:
         session_id: str | None = None,
         *,
         artifacts: Sequence[ReportedArtifact] = (),
+        retryable: bool = True,
     ) -> Job:
+        """Applies one result. An ``error`` goes back to the queue while the job has
+        attempts left, unless the agent says no retry can cure it (``retryable`` False):
+        then, like a last attempt's error, it ends the job."""
         current = self._store.get_job(job_id)
         if current is None:
             raise NotFound(f"job {job_id} not found")
+        if _cancelled_in(current, agent_id, batch_id):
+            # Cancelled while this agent ran it: the result is not applied (never a late
+            # passed), but the agent did nothing wrong and goes on with its batch.
+            return current
+        if _failure_retried(current, agent_id, batch_id, status):
+            return current  # a retried delivery of the failed report that re-queued it
         if current.agent_id != agent_id or current.batch_id != batch_id:
             # Not this agent's job in this batch (any more): nothing it sends may change
             # the job or its output, unless it repeats an error report already applied.
@@ -321,9 +355,29 @@ class AgentService:
                 self._archive_session(current, current.attempts, session_id)
                 return current
             raise self._late_report(job_id, agent_id, batch_id)
-        attempt = current.attempts + 1  # this report's attempt (1-based)
+        # This report's attempt (1-based): infrastructure attempts and failed tries.
+        attempt = current.attempts + len(current.tries) + 1
         now = self._clock()
-        if status is JobStatus.ERROR and current.attempts + 1 < current.max_attempts:
+        if status is JobStatus.FAILED and len(current.tries) < current.failure_retries:
+            # A failed test with re-runs left: back to the backlog, the try recorded (a
+            # later pass is flaky). A plan now gives it to another agent when one is free.
+            tried = failed_try(
+                current, agent_id, batch_id, status, duration_s, message, output, now
+            )
+            left = current.failure_retries - len(current.tries) - 1
+            reason = (
+                f"try {tried['attempt']} failed on agent {agent_id}"
+                f"{': ' + message if message else ''}; re-running ({left} re-run(s) left)"
+            )[:2000]
+            retried = self._store.retry_failed_job(current, agent_id, batch_id, tried, reason, now)
+            if retried is not None:
+                logger.info("test failed; re-running", extra={"job_id": job_id})
+                self._archive_session(current, attempt, session_id)
+                self._agent_idle()
+                return retried
+        if status is JobStatus.ERROR and not retryable:
+            logger.info("job errored; not retryable, so not requeued", extra={"job_id": job_id})
+        elif status is JobStatus.ERROR and current.attempts + 1 < current.max_attempts:
             # Infrastructure errors are retried; the test itself did not fail. The write
             # is conditional on this agent and batch still holding the job.
             retried = self._store.requeue_job(
@@ -455,8 +509,11 @@ class AgentService:
         nothing), and the first one refused (the lease was lost, or the job is not this
         batch's) ends the call: the steps after it are not applied. The credential is
         checked once for all of them."""
-        agent_id = self._authorized(credential).agent_id
+        agent = self._authorized(credential)
+        agent_id = agent.agent_id
         progress = Progress()
+        if agent.batch_id == batch_id:
+            progress.cancelled = agent.cancelled_job_ids
         refused: str | None = None
         if installed:
             try:
@@ -480,6 +537,7 @@ class AgentService:
                     result.output,
                     result.session_id,
                     artifacts=result.artifacts,
+                    retryable=result.retryable,
                 )
                 progress.results.append(Step(result.job_id, job.status))
             except (Conflict, NotFound) as error:
@@ -523,6 +581,24 @@ class AgentService:
         raise Conflict(
             f"agent {credential.agent_id} kept receiving batches while deregistering; retry"
         )
+
+
+def _failure_retried(job: Job, agent_id: str, batch_id: str, status: JobStatus) -> bool:
+    """The job's last failed try is this agent's report in this batch (a replay of it)."""
+    if status is not JobStatus.FAILED or not job.tries:
+        return False
+    last = job.tries[-1]
+    return bool(last.get("agent_id") == agent_id and last.get("batch_id") == batch_id)
+
+
+def _cancelled_in(job: Job | None, agent_id: str, batch_id: str) -> bool:
+    """The job was cancelled while this agent's batch held it."""
+    return (
+        job is not None
+        and job.status is JobStatus.CANCELLED
+        and job.agent_id == agent_id
+        and job.batch_id == batch_id
+    )
 
 
 def _not_applied(refused: str) -> str:

@@ -257,6 +257,10 @@ class BuildService:
             expires_at=self._clock() + expires_s,
         )
 
+    def output_link(self, key: str) -> str:
+        """A short-lived link to a result's full output (its S3 key: results/...)."""
+        return self._uploads.presigned_get(key, ARTIFACT_URL_SECONDS)
+
     def artifact_views(self, artifacts: Sequence[dict[str, Any]]) -> list[ArtifactView]:
         """A job's artifacts with a short-lived download link each (signatures, no I/O)."""
         return [

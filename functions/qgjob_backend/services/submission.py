@@ -22,6 +22,9 @@ logger = Logger(child=True)
 
 # The most jobs one page of GET /runs/{id}/jobs holds (one index query, one batch read).
 MAX_PAGE_JOBS = 100
+# The most jobs one POST /runs/{id}/cancel call cancels (one index query, one batch read,
+# a few transactions): a run of 1,000 jobs is ten bounded calls, never one long one.
+MAX_CANCEL_PAGE = 100
 
 
 def _digest(*parts: str) -> str:
@@ -33,6 +36,14 @@ class SubmitResult:
     run: Run
     jobs: list[Job]
     created: bool
+
+
+@dataclass(frozen=True)
+class CancelPage:
+    run: Run  # after this page was cancelled (its counters)
+    cancelled: int  # jobs this call cancelled
+    seen: int  # jobs of the run on this page
+    next_cursor: str | None  # None: this was the last page
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class SubmissionService:
                 updated_at=now,
                 timeout_s=suite.timeout_s,
                 max_attempts=1 + suite.retries,
+                failure_retries=suite.failure_retries,
                 position=position,
                 # Written into the backlog: no admission step (one write and one SQS
                 # message per job fewer than admitting them through jobs.fifo).
@@ -181,16 +193,43 @@ class SubmissionService:
             logger.exception("plan request failed; the schedule will plan these jobs")
 
     def cancel(self, org_id: str, job_id: str) -> Job:
+        """Cancels a job that is not final: a queued one at once; an assigned or running
+        one too, and its agent stops the test at its next heartbeat. Repeating it is
+        fine (the cancelled job again); a finished job is a 409."""
         job = self.job(org_id, job_id)
-        cancelled = self._store.cancel_job(job_id, self._clock(), job=job)
-        if cancelled is None:
-            current = self._store.get_job(job_id) or job
-            if current.status is JobStatus.CANCELLED:
-                return current
-            raise Conflict(
-                f"job {job_id} is {current.status.value}; only queued jobs can be cancelled"
-            )
-        return cancelled
+        if not job.is_final:
+            done = self._store.cancel_jobs([job], self._clock())
+            if done:
+                return done[0]
+        current = self._store.get_job(job_id) or job
+        if current.status is JobStatus.CANCELLED:
+            return current
+        if not current.is_final:  # pragma: no cover - it kept changing under us
+            raise Conflict(f"job {job_id} changed while being cancelled; retry")
+        raise Conflict(f"job {job_id} already finished ({current.status.value}); nothing to cancel")
+
+    def cancel_run(
+        self, org_id: str, run_id: str, cursor: str | None = None, limit: int = MAX_CANCEL_PAGE
+    ) -> CancelPage:
+        """Cancels one page of the run's jobs (after ``cursor``, in submission order):
+        bounded work per call, however large the run. Call again with ``next_cursor``
+        until it is None. Idempotent: a page cancelled before cancels nothing again."""
+        if not 1 <= limit <= MAX_CANCEL_PAGE:
+            raise ServiceError(f"limit: must be between 1 and {MAX_CANCEL_PAGE}")
+        after = -1 if cursor is None else cursor_position(run_id, cursor)
+        self.run(org_id, run_id)  # another org's run: 404
+        page = self._store.run_jobs(run_id, after, limit)
+        open_jobs = [j for j in page.jobs if not j.is_final]
+        done = self._store.cancel_jobs(open_jobs, self._clock()) if open_jobs else []
+        more = page.more and bool(page.jobs)
+        next_cursor = page_cursor(run_id, page.jobs[-1].position) if more else None
+        logger.info(
+            "run cancel page",
+            extra={"run_id": run_id, "cancelled": len(done), "more": next_cursor is not None},
+        )
+        run = self._store.get_run(run_id)
+        assert run is not None  # read above; a run is never deleted
+        return CancelPage(run, len(done), len(page.jobs), next_cursor)
 
     # ----------------------------------------------------------- queries
     def job(self, org_id: str, job_id: str) -> Job:

@@ -161,8 +161,10 @@ def test_retries_are_bounded_and_then_the_install_fails(lab: dict[str, str]) -> 
     responses.get(f"{API}/app-automate/recent_apps/{_custom_id(lab)}", status=503)
     sleeps: list[float] = []
 
-    with pytest.raises(InstallError, match="HTTP 503, 4 attempts; giving up"):
+    with pytest.raises(InstallError, match="HTTP 503, 4 attempts; giving up") as raised:
         _runner(lab, sleeps).install("acme", "v42", "browserstack")
+    # Another attempt, later or on another agent, may find BrowserStack well again.
+    assert raised.value.retryable is True
 
     assert len(responses.calls) == 4
     assert sleeps == [1.0, 2.0, 4.0]
@@ -185,6 +187,8 @@ def test_refused_credentials_are_not_retried_and_say_what_to_fix(
 
     message = str(raised.value)
     assert f"refused the credentials ({status})" in message
+    assert "not retried" in message
+    assert raised.value.retryable is False  # the server must not requeue the batch's jobs
     assert "BROWSERSTACK_USERNAME and BROWSERSTACK_ACCESS_KEY" in message
     assert ACCESS_KEY not in message
     assert USERNAME not in message
@@ -326,11 +330,44 @@ def test_refused_credentials_end_every_job_of_the_batch_as_error(lab: dict[str, 
     with responses.RequestsMock() as mock:
         mock.get(f"{API}/app-automate/recent_apps/{_custom_id(lab)}", status=401)
         make_agent(api, _runner(lab), max_batches=1, sleeps=Sleeps()).run()  # type: ignore[arg-type]
+        calls = len(mock.calls)
 
     sent = [r for call in api.progress_calls for r in call.results]
     assert [r.status for r in sent] == ["error", "error"]
     assert all("refused the credentials (401)" in (r.message or "") for r in sent)
+    # Reported as final: the server ends the jobs instead of requeueing them.
+    assert [r.retryable for r in sent] == [False, False]
     assert _npx_calls(lab) == []
+    assert calls == 1  # one refused call: no retry, no upload
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@responses.activate
+def test_credentials_refused_at_the_upload_are_not_retried_either(
+    lab: dict[str, str], status: int
+) -> None:
+    responses.get(f"{API}/app-automate/recent_apps/{_custom_id(lab)}", json=[])
+    responses.post(f"{API}/app-automate/upload", status=status)
+    sleeps: list[float] = []
+
+    with pytest.raises(InstallError, match=f"refused the credentials \\({status}\\) for upload"):
+        _runner(lab, sleeps).install("acme", "v42", "browserstack")
+
+    assert len(responses.calls) == 2
+    assert sleeps == []
+
+
+def test_a_batch_whose_install_keeps_failing_is_reported_retryable(lab: dict[str, str]) -> None:
+    """503 until the retries run out: an outage, not the agent's credentials; the server
+    retries the jobs (on this or another agent) while they have attempts left."""
+    api = FakeAgentApi([_bs_batch("b1", ["tests/a.spec.ts"])])
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/app-automate/recent_apps/{_custom_id(lab)}", status=503)
+        make_agent(api, _runner(lab), max_batches=1, sleeps=Sleeps()).run()  # type: ignore[arg-type]
+
+    sent = [r for call in api.progress_calls for r in call.results]
+    assert [(r.status, r.retryable) for r in sent] == [("error", True)]
+    assert "giving up" in (sent[0].message or "")
 
 
 @responses.activate

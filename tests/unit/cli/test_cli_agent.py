@@ -266,12 +266,13 @@ class FakeRunner:
         self.installs: list[tuple[str, str, str]] = []
         self.runs: list[tuple[str, str, float, str, str]] = []
         self.install_error: str | None = None
+        self.install_retryable = True  # with install_error: whether a retry may cure it
         self.on_run: Callable[[str], None] | None = None
         self.should_stop: Callable[[], bool] = lambda: False
 
     def install(self, org_id: str, app_version_id: str, target: str) -> None:
         if self.install_error:
-            raise InstallError(self.install_error)
+            raise InstallError(self.install_error, retryable=self.install_retryable)
         self.installs.append((org_id, app_version_id, target))
 
     def run(
@@ -447,6 +448,32 @@ def test_failed_install_reports_every_job_as_error_without_running_it() -> None:
     assert [r["status"] for r in api.results.values()] == ["error", "error"]
     assert all("install failed: apk not found" in str(r["message"]) for r in api.results.values())
     assert api.completed == [("b1", 0)]
+    # An ordinary install error may pass on another attempt: the server may retry it.
+    sent = [r for call in api.progress_calls for r in call.results]
+    assert [r.retryable for r in sent] == [True, True]
+
+
+def test_an_install_error_no_retry_can_cure_is_reported_as_not_retryable() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
+    runner = FakeRunner()
+    runner.install_error = "the lab refused our key"
+    runner.install_retryable = False
+    logs: list[str] = []
+    assert make_agent(api, runner, max_batches=1, logs=logs).run() == 0
+
+    sent = [r for call in api.progress_calls for r in call.results]
+    assert [(r.status, r.retryable) for r in sent] == [("error", False), ("error", False)]
+    assert any("install failed (not retryable)" in line for line in logs)
+
+
+def test_a_runner_cannot_make_a_test_result_other_than_error_final() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts"])])
+    runner = FakeRunner()
+    runner.outcomes["a.spec.ts"] = RunOutcome("failed", 1.0, "assertion", retryable=False)
+    assert make_agent(api, runner, max_batches=1).run() == 0
+
+    sent = [r for call in api.progress_calls for r in call.results]
+    assert [(r.status, r.retryable) for r in sent] == [("failed", True)]
 
 
 def test_re_registration_reports_the_installed_app() -> None:

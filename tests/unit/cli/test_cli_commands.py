@@ -172,6 +172,8 @@ def test_submit_single_test_is_still_a_run_and_passes_optional_fields() -> None:
             "--timeout-s",
             "120",
             "--retries",
+            "1",
+            "--infra-retries",
             "0",
         ]
     )
@@ -187,6 +189,7 @@ def test_submit_single_test_is_still_a_run_and_passes_optional_fields() -> None:
         "idempotency_key": "ci-build-42",
         "timeout_s": 120,
         "retries": 0,
+        "failure_retries": 1,
     }
 
 
@@ -195,7 +198,8 @@ def test_submit_json_output_parses() -> None:
     responses.post(f"{BASE}/runs", json=submitted(["j1"]), status=201)
     result = invoke(["--json", *SUBMIT, "--test", "a.spec.ts"])
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == submitted(["j1"])
+    # One test: its job id too, not "job_id": null (issue 11 item 9).
+    assert json.loads(result.stdout) == {**submitted(["j1"]), "job_id": "j1"}
     assert result.stderr == ""
 
 

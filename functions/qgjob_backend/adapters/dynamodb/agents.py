@@ -53,6 +53,7 @@ def agent_from_item(item: Item) -> Agent:
         fleet_hash=item.get("fleet_hash") or None,
         batch_expected_free_at=optional_float(item.get("batch_expected_free_at")),
         connection_id=item.get("connection_id") or None,
+        cancel_marks=frozenset(item.get("cancel_marks") or ()),
     )
 
 
@@ -254,7 +255,8 @@ class AgentStore(CountingTables):
             {"agent_id": agent_id},
             UpdateExpression=(
                 f"SET #s = :status, updated_at = :now{idle} "
-                f"REMOVE batch_id, batch_group, batch_expected_free_at{removed}"
+                # Its batch's cancel marks go with the batch.
+                f"REMOVE batch_id, batch_group, batch_expected_free_at, cancel_marks{removed}"
             ),
             ConditionExpression="batch_id = :b",
             ExpressionAttributeNames={"#s": "status"},

@@ -132,6 +132,8 @@ class Counted:
     job_id: str
     before: JobStatus
     after: JobStatus
+    # Other counters the same write moves (e.g. FLAKY: a job that passed after a failure).
+    extra: Mapping[str, int] | None = None
 
 
 class CountingTables(DynamoTables):
@@ -149,6 +151,8 @@ class CountingTables(DynamoTables):
 
     def _counter_items(self, counted: Counted, expires_at: int | None) -> list[dict[str, Any]]:
         delta = moved(counted.before, counted.after)
+        if counted.extra:
+            delta = {**delta, **counted.extra}
         if not delta:
             return []
         return [

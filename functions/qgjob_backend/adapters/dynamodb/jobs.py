@@ -29,6 +29,7 @@ from qgjob_backend.adapters.dynamodb.counters import (
     Counted,
     CountingTables,
     cancelled_items,
+    counter_attribute,
     counts_of,
     org_counter_update,
     run_counter_update,
@@ -42,7 +43,7 @@ from qgjob_backend.adapters.dynamodb.shards import (
     shard_key,
 )
 from qgjob_backend.domain.models import Job, Run
-from qgjob_backend.domain.progress import moved, nonzero, run_job_ids
+from qgjob_backend.domain.progress import FLAKY, moved, nonzero, run_job_ids
 from qgjob_backend.ports import JobOutcome, JobPage
 from qgjob_backend.schema import JobStatus, Target
 
@@ -104,6 +105,8 @@ def job_to_item(job: Job) -> Item:
         "estimate_s": job.estimate_s,
         "session_id": job.session_id,
         "artifacts": job.artifacts or None,
+        "failure_retries": job.failure_retries or None,
+        "tries": job.tries or None,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = unadmitted_shard(job.job_id)
@@ -143,6 +146,8 @@ def job_from_item(item: Item) -> Job:
         estimate_s=optional_float(item.get("estimate_s")),
         session_id=item.get("session_id"),
         artifacts=list(item.get("artifacts") or []),
+        failure_retries=int(item.get("failure_retries") or 0),
+        tries=list(item.get("tries") or []),
     )
 
 
@@ -183,6 +188,7 @@ def run_from_item(item: Item) -> Run | None:
         created_at=float(item["created_at"]),
         counts=nonzero(counts_of(item)),
         build_sha256=item.get("build_sha256"),
+        flaky=int(item.get(counter_attribute(FLAKY), 0)),
     )
 
 
@@ -471,8 +477,12 @@ class JobStore(CountingTables):
             else:
                 sets.append(f"{name} = :{name}")
                 values[name] = value
+        # Passing after a failed try: flaky, counted on the run in the same write.
+        flaky = {FLAKY: 1} if current.tries and outcome.status is JobStatus.PASSED else None
         done = self._counted_update(
-            Counted(current.run_id, current.org_id, job_id, JobStatus.RUNNING, outcome.status),
+            Counted(
+                current.run_id, current.org_id, job_id, JobStatus.RUNNING, outcome.status, flaky
+            ),
             now,
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
