@@ -8,8 +8,9 @@ wiping out whatever other requests wrote meanwhile. The stack's functions run
 concurrently (api, dispatcher and reaper, like separate Lambdas), so this module runs
 DynamoDB requests one at a time. SQS and S3 requests stay concurrent.
 
-It also patches two of moto's costs that grow with the stack's state (see
-`install_moto_patches`): a transaction's rollback snapshot and SQS's queue attributes.
+It also patches three of moto's costs that grow with the stack's state (see
+`install_moto_patches`): a transaction's rollback snapshot, SQS's queue attributes, and
+GSI queries, which moto answers by sorting and scanning the whole table.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ class _TouchedItems:
             table = self._tables.get(table_name)
             if table is None:
                 continue
+            _table_changed(table)
             items: Any = table.items
             if range_value is None:
                 if item is None:
@@ -315,6 +317,146 @@ class _LazyQueueAttributes(Mapping[str, Any]):
         return name in self._names
 
 
+# ------------------------------------------------------------------ GSI queries
+#
+# moto's Table.query on an index sorts every item of the table (all_items) and tests each
+# one, so a query costs O(n log n) in the table's size, not in what it returns: the
+# stack's plans and reaper sweeps (8 sharded queries per index) slowed down with every job
+# it ever ran. The patch hands Table.query, for an index query on one hash attribute, only
+# the items whose attribute has the queried value (the same items, in the same order):
+# moto's own code still does all the matching, filtering and paging. The buckets are built
+# in one pass per table and index and dropped at any write to the table (every write path
+# goes through Table.put_item, Table.delete_item, DynamoDBBackend.update_item or a
+# transaction's restore), so a result never differs from moto's; tests/integration/
+# test_moto_patches.py compares them after random writes.
+
+TABLE_QUERY_SHA256 = "002b4d00be6df07cf37f6cbe0132e5eb89455ae12a8e79b23db3fb492450f21e"
+TABLE_ALL_ITEMS_SHA256 = "c80d2ee3c896acd0cab6ca35aaeae3ab3fb65858933f8a3403d4e027c240f31d"
+_query_scope = threading.local()  # the items all_items returns inside a patched query
+
+
+def _table_changed(table: Table) -> None:
+    table.__dict__["_qgjob_buckets"] = {}
+
+
+def _bucket_key(value: DynamoType) -> tuple[str, str]:
+    return (str(value.type), value.value if isinstance(value.value, str) else repr(value.value))
+
+
+def _bucket(table: Table, attribute: str, value: DynamoType) -> list[Item]:
+    """The items whose ``attribute`` is ``value``, in all_items' order (primary key).
+
+    One pass over the table builds the buckets of every index hash attribute at once;
+    only the buckets are sorted, never the whole table."""
+    buckets: dict[str, dict[tuple[str, str], list[Item]]] | None = table.__dict__.get(
+        "_qgjob_buckets"
+    )
+    if not buckets:
+        attributes = {
+            k["AttributeName"]
+            for index in table.all_indexes()
+            for k in index.schema
+            if k["KeyType"] == "HASH"
+        }
+        buckets = {name: {} for name in attributes}
+        for partition in table.items.values():
+            items = partition.values() if table.range_key_attr else [partition]
+            for item in items:
+                if not isinstance(item, Item):
+                    continue
+                for name, by_value in buckets.items():
+                    found = item.attrs.get(name)
+                    if found is not None:
+                        by_value.setdefault(_bucket_key(found), []).append(item)
+        for by_value in buckets.values():
+            for members in by_value.values():
+                members.sort(key=_primary_order)
+        table.__dict__["_qgjob_buckets"] = buckets
+    return list(buckets.get(attribute, {}).get(_bucket_key(value), []))
+
+
+def _primary_order(item: Item) -> Any:
+    # all_items' sort key, as moto writes it
+    return (item.hash_key, item.range_key) if item.range_key else item.hash_key
+
+
+_ORIGINAL_ALL_ITEMS: list[Callable[[Table], list[Item]]] = []
+
+
+def _scoped_all_items(self: Table) -> list[Item]:
+    scope = getattr(_query_scope, "items", None)
+    if scope is not None and scope[0] is self:
+        return list(scope[1])
+    return _ORIGINAL_ALL_ITEMS[0](self)
+
+
+def _index_hash_attribute(table: Table, index_name: str) -> str | None:
+    for index in table.all_indexes():
+        if index.name == index_name:
+            hashes = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
+            return hashes[0] if len(hashes) == 1 else None
+    return None
+
+
+def _patched_query(query: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(query)
+
+    @functools.wraps(query)
+    def patched(self: Table, *args: Any, **kwargs: Any) -> Any:
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        index_name = arguments.get("index_name")
+        conditions = arguments.get("hash_key_conditions") or []
+        attribute = _index_hash_attribute(self, index_name) if index_name else None
+        values = [value for name, value in conditions if name == attribute]
+        if attribute is None or len(values) != 1 or getattr(_query_scope, "items", None):
+            return query(self, *args, **kwargs)
+        _query_scope.items = (self, _bucket(self, attribute, values[0]))
+        try:
+            return query(self, *args, **kwargs)
+        finally:
+            _query_scope.items = None
+
+    patched.qgjob_patched = True  # type: ignore[attr-defined]
+    return patched
+
+
+def _dropping_buckets(write: Callable[..., Any], *, by_name: bool) -> Callable[..., Any]:
+    """A write method that drops its table's query buckets first (``by_name``: a backend
+    method whose first argument is the table's name)."""
+
+    @functools.wraps(write)
+    def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+        table: Table | None = self
+        if by_name:
+            name = args[0] if args else kwargs.get("table_name")
+            table = self.tables.get(name) if isinstance(name, str) else None
+        if table is not None:
+            _table_changed(table)
+        try:
+            return write(self, *args, **kwargs)
+        finally:  # and after: an update mutates the item in place
+            if table is not None:
+                _table_changed(table)
+
+    patched.qgjob_patched = True  # type: ignore[attr-defined]
+    return patched
+
+
+def _install_query_patch() -> None:
+    query = Table.query
+    if getattr(query, "qgjob_patched", False):
+        return
+    _check_pinned(query, TABLE_QUERY_SHA256)
+    _check_pinned(Table.all_items, TABLE_ALL_ITEMS_SHA256)
+    _ORIGINAL_ALL_ITEMS.append(Table.all_items)
+    setattr(Table, "all_items", _scoped_all_items)  # noqa: B010
+    setattr(Table, "query", _patched_query(query))  # noqa: B010
+    setattr(Table, "put_item", _dropping_buckets(Table.put_item, by_name=False))  # noqa: B010
+    setattr(Table, "delete_item", _dropping_buckets(Table.delete_item, by_name=False))  # noqa: B010
+    update = DynamoDBBackend.update_item
+    setattr(DynamoDBBackend, "update_item", _dropping_buckets(update, by_name=True))  # noqa: B010
+
+
 _patch_lock = threading.Lock()
 
 
@@ -344,3 +486,4 @@ def install_moto_patches() -> None:
             lazy_attributes.qgjob_patched = True  # type: ignore[attr-defined]
             lazy_attributes.original = attributes.fget  # type: ignore[attr-defined]
             setattr(Queue, "attributes", property(lazy_attributes))  # noqa: B010
+        _install_query_patch()

@@ -7,8 +7,10 @@ never by timing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -144,8 +146,13 @@ def test_the_patches_are_installed_and_pinned_to_this_moto(endpoint: str) -> Non
     digest = moto_server._source_digest(execute.__wrapped__)  # type: ignore[attr-defined]
     assert digest == moto_server.ACTION_RESULT_EXECUTE_SHA256
     assert moto_server._source_digest(DynamoResult) == moto_server.DYNAMO_RESULT_SHA256
+    query = Table.query
+    assert getattr(query, "qgjob_patched", False)
+    digest = moto_server._source_digest(query.__wrapped__)  # type: ignore[attr-defined]
+    assert digest == moto_server.TABLE_QUERY_SHA256
     moto_server.install_moto_patches()  # a second install changes nothing
     assert DynamoDBBackend.transact_write_items is transact
+    assert Table.query is query
 
 
 def test_a_changed_moto_function_is_refused_loudly() -> None:
@@ -474,3 +481,138 @@ def test_a_large_page_is_not_walked_by_moto_s_serializer(
     assert len(db.scan(TableName=simple)["Items"]) == 200
     # moto's serializer walks one map per item (and one per attribute value).
     assert len(walked) < 10
+
+
+# ------------------------------------------------------------ GSI queries
+
+
+@pytest.fixture
+def indexed(db: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty table with a sparse GSI (hash ``shard_id``, range ``at``), per test."""
+    name = request.node.name.replace("[", "-").replace("]", "")[:200] + "-indexed"
+    db.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "shard_id", "AttributeType": "S"},
+            {"AttributeName": "at", "AttributeType": "N"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "shard-index",
+                "KeySchema": [
+                    {"AttributeName": "shard_id", "KeyType": "HASH"},
+                    {"AttributeName": "at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield name
+    db.delete_table(TableName=name)
+
+
+SHARDS = ("s0", "s1", "s2")
+
+
+def _random_write(db: Any, table: str, rng: Any) -> None:
+    """One of every way an item enters, moves within, or leaves the index."""
+    key = {"pk": {"S": f"k{rng.randrange(12)}"}}
+    shard = {"S": rng.choice(SHARDS)}
+    at = {"N": str(rng.randrange(5))}
+    kind = rng.randrange(6)
+    if kind == 0:
+        db.put_item(TableName=table, Item={**key, "shard_id": shard, "at": at})
+    elif kind == 1:
+        db.update_item(
+            TableName=table,
+            Key=key,
+            UpdateExpression="SET shard_id = :s, #at = :a",
+            ExpressionAttributeNames={"#at": "at"},
+            ExpressionAttributeValues={":s": shard, ":a": at},
+        )
+    elif kind == 2:
+        db.update_item(TableName=table, Key=key, UpdateExpression="REMOVE shard_id")
+    elif kind == 3:
+        db.delete_item(TableName=table, Key=key)
+    elif kind == 4:
+        other = {"pk": {"S": f"k{rng.randrange(12)}"}}
+        if other == key:
+            return
+        items = [
+            {"Update": {
+                "TableName": table, "Key": key, "UpdateExpression": "SET shard_id = :s",
+                "ExpressionAttributeValues": {":s": shard},
+            }},
+            {"Put": {"TableName": table, "Item": {**other, "shard_id": shard, "at": at}}},
+        ]  # fmt: skip
+        if rng.random() < 0.5:  # a failing condition: the transaction writes nothing
+            items[1]["Put"]["ConditionExpression"] = "attribute_not_exists(pk) AND pk = :no"
+            items[1]["Put"]["ExpressionAttributeValues"] = {":no": {"S": "never"}}
+        with contextlib.suppress(ClientError):
+            db.transact_write_items(TransactItems=items)
+    else:
+        db.batch_write_item(
+            RequestItems={table: [{"PutRequest": {"Item": {**key, "shard_id": shard, "at": at}}}]}
+        )
+
+
+def _expected(db: Any, table: str, shard: str) -> list[dict[str, Any]]:
+    """What the index holds for ``shard``: from a scan (never patched), in index order."""
+    items = [i for i in db.scan(TableName=table)["Items"] if i.get("shard_id") == {"S": shard}]
+    return sorted((i for i in items if "at" in i), key=lambda i: (int(i["at"]["N"]), i["pk"]["S"]))
+
+
+def test_an_index_query_answers_what_moto_s_full_scan_answers(db: Any, indexed: str) -> None:
+    rng = random.Random(7)
+    for step in range(300):
+        _random_write(db, indexed, rng)
+        for shard in SHARDS:
+            answer = db.query(
+                TableName=indexed,
+                IndexName="shard-index",
+                KeyConditionExpression="shard_id = :s",
+                ExpressionAttributeValues={":s": {"S": shard}},
+            )["Items"]
+            assert answer == _expected(db, indexed, shard), f"step {step}, {shard}"
+    ranged = db.query(
+        TableName=indexed,
+        IndexName="shard-index",
+        KeyConditionExpression="shard_id = :s AND #at < :a",
+        ExpressionAttributeNames={"#at": "at"},
+        ExpressionAttributeValues={":s": {"S": "s1"}, ":a": {"N": "3"}},
+        ScanIndexForward=False,
+        Limit=2,
+    )
+    expected = [i for i in _expected(db, indexed, "s1") if int(i["at"]["N"]) < 3][::-1][:2]
+    assert ranged["Items"] == expected
+
+
+def test_an_index_query_reads_only_its_bucket(
+    db: Any, indexed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(200):
+        db.put_item(
+            TableName=indexed,
+            Item={"pk": {"S": f"k{index}"}, "shard_id": {"S": SHARDS[index % 3]}, "at": {"N": "1"}},
+        )
+    handed: list[int] = []
+    original = moto_server._scoped_all_items
+
+    def counting(self: Table) -> list[Item]:
+        items = original(self)
+        handed.append(len(items))
+        return items
+
+    monkeypatch.setattr(Table, "all_items", counting)
+    for shard in SHARDS:
+        db.query(
+            TableName=indexed,
+            IndexName="shard-index",
+            KeyConditionExpression="shard_id = :s",
+            ExpressionAttributeValues={":s": {"S": shard}},
+        )
+    # Each query sees its shard's items (67, 67, 66), not the table's 200.
+    assert handed == [67, 67, 66]
