@@ -16,6 +16,9 @@ help: ## List the targets
 $(STAMP): requirements-dev.txt functions/requirements.txt cli/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# The CLI's distribution was called `qgjob` before it became `qgjob-cli` (that name
+	@# on PyPI is another project's): a venv made then drops the old one first.
+	$(BIN)/python -m pip uninstall -q -y qgjob 2>/dev/null || true
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e ./cli
 	touch $@
 

@@ -69,8 +69,61 @@ class CliState:
             raise ConfigError(f"--endpoint-url: {error}") from None
 
 
+def _set_endpoint(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(CliState).endpoint_url = value
+
+
+def _set_token(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(CliState).token = value
+
+
+def _set_json(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(CliState).as_json = True
+
+
+def _global_options() -> list[click.Option]:
+    """`--endpoint-url`, `--token` and `--json` as a subcommand's own options too, so
+    `qgjob submit --token T ...` works as `qgjob --token T submit ...` does (the env vars
+    are read once, by the group)."""
+    return [
+        click.Option(
+            ["--endpoint-url"],
+            metavar="URL",
+            expose_value=False,
+            callback=_set_endpoint,
+            help=f"qgjob API base URL, with the stage (…/v1) [env {ENDPOINT_ENV}].",
+        ),
+        click.Option(
+            ["--token"],
+            metavar="TOKEN",
+            expose_value=False,
+            callback=_set_token,
+            help=f"Org token (fleet token for `qgjob agent`) [env {TOKEN_ENV}].",
+        ),
+        click.Option(
+            ["--json"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_json,
+            help="Machine-readable JSON on stdout; errors on stderr.",
+        ),
+    ]
+
+
 class QgjobGroup(click.Group):
-    """Turns qgjob errors into one line on stderr and the matching exit code."""
+    """Turns qgjob errors into one line on stderr and the matching exit code; gives each
+    subcommand the global options too (nested groups, such as `qgjob app`, included)."""
+
+    group_class = type  # `@cli.group()` makes a QgjobGroup too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            taken = {opt for param in cmd.params for opt in param.opts}
+            cmd.params.extend(o for o in _global_options() if not set(o.opts) & taken)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -897,6 +950,13 @@ Examples:
 
 \b
 Placeholders: {test_path} {target} {app_version_id} {org_id} {app_path}.
+
+\b
+The simulated runner (no device) decides by the test's file name, case ignored:
+  a name containing "infra-error" ends "error" (an infrastructure error, retried
+  on another agent); one containing "fail" ends "failed"; any other "passed".
+  Each test takes 0.2-1.0 s (picked by the path's sha256) and an install 1.0 s,
+  both times --sim-scale. The same path always gets the same outcome.
 
 \b
 Stopping: SIGTERM or Ctrl-C lets the current test run to its end, reports it, hands

@@ -52,6 +52,10 @@ RETRY_AFTER_MAX_S = 30.0
 # Pages read for one run's jobs at most (a suite has at most 1,000 tests, 100 a page): a
 # server that kept answering with a cursor could not keep the client reading forever.
 MAX_RUN_PAGES = 50
+# What API Gateway itself answers for a path no route matches, e.g. an endpoint URL
+# without the stage: an HTTP API 404 {"message": "Not Found"}, a REST API 403 {"message":
+# "Missing Authentication Token"}. qgjob's own 403 and 404 messages never read so.
+GATEWAY_MISSES = {404: "Not Found", 403: "Missing Authentication Token"}
 
 
 def _segment(value: str) -> str:
@@ -148,7 +152,9 @@ class ApiClient:
                 if response.status_code < 400:
                     return self._decode(response)
                 failure = error_for_status(
-                    response.status_code, self._error_message(response), self._safe_json(response)
+                    response.status_code,
+                    self._stage_hint(response.status_code, self._error_message(response)),
+                    self._safe_json(response),
                 )
                 retry_after = self._retry_after(response)
             if not isinstance(failure, Unreachable | ServerError) or attempt > self._retries:
@@ -176,6 +182,16 @@ class ApiClient:
                 "object (is --endpoint-url the qgjob API?)",
             )
         return body
+
+    def _stage_hint(self, status: int, message: str) -> str:
+        """API Gateway's own miss, with what usually causes it: no stage in the URL."""
+        if GATEWAY_MISSES.get(status) != message:
+            return message
+        return (
+            f"{message}: no qgjob route at {self.endpoint_url}; the stage is probably "
+            f"missing from --endpoint-url (the API is under its stage, e.g. "
+            f"{self.endpoint_url}/v1)"
+        )
 
     def _error_message(self, response: requests.Response) -> str:
         body = self._safe_json(response)

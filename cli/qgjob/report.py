@@ -161,7 +161,7 @@ def html_report(
     for job in jobs:
         job_id = str(job.get("job_id"))
         status = str(job.get("status"))
-        attempts = 1 + len(job.get("tries") or []) + int(job.get("attempts") or 0)
+        attempts = int(job.get("attempts") or 0)  # runs started, re-runs included
         link = links.get(job_id)
         link_cell = f'<a href="{_e(link)}">artifacts</a>' if link else ""
         reason = "" if status == "passed" else str(job.get("message") or "")

@@ -341,7 +341,8 @@ def test_refused_credentials_end_the_jobs_as_error_without_a_retry(
     assert waited.exit_code != 0, waited.describe()
 
     jobs = stack.run_view(run_id, ORG)["jobs"]
-    assert [(j["status"], j["attempts"]) for j in jobs] == [("error", 0)] * len(TESTS), jobs
+    # One attempt each (started, then the install's error), none re-run.
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("error", 1)] * len(TESTS), jobs
     token = stack.token(ORG)
     for job in jobs:
         result = stack.api("GET", f"/jobs/{job['job_id']}/result", token).json()

@@ -105,6 +105,18 @@ class Job:
         return self.status is JobStatus.PASSED and bool(self.tries)
 
     @property
+    def runs(self) -> int:
+        """How many times the test was started: 1 for a job that ran once, 0 for one that
+        never started. ``attempts`` counts only the infrastructure attempts spent (each
+        lost or errored run sent back to the queue), ``tries`` the failed runs re-run;
+        the current run counts once it started, unless it is the errored last attempt
+        that ``attempts`` already counted (a lost agent's job out of attempts)."""
+        current = self.started_at is not None and not (
+            self.status is JobStatus.ERROR and self.attempts >= self.max_attempts
+        )
+        return self.attempts + len(self.tries) + (1 if current else 0)
+
+    @property
     def group_key(self) -> str:
         return group_key_for(self.org_id, self.app_version_id, self.target)
 

@@ -119,13 +119,16 @@ def _created(result: SubmitResult, single: bool) -> Response[SubmitResponse]:
 _ERRORS: dict[int, str] = {
     400: "Malformed request (body, or cursor): the message says what to fix.",
     401: "No token, or not a valid one.",
-    403: "Not an org token.",
+    403: "A token of the wrong kind for this route (org, fleet, agent), or another agent's.",
     404: "Not found (another org's runs and jobs are not found either).",
     409: "Conflicts with the current state: the message says why.",
     413: f"Body larger than {MAX_BODY_BYTES} bytes.",
     503: "Temporarily unavailable: retry shortly.",
 }
 _ORG_ROUTE_ERRORS = (400, 401, 403, 404, 413, 503)
+# Agent routes: also 409 (a lease taken away, a batch not the agent's current one).
+_AGENT_ROUTE_ERRORS = (400, 401, 403, 404, 409, 413, 503)
+_VALIDATION_ERROR = "A field is invalid: `errors` names each field and what is wrong with it."
 
 
 def _responses(*errors: int, ok: dict[int, str] | None = None) -> dict[int, OpenAPIResponse]:
@@ -394,6 +397,7 @@ def _agent_view(
 @app.post(
     "/agents/register",
     summary="Register (or re-register) a device agent; the answer carries its credential",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
 )
 def register_agent(request: RegisterAgentRequest) -> AgentView:
     installed = (
@@ -407,13 +411,21 @@ def register_agent(request: RegisterAgentRequest) -> AgentView:
     return _agent_view(registration.agent, credential=registration.credential)
 
 
-@app.post("/agents/<agent_id>/heartbeat", summary="Keep the agent's lease")
+@app.post(
+    "/agents/<agent_id>/heartbeat",
+    summary="Keep the agent's lease",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def heartbeat(agent_id: str) -> AgentView:
     beat = services().agents.heartbeat(_credential(agent_id))
     return _agent_view(beat.agent, beat.lease_expires_at)
 
 
-@app.post("/agents/<agent_id>/lease", summary="The agent's batch: current one, or a new one")
+@app.post(
+    "/agents/<agent_id>/lease",
+    summary="The agent's batch: current one, or a new one",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def lease(agent_id: str) -> LeaseResponse:
     leased = services().agents.lease(_credential(agent_id))
     if leased is None:
@@ -435,18 +447,30 @@ def lease(agent_id: str) -> LeaseResponse:
     )
 
 
-@app.post("/agents/<agent_id>/batches/<batch_id>/installed", summary="App installed")
+@app.post(
+    "/agents/<agent_id>/batches/<batch_id>/installed",
+    summary="App installed",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def installed(agent_id: str, batch_id: str) -> RequeueView:
     services().agents.record_install(_credential(agent_id), batch_id)
     return RequeueView(requeued=0)
 
 
-@app.post("/agents/<agent_id>/jobs/<job_id>/start", summary="A test starts")
+@app.post(
+    "/agents/<agent_id>/jobs/<job_id>/start",
+    summary="A test starts",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def start_job(agent_id: str, job_id: str, request: BatchRef) -> JobView:
     return JobView.of(services().agents.start(_credential(agent_id), job_id, request.batch_id))
 
 
-@app.post("/agents/<agent_id>/jobs/<job_id>/result", summary="A test's result")
+@app.post(
+    "/agents/<agent_id>/jobs/<job_id>/result",
+    summary="A test's result",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView:
     job = services().agents.report(
         _credential(agent_id),
@@ -466,6 +490,7 @@ def report_result(agent_id: str, job_id: str, request: ReportRequest) -> JobView
 @app.post(
     "/agents/<agent_id>/batches/<batch_id>/progress",
     summary="Install, results, next start, completion of a batch: one call for several",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
 )
 def batch_progress(agent_id: str, batch_id: str, request: ProgressRequest) -> ProgressResponse:
     done = services().agents.progress(
@@ -504,12 +529,20 @@ def _progress_item(step: Step) -> ProgressItem:
     )
 
 
-@app.post("/agents/<agent_id>/batches/<batch_id>/complete", summary="Batch done; frees the agent")
+@app.post(
+    "/agents/<agent_id>/batches/<batch_id>/complete",
+    summary="Batch done; frees the agent",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def complete_batch(agent_id: str, batch_id: str) -> RequeueView:
     return RequeueView(requeued=services().agents.complete(_credential(agent_id), batch_id))
 
 
-@app.post("/agents/<agent_id>/deregister", summary="Agent going away; its batch is released")
+@app.post(
+    "/agents/<agent_id>/deregister",
+    summary="Agent going away; its batch is released",
+    responses=_responses(*_AGENT_ROUTE_ERRORS),
+)
 def deregister(agent_id: str) -> RequeueView:
     return RequeueView(requeued=services().agents.deregister(_credential(agent_id)))
 
@@ -668,8 +701,31 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return app.resolve(_as_json(event), context)
 
 
+def openapi_document() -> str:
+    """The OpenAPI document as the API really answers (what `make openapi` commits).
+
+    Powertools documents every 422 with its own error shape and cannot clear security on
+    one route; the API answers 422 with an ErrorView and /health needs no token.
+    """
+    document: dict[str, Any] = json.loads(app.get_openapi_json_schema())
+    error_ref = {"$ref": "#/components/schemas/ErrorView"}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if "422" in operation["responses"]:
+                operation["responses"]["422"] = {
+                    "description": _VALIDATION_ERROR,
+                    "content": {"application/json": {"schema": error_ref}},
+                }
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+    schemas = document["components"]["schemas"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return json.dumps(document, indent=2)
+
+
 if __name__ == "__main__":
     if "--openapi" in sys.argv:
-        print(app.get_openapi_json_schema())
+        print(openapi_document())
     else:
         print("usage: python -m qgjob_backend.handlers.api --openapi", file=sys.stderr)

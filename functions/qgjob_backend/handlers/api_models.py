@@ -57,7 +57,13 @@ class JobView(BaseModel):
     test_path: str
     priority: int
     status: JobStatus
-    attempts: int
+    attempts: int = Field(
+        description=(
+            "How many times the test was started, this run included: 1 for a job that ran "
+            "once, 0 for one not started yet (re-runs after a failure or an infrastructure "
+            "error count too)."
+        )
+    )
     agent_id: str | None
     batch_id: str | None
     created_at: float
@@ -83,7 +89,7 @@ class JobView(BaseModel):
             test_path=job.test_path,
             priority=job.priority,
             status=job.status,
-            attempts=job.attempts,
+            attempts=job.runs,
             agent_id=job.agent_id,
             batch_id=job.batch_id,
             created_at=job.created_at,

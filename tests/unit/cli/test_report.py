@@ -45,7 +45,7 @@ def sample_run() -> dict[str, Any]:
             "target": "emulator",
             "test_path": test,
             "status": status,
-            "attempts": 1 if status == "error" else 0,
+            "attempts": 2 if status == "error" else 1,  # runs started (the API's count)
             "agent_id": agent,
             "batch_id": batch,
             "started_at": T0 + start,
@@ -61,6 +61,7 @@ def sample_run() -> dict[str, Any]:
         jobs.append(job)
     flaky = jobs[9]
     flaky["flaky"] = True
+    flaky["attempts"] = 2  # failed once, then passed
     flaky["tries"] = [
         {
             "attempt": 1,
