@@ -26,7 +26,6 @@ server does not requeue them either (another attempt would be refused the same w
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
 import re
@@ -40,6 +39,7 @@ from urllib.parse import quote
 
 import requests
 
+from qgjob.retry_after import parse_retry_after
 from qgjob.runners.base import InstallError, RunOutcome, UnsafeArgument, check_runnable_path
 from qgjob.runners.command import DEFAULT_COMMAND, CommandRunner, check_not_option
 
@@ -91,18 +91,6 @@ def custom_id_for(org_id: str, app_version_id: str, sha256: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:12]
         name = f"{name[: MAX_CUSTOM_ID - 34]}-{digest}"
     return f"qgjob-{name}-{sha256[:12]}"
-
-
-def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now())
-    except (TypeError, ValueError):
-        return None
 
 
 def file_sha256(path: Path) -> str:

@@ -7,7 +7,6 @@ or a result. One call is one GET; retrying is the service's policy.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from urllib.parse import quote
 import requests
 
 from qgjob_backend.ports import FetchedSession, MissingCredentials, ResultsApiUnreachable
+from qgjob_backend.retry_after import parse_retry_after
 
 DEFAULT_API_URL = "https://api-cloud.browserstack.com"
 CONNECT_TIMEOUT_S = 3.0
@@ -85,20 +85,6 @@ class BrowserStackResultsApi:
         except (requests.ConnectionError, requests.Timeout) as error:
             # The exception text names the host, never the credentials (they are a header).
             raise ResultsApiUnreachable(f"{type(error).__name__} for {url}") from None
-
-
-def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now())
 
 
 def _int(value: str | None) -> int | None:

@@ -1,0 +1,1 @@
+../../functions/qgjob_backend/retry_after.py
