@@ -127,7 +127,10 @@ class BatchRef(BaseModel):
     batch_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
 
 
-class ReportRequest(BatchRef):
+class ReportedOutcome(BaseModel):
+    """A test's result as an agent reports it (alone, or as one of a progress call's)."""
+
+    model_config = ConfigDict(extra="forbid")
     status: ReportStatus = Field(
         description="The test's outcome; error means infrastructure, not the test."
     )
@@ -142,31 +145,20 @@ class ReportRequest(BatchRef):
     @classmethod
     def _only_errors_are_final(cls, retryable: bool, info: ValidationInfo) -> bool:
         return _checked_retryable(info.data.get("status"), retryable)
+
+
+class ReportRequest(ReportedOutcome):
+    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
 
 
 MAX_PROGRESS_RESULTS = 10  # results in one progress call (10 x 64 KB of output < 1 MB)
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
 
 
-class ProgressResult(BaseModel):
+class ProgressResult(ReportedOutcome):
     """One test's result in a progress call (a ReportRequest of the batch in the path)."""
 
-    model_config = ConfigDict(extra="forbid")
     job_id: JobId
-    status: ReportStatus = Field(
-        description="The test's outcome; error means infrastructure, not the test."
-    )
-    duration_s: float = Field(ge=0, le=MAX_REPORTED_DURATION_S)
-    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | None = None
-    output: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)] | None = None
-    session_id: SessionId | None = Field(default=None, description=SESSION_ID_DESCRIPTION)
-    artifacts: Artifacts = Field(default_factory=list, description=ARTIFACTS_DESCRIPTION)
-    retryable: bool = Field(default=True, description=RETRYABLE_DESCRIPTION)
-
-    @field_validator("retryable")
-    @classmethod
-    def _only_errors_are_final(cls, retryable: bool, info: ValidationInfo) -> bool:
-        return _checked_retryable(info.data.get("status"), retryable)
 
 
 class ProgressRequest(BaseModel):
