@@ -83,6 +83,8 @@ def test_a_test_that_fails_once_is_flaky(
     for job in run["jobs"]:
         assert job["flaky"] is True
         assert [t["status"] for t in job["tries"]] == ["failed"]
+        # Two agents serve the target: the re-run went to the one it did not fail on.
+        assert job["tries"][0]["agent_id"] != job["agent_id"], job
     cases = ET.parse(junit).getroot().findall("testsuite/testcase")  # noqa: S314 - ours
     assert len(cases) == 2
     for case in cases:

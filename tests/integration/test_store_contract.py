@@ -398,6 +398,8 @@ def test_a_failed_test_is_put_back_with_its_try_and_a_later_pass_counts_flaky(
     expected = {k: v for k, v in tried.items() if v is not None}
     assert stored.tries == [expected]
     assert back.tries == [expected]
+    # The planner prefers another agent for it (domain.planner.BacklogJob.avoid_agent_id).
+    assert stored.last_agent_id == back.last_agent_id == "a-1"
     assert backlog_ids(store) == ["j1"]
     assert store.overdue_job_ids(T0 + 10_000) == []
     assert get_run(store).counts == {"queued": 1}
@@ -625,6 +627,7 @@ def test_requeue_returns_a_job_to_the_backlog_once(store: StateStore) -> None:
     assert requeued is not None
     assert (requeued.status, requeued.attempts, requeued.message) == (JobStatus.QUEUED, 1, "lost")
     assert (requeued.batch_id, requeued.agent_id, requeued.started_at) == (None, None, None)
+    assert requeued.last_agent_id == "a-1"
     assert backlog_ids(store) == ["j1"]
     assert store.requeue_job(running, "b1", T0 + 2, count_attempt=True, reason="again") is None
     assert get_job(store, "j1") == requeued

@@ -50,6 +50,7 @@ from qgjob_backend.ports import (
     JobOutcome,
     JobPage,
     OrgMetrics,
+    TokenPage,
     TokenRecord,
 )
 from qgjob_backend.schema import JobStatus, Target
@@ -381,6 +382,7 @@ class MemoryStateStore:
         stored.message = reason
         stored.tries = [*stored.tries, {k: v for k, v in tried.items() if v is not None}]
         stored.retry_of_batch = batch_id
+        stored.last_agent_id = agent_id
         stored.batch_id = None
         stored.agent_id = None
         stored.started_at = None
@@ -417,6 +419,7 @@ class MemoryStateStore:
         else:
             self._move(stored, JobStatus.QUEUED)
             stored.status = JobStatus.QUEUED
+            stored.last_agent_id = stored.agent_id or stored.last_agent_id
             stored.batch_id = None
             stored.agent_id = None
             stored.started_at = None
@@ -808,6 +811,22 @@ class MemoryTokenStore:
     def get(self, token_hash: str) -> TokenRecord | None:
         self.gets += 1
         return self.records.get(token_hash)
+
+    def revoke(
+        self, token_hash: str, now: float, replaced_by: str | None = None
+    ) -> TokenRecord | None:
+        record = self.records.get(token_hash)
+        if record is None or record.revoked_at is not None:
+            return None
+        self.records[token_hash] = replace(record, revoked_at=now, replaced_by=replaced_by)
+        return self.records[token_hash]
+
+    def list_page(self, after: str | None, limit: int) -> TokenPage:
+        hashes = sorted(h for h in self.records if after is None or h > after)
+        page = hashes[:limit]
+        return TokenPage(
+            [self.records[h] for h in page], page[-1] if len(hashes) > limit else None
+        )
 
 
 # ------------------------------------------------------------------------ wiring

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -214,6 +215,52 @@ def test_an_idle_agent_holding_a_group_keeps_working_on_it() -> None:
     batches = plan(backlog, [agent("a1", installed=AppRef("acme", "v2"))])
 
     assert [(b.app_version_id, b.install_required) for b in batches] == [("v2", False)]
+
+
+def retried(job: BacklogJob, on: str, at: float = NOW - 5.0) -> BacklogJob:
+    """``job`` put back in the queue after it failed on agent ``on`` at ``at``."""
+    return replace(job, avoid_agent_id=on, retried_at=at)
+
+
+def test_a_retried_job_goes_to_another_idle_agent_than_the_one_it_failed_on() -> None:
+    # a1 holds the app and would take the whole group; the retried test still goes to a2.
+    first, *rest = jobs("acme", "v1", 3)
+    backlog = [retried(first, "a1"), *rest]
+    warm = AppRef("acme", "v1")
+
+    batches = by_agent(plan(backlog, [agent("a1", installed=warm), agent("a2")]))
+
+    assert first.job_id not in batches["a1"].job_ids
+    assert batches["a2"].job_ids == (first.job_id,)
+    assert batches["a2"].install_required is True
+
+
+def test_a_retried_job_alone_waits_for_another_agent_due_soon() -> None:
+    job = retried(jobs("acme", "v1", 1)[0], "a1")
+    soon = [busy("a2", "globex/v9/emulator", free_in=30.0)]
+    late = [busy("a2", "globex/v9/emulator", free_in=POLICY.retry_elsewhere_within_s + 60)]
+
+    assert plan([job], [agent("a1")], running=soon) == []
+    # No other agent soon: it runs again where it failed rather than wait.
+    assert [b.job_ids for b in plan([job], [agent("a1")], running=late)] == [(job.job_id,)]
+    assert [b.job_ids for b in plan([job], [agent("a1")])] == [(job.job_id,)]
+
+
+def test_a_retried_job_stops_waiting_for_another_agent_after_the_window() -> None:
+    waited = retried(jobs("acme", "v1", 1)[0], "a1", at=NOW - POLICY.retry_elsewhere_within_s - 1)
+    soon = [busy("a2", "globex/v9/emulator", free_in=30.0)]
+
+    assert [b.agent_id for b in plan([waited], [agent("a1")], running=soon)] == ["a1"]
+
+
+def test_an_idle_agent_left_without_work_takes_a_retry_another_agent_left() -> None:
+    # a2 holds another app the layout would not spend an install on; the retry is for it.
+    job = retried(jobs("acme", "v1", 1)[0], "a1")
+    agents = [agent("a1", installed=AppRef("acme", "v1")), agent("a2")]
+
+    (batch,) = plan([job], agents)
+
+    assert batch.agent_id == "a2"
 
 
 def test_same_app_version_of_another_org_is_not_warm() -> None:

@@ -98,6 +98,9 @@ class Job:
     # agent_id, batch_id, status, duration_s, message, output, finished_at).
     failure_retries: int = 0
     tries: list[dict[str, Any]] = field(default_factory=list)
+    # The agent this job last ran on before it was put back in the queue (a failed try,
+    # an infrastructure error, a lapsed lease): the planner prefers another one for it.
+    last_agent_id: str | None = None
 
     @property
     def flaky(self) -> bool:
@@ -161,6 +164,9 @@ class Agent:
     # Jobs cancelled while in one of its batches, as cancel_mark(batch, job): its next
     # heartbeat (or progress answer) tells it to stop them. Cleared when it is released.
     cancel_marks: frozenset[str] = frozenset()
+    # Set by an operator (infra.admin agents drain): the agent finishes the batch it holds
+    # and is given no other, across restarts, until it is undrained.
+    drained_at: float | None = None
 
     @property
     def cancelled_job_ids(self) -> list[str]:

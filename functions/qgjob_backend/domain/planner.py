@@ -34,7 +34,11 @@ planner keeps no state between calls):
    shorter than estimated, and the rest stays in the backlog for whichever of the
    group's agents is free first.
 
-Inside a group, jobs run most urgent first, then oldest, then longest first.
+Inside a group, jobs run most urgent first, then oldest, then longest first. A job put
+back after it failed or was lost on an agent (``BacklogJob.avoid_agent_id``) is left by
+that agent to another one of the pool that is idle or free soon (``retry_elsewhere_within_s``;
+for no longer than that after it was put back), and an idle agent the layout gave nothing
+takes such a job.
 """
 
 from __future__ import annotations
@@ -68,6 +72,10 @@ class BacklogJob:
     # What history says this test takes on this target (None: no history yet).
     estimate_s: float | None = None
     test_path: str = ""
+    # The agent it failed (or was lost) on: another agent of the pool takes it when one is
+    # idle or due to be free within PlanningPolicy.retry_elsewhere_within_s.
+    avoid_agent_id: str | None = None
+    retried_at: float = 0.0  # when it was put back in the queue (with avoid_agent_id)
 
     @property
     def app(self) -> AppRef:
@@ -117,6 +125,8 @@ class PlanningPolicy:
     extra_install_gain: float = 0.05
     min_split_gain_s: float = 300.0
     fair_share: bool = True
+    # How long a retried job may wait for an agent other than the one it failed on.
+    retry_elsewhere_within_s: float = 120.0
 
 
 def plan_batches(
@@ -188,23 +198,38 @@ class _Group:
         self.order = (-(self.work_s + waited_s), oldest, self.key)
         self.next_index = 0
 
-    def take(self, seconds: float, max_jobs: int) -> tuple[tuple[str, ...], float]:
-        """The next jobs worth about ``seconds`` (at least one), and their estimated sum."""
-        taken: list[str] = []
+    def take(
+        self, seconds: float, max_jobs: int, skip: Callable[[BacklogJob], bool] | None = None
+    ) -> tuple[tuple[str, ...], float]:
+        """The next jobs worth about ``seconds`` (at least one unless ``skip`` leaves none),
+        and their estimated sum. Skipped jobs keep their place for the next taker."""
+        taken: list[BacklogJob] = []
+        skipped: list[BacklogJob] = []
         total = 0.0
-        while self.next_index < len(self.jobs) and len(taken) < max_jobs:
-            job_id = self.jobs[self.next_index].job_id
-            estimate = self.estimates[job_id]
+        index = self.next_index
+        while index < len(self.jobs) and len(taken) < max_jobs:
+            job = self.jobs[index]
+            estimate = self.estimates[job.job_id]
             if taken and total + estimate / 2 > seconds:
                 break
-            taken.append(job_id)
+            index += 1
+            if skip is not None and skip(job):
+                skipped.append(job)
+                continue
+            taken.append(job)
             total += estimate
-            self.next_index += 1
-        return tuple(taken), total
+        self.jobs[self.next_index : index] = taken + skipped
+        self.next_index += len(taken)
+        return tuple(j.job_id for j in taken), total
 
     @property
     def remaining_s(self) -> float:
         return sum(self.estimates[j.job_id] for j in self.jobs[self.next_index :])
+
+
+def _not_left_for(agent_id: str, job: BacklogJob) -> bool:
+    """True unless another agent left ``job`` (a retry) for agents like ``agent_id``."""
+    return job.avoid_agent_id in (None, agent_id)
 
 
 def _estimate(job: BacklogJob, unknown_s: float) -> float:
@@ -628,6 +653,20 @@ class _Pool:
             for c in sorted(classes)
         ]
 
+    def _retry_elsewhere(self, agent_id: str) -> Callable[[BacklogJob], bool] | None:
+        """Which jobs ``agent_id`` leaves to another agent: those that last ran on it,
+        when another agent of the pool is idle or due to be free soon enough."""
+        within = self.policy.retry_elsewhere_within_s
+        soon = self.clock + within
+        others = any(a.agent_id != agent_id for a in self.idle) or any(
+            b.agent_id != agent_id and b.expected_free_at <= soon for b in self.busy
+        )
+        if not others:
+            return None
+        # Only for so long after it was put back: a busy pool must not keep it waiting.
+        since = self.clock - within
+        return lambda job: job.avoid_agent_id == agent_id and job.retried_at >= since
+
     def _batches(self, layout: _Layout) -> list[PlannedBatch]:
         planned: list[PlannedBatch] = []
         policy = self.policy
@@ -651,18 +690,53 @@ class _Pool:
             if segment.agents > 1:
                 fair_part /= 2
             seconds = min(policy.max_batch_seconds, segment.share_s, fair_part)
-            job_ids, estimated = group.take(seconds, max(1, policy.max_batch_jobs))
-            first = group.first
-            planned.append(
-                PlannedBatch(
-                    agent_id=agent.agent_id,
-                    group_key=group.key,
-                    org_id=first.org_id,
-                    app_version_id=first.app_version_id,
-                    target=first.target,
-                    job_ids=job_ids,
-                    install_required=segment.install,
-                    expected_s=estimated + (self.install_s if segment.install else 0.0),
-                )
+            job_ids, estimated = group.take(
+                seconds, max(1, policy.max_batch_jobs), self._retry_elsewhere(agent.agent_id)
             )
-        return planned
+            if not job_ids:
+                continue
+            planned.append(self._batch(agent, group, job_ids, estimated, segment.install))
+        return planned + self._retries_elsewhere(planned)
+
+    def _batch(
+        self,
+        agent: IdleAgent,
+        group: _Group,
+        job_ids: tuple[str, ...],
+        estimated: float,
+        install: bool,
+    ) -> PlannedBatch:
+        first = group.first
+        return PlannedBatch(
+            agent_id=agent.agent_id,
+            group_key=group.key,
+            org_id=first.org_id,
+            app_version_id=first.app_version_id,
+            target=first.target,
+            job_ids=job_ids,
+            install_required=install,
+            expected_s=estimated + (self.install_s if install else 0.0),
+        )
+
+    def _retries_elsewhere(self, planned: list[PlannedBatch]) -> list[PlannedBatch]:
+        """Idle agents the layout left without work take the retried jobs that another
+        agent of the pool left for them (an install when they do not hold the app)."""
+        busy = {p.agent_id for p in planned}
+        extra: list[PlannedBatch] = []
+        for agent in self.idle:
+            if agent.agent_id in busy:
+                continue
+            held = agent.installed and group_key_for(
+                agent.installed.org_id, agent.installed.app_version_id, agent.target
+            )
+            not_left_for_it = functools.partial(_not_left_for, agent.agent_id)
+            for group in self.groups:
+                job_ids, estimated = group.take(
+                    self.policy.max_batch_seconds,
+                    max(1, self.policy.max_batch_jobs),
+                    not_left_for_it,
+                )
+                if job_ids:
+                    extra.append(self._batch(agent, group, job_ids, estimated, held != group.key))
+                    break
+        return extra

@@ -35,6 +35,8 @@ def backlog_view(job: Job) -> BacklogJob:
         position=job.position,
         estimate_s=job.estimate_s,
         test_path=job.test_path,
+        avoid_agent_id=job.last_agent_id,
+        retried_at=job.updated_at if job.last_agent_id else 0.0,
     )
 
 
@@ -155,6 +157,8 @@ class DispatchService:
             if not backlog:
                 continue
             for agent in self._store.list_agents(target):
+                if agent.drained_at is not None:
+                    continue  # drained: no new batch, nor work held back for it when busy
                 lab = agent.lab_org_id
                 if agent.status is AgentStatus.IDLE and agent.batch_id is None:
                     if agent.last_seen < fresh_after:

@@ -107,6 +107,7 @@ def job_to_item(job: Job) -> Item:
         "artifacts": job.artifacts or None,
         "failure_retries": job.failure_retries or None,
         "tries": job.tries or None,
+        "last_agent_id": job.last_agent_id,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = unadmitted_shard(job.job_id)
@@ -148,6 +149,7 @@ def job_from_item(item: Item) -> Job:
         artifacts=list(item.get("artifacts") or []),
         failure_retries=int(item.get("failure_retries") or 0),
         tries=list(item.get("tries") or []),
+        last_agent_id=item.get("last_agent_id"),
     )
 
 
@@ -565,6 +567,10 @@ class JobStore(CountingTables):
                 extra = expression_values(retry_of=retry_of_batch)
             else:
                 marker, removed, extra = "", ", retry_of_batch", {}
+            last_agent = job.agent_id or agent_id
+            if last_agent:
+                marker += "last_agent_id = :last_agent, "
+                extra.update(expression_values(last_agent=last_agent))
             back = self._counted_update(
                 Counted(job.run_id, job.org_id, job.job_id, JobStatus.RUNNING, JobStatus.QUEUED),
                 now,
@@ -597,4 +603,5 @@ class JobStore(CountingTables):
                 batch_id=None,
                 agent_id=None,
                 started_at=None,
+                last_agent_id=last_agent or job.last_agent_id,
             )
