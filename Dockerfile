@@ -28,7 +28,7 @@ USER 10001:10001
 # Dependencies first, in their own layer: editing the code does not reinstall them.
 # (make venv installs requirements-dev.txt and the CLI, editable, into .venv.)
 COPY --chown=10001:10001 Makefile requirements-dev.txt ./
-COPY --chown=10001:10001 functions/requirements.txt functions/requirements.txt
+COPY --chown=10001:10001 functions/requirements.txt functions/requirements.lock functions/
 COPY --chown=10001:10001 cli/ cli/
 RUN make venv
 

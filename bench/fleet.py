@@ -82,6 +82,8 @@ class FleetOptions:
     kills: int = 4
     seed: int = 1
     suite_size: int = 20
+    catalogue_size: int = 0  # tests per org that suites are drawn from (0: the suite size)
+    fresh_tests: bool = False  # every suite's tests new (no duration history)
     targets: tuple[str, ...] = TARGETS
     orgs: tuple[str, ...] = ("acme", "globex")
     app_versions: int = 3
@@ -160,6 +162,18 @@ def parse_args(argv: Sequence[str] | None = None) -> FleetOptions:
         "--clients", type=int, default=defaults.clients, help="concurrent submitting clients"
     )
     work.add_argument("--suite-size", type=int, default=defaults.suite_size, help="tests per run")
+    work.add_argument(
+        "--catalogue-size",
+        type=int,
+        default=defaults.catalogue_size,
+        help="tests per org that each suite draws from, as CI re-runs the same tests "
+        "(default: the suite size: every run of an org submits its whole suite)",
+    )
+    work.add_argument(
+        "--fresh-tests",
+        action="store_true",
+        help="every suite's tests are new: no duration history (the planner's worst case)",
+    )
     work.add_argument(
         "--targets",
         type=_csv,
@@ -311,11 +325,18 @@ def plan_runs(options: FleetOptions) -> list[RunSpec]:
         size = min(options.suite_size, remaining)
         org = options.orgs[index % len(options.orgs)]
         version = f"v{options.seed}.{rng.randrange(options.app_versions)}"
+        # CI re-runs the same tests commit after commit: a suite is drawn from its org's
+        # catalogue, so the backend knows most tests' durations (--fresh-tests: none).
+        if options.fresh_tests:
+            cases = [f"run-{index}/case-{k}" for k in range(size)]
+        else:
+            catalogue = max(size, options.catalogue_size or options.suite_size)
+            cases = [f"{org}/case-{k}" for k in sorted(rng.sample(range(catalogue), size))]
         tests = tuple(
-            f"tests/fleet/run-{index}/case-{k}"
+            f"tests/fleet/{case}"
             + ("-fail" if rng.random() < options.fail_rate else "")
             + ".spec.js"
-            for k in range(size)
+            for case in cases
         )
         runs.append(
             RunSpec(

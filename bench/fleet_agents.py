@@ -34,6 +34,7 @@ from typing import Any
 import requests
 
 from qgjob.agent import Agent, Journal
+from qgjob.agent_protocol import DEFAULT_REPORT_EVERY_S
 from qgjob.client import ApiClient
 from qgjob.runners.simulated import SimulatedRunner
 
@@ -136,6 +137,7 @@ class AgentHost:
                 journal=shared_journal,
                 poll_seconds=poll_seconds,
                 log=self._log,
+                report_every_s=DEFAULT_REPORT_EVERY_S,  # as `qgjob agent` does
             )
             self.agents.append(agent)
         self._threads = [

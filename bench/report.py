@@ -1,6 +1,7 @@
 """Runs the standard suite and writes the results into bench/README.md.
 
     python -m bench.report [--dry-run] [--check] [--seeds 100,101] [--workers N]
+    nice python -m bench.report --seeds 20 [--json PATH] [--kinds K,..] [--dry-run] [--check]
 
 Writes, from one run of every policy on every trace of ``bench.generate.SUITE``:
 the tables between the ``results`` markers of ``bench/README.md``, the timeline plot
@@ -12,6 +13,11 @@ either way). ``--seeds 100,101`` also runs every suite scenario with those other
 reports the same targets for them, so a planner change tuned to the suite's seeds shows;
 those verdicts are reported, never part of ``--check``. Traces run in parallel
 (``--workers``, default: one per CPU).
+
+``--seeds N`` (a single number) is the held-out evaluation instead
+(``bench/heldout_report.py``): every ``bench.heldout`` kind on N seeds no test or tuning
+uses; it prints its table and verdicts, writes them between the ``heldout`` markers of
+``bench/README.md`` (not with ``--dry-run``) and, with ``--json PATH``, every number.
 """
 
 from __future__ import annotations
@@ -283,14 +289,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=_seeds,
         default=[],
-        help="also run the suite's scenarios with these seeds (comma-separated), e.g. 100,101",
+        help="N (one number): the held-out evaluation, N seeds of every bench.heldout kind "
+        "(see bench/heldout_report.py); a comma-separated list (100,101): also run the "
+        "suite's scenarios with those seeds",
     )
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="traces run in parallel"
+        "--workers",
+        type=int,
+        default=None,
+        help="traces run in parallel (default: one per CPU; held-out: at most 2)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="held-out: write JSON here")
+    parser.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=None,
+        help="held-out: comma-separated kinds (default: the five bench.heldout kinds); "
+        "suite:NAME adds a bench.generate scenario on held-out seeds, all = every one",
+    )
+    parser.add_argument(
+        "--seed-base",
+        type=int,
+        default=None,
+        help="held-out: first seed (default HELDOUT_SEED_BASE, 900000)",
     )
     args = parser.parse_args(argv)
+    if isinstance(args.seeds, int):
+        return _heldout(args)
+    args.workers = args.workers or os.cpu_count() or 1
     # One pool for the suite and the other seeds: both keep every worker busy.
     every_row = run_entries([*SUITE, *reseeded(args.seeds)], args.workers)
     rows, others = every_row[: len(SUITE)], every_row[len(SUITE) :]
@@ -320,11 +348,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if args.check and missed else 0
 
 
-def _seed_list(text: str) -> list[int]:
+def _seeds(text: str) -> int | list[int]:
+    """``N`` (no comma): a count of held-out seeds; ``a,b,...``: a list of suite seeds."""
+    if "," not in text:
+        try:
+            count = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seeds: {text!r}") from None
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"the number of seeds must be >= 1, not {count}")
+        return count
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of seeds: {text!r}") from None
+
+
+def _kinds(text: str) -> list[str]:
+    from bench.heldout_report import expand_kinds
+
+    try:
+        kinds = expand_kinds(k.strip() for k in text.split(",") if k.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not kinds:
+        raise argparse.ArgumentTypeError("no held-out kinds given")
+    return kinds
+
+
+def _heldout(args: argparse.Namespace) -> int:
+    """``--seeds N``: the held-out evaluation (bench/heldout_report.py): prints the table,
+    writes the held-out section of bench/README.md (unless --dry-run) and --json."""
+    import time
+
+    from bench import heldout_report as ho
+
+    kinds = args.kinds or list(ho.DEFAULT_KINDS)
+    seeds = ho.heldout_seeds(
+        args.seeds, ho.HELDOUT_SEED_BASE if args.seed_base is None else args.seed_base
+    )
+    workers = args.workers or min(2, os.cpu_count() or 1)
+    ho.provenance()  # the planner as imported now, before it can change under the run
+    started = time.monotonic()
+    results = ho.run_cases(ho.cases(kinds, seeds), workers)
+    section, checks = ho.render(results, seeds, kinds, time.monotonic() - started)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(ho.to_json(results, seeds, kinds, checks), indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    if not args.dry_run:
+        ho.write_readme(section, ho.README)
+        print(f"wrote the held-out section of {ho.README}", file=sys.stderr)
+    missed = [text for text, ok in checks if not ok]
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

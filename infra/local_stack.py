@@ -578,12 +578,17 @@ def main(
     except OSError as exc:  # typically: --port already in use
         print(f"error: cannot start the local stack: {exc}", file=sys.stderr)
         return 1
+    # How `python -m infra.admin --local` finds this stack (its moto endpoint).
+    stack_file = options.state_dir / "stack.json"
     try:
+        assert stack.ready is not None
+        _write_atomically(stack_file, stack.ready.to_json())
         print(banner(stack), flush=True)
         while not stop_signals:
             time.sleep(0.2)
         print("stopping: agents first, then the stack...", flush=True)
     finally:
+        stack_file.unlink(missing_ok=True)
         stack.close()
     print("stopped.", flush=True)
     return 0

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import importlib
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -97,6 +98,7 @@ class LambdaFunction:
         # Bumped by drop_waiting(): an invocation that began waiting before is skipped.
         self._generation = 0
         self._stopped = False
+        self._cold = True  # the first invocation of this function is its cold start
 
     def invoke(self, event: dict[str, Any], *, caller_gone: Callable[[], bool] = _never) -> Any:
         """Runs the handler once it is this call's turn.
@@ -118,7 +120,9 @@ class LambdaFunction:
                 memory_limit_in_mb=self._memory_mb,
                 timeout_s=self._timeout_s,
             )
-            return self._handler(event, context)
+            cold_start, self._cold = self._cold, False
+            with invocation_log_keys(context, cold_start=cold_start):
+                return self._handler(event, context)
 
     def drop_waiting(self) -> None:
         """Skips every invocation waiting for its turn now; later ones still run."""
@@ -128,6 +132,34 @@ class LambdaFunction:
         """Skips every invocation that has not started, now and from now on."""
         self._stopped = True
         self.drop_waiting()
+
+
+@contextlib.contextmanager
+def invocation_log_keys(context: events.LambdaContext, *, cold_start: bool) -> Iterator[None]:
+    """Log lines of this invocation name its own function, whatever runs beside it.
+
+    Powertools' ``inject_lambda_context`` appends function_name and the other context keys
+    to one formatter that every handler in this process shares: with the api, dispatcher
+    and reaper running at once, a line would carry whichever function started last. Its
+    thread-local keys win over the shared ones, and an invocation runs on one thread: they
+    are set here for the invocation and cleared after it (with anything else the handler
+    put there, such as its correlation id). In Lambda one process is one function.
+    """
+    from aws_lambda_powertools.logging.formatter import clear_context_keys, set_context_keys
+
+    keys: dict[str, Any] = {
+        "function_name": context.function_name,
+        "function_memory_size": context.memory_limit_in_mb,
+        "function_arn": context.invoked_function_arn,
+        "function_request_id": context.aws_request_id,
+        "cold_start": cold_start,
+    }
+    clear_context_keys()
+    set_context_keys(**keys)
+    try:
+        yield
+    finally:
+        clear_context_keys()
 
 
 # The request state Powertools keeps on a REST resolver (and on its BaseRouter class) while

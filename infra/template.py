@@ -8,6 +8,8 @@ the intrinsic functions against local names, and creates the same resources on m
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +39,12 @@ class TemplateError(ValueError):
 # ------------------------------------------------------------------ loading
 
 
-class CfnLoader(yaml.SafeLoader):
+# libyaml's loader where PyYAML was built with it: the template is parsed by every stack
+# and many test fixtures, and the pure-Python scanner takes a good part of a second.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class CfnLoader(_SafeLoader):  # type: ignore[misc]
     """A safe YAML loader that reads CloudFormation short tags as their long-form data."""
 
 
@@ -61,6 +68,14 @@ CfnLoader.add_multi_constructor("!", _construct_short_tag)
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    """The template's data (a fresh copy: callers may change it); parsed once per version
+    of the file."""
+    stat = path.stat()
+    return copy.deepcopy(_parsed(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
         data = yaml.load(handle, Loader=CfnLoader)  # noqa: S506 - CfnLoader is a SafeLoader
     if not isinstance(data, dict) or "Resources" not in data:

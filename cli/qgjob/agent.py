@@ -48,13 +48,14 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from qgjob.agent_protocol import (
     MAX_MESSAGE_CHARS,
     MAX_OUTPUT_CHARS,
+    MAX_PROGRESS_RESULTS,
     AgentView,
     BatchJob,
     BatchView,
@@ -104,6 +105,9 @@ class AgentApi(Protocol):
     ) -> AgentView: ...
 
     def use_credential(self, credential: str | None) -> None: ...
+
+    # Sent as X-Correlation-Id with every call while set (None: not sent).
+    correlation_id: str | None
 
     def heartbeat(self, agent_id: str) -> Json: ...
 
@@ -238,6 +242,7 @@ class Agent:
         backoff_max: float = BACKOFF_MAX_S,
         push: PushFactory | None = open_push_channel,
         build_cache: BuildCache | None = None,
+        report_every_s: float = 0.0,
     ) -> None:
         self.api = api
         self.runner = runner
@@ -247,6 +252,7 @@ class Agent:
         self.installed_app: tuple[str, str] | None = None
         self.batches_done = 0
         self.current_batch_id: str | None = None
+        self._correlation: dict[str, str] = {}  # job id -> correlation id, this batch's
         self.heartbeat_interval = heartbeat_interval
         self._clock = clock
         self._sleep = sleep
@@ -276,6 +282,11 @@ class Agent:
         # install, and results (with the test path, for the log line once accepted).
         self._unsent_install = False
         self._unsent_results: list[tuple[ProgressResult, str]] = []
+        # Tests that start within report_every_s of the last progress call are not told
+        # one by one: their results (and the next start) go in one later call (0: every
+        # test is told as it starts).
+        self._report_every_s = max(0.0, report_every_s)
+        self._last_progress_at: float | None = None
         # Builds by sha256 on this host (None: no downloads; the runner finds the app).
         self._build_cache = build_cache
         self.installed_sha256: str | None = None  # the build this process installed
@@ -322,6 +333,22 @@ class Agent:
 
     def log(self, message: str) -> None:
         self._log(f"agent {self.agent_id}: {message}")
+
+    def _correlation_ids(self, job_ids: Iterable[str]) -> str | None:
+        ids = dict.fromkeys(self._correlation[j] for j in job_ids if j in self._correlation)
+        return ",".join(ids) or None
+
+    def _tag(self, *job_ids: str) -> str:
+        """`` [<correlation ids>]`` of these jobs, for a log line about them."""
+        ids = self._correlation_ids(job_ids)
+        return f" [{ids}]" if ids else ""
+
+    def _correlate(self, *job_ids: str) -> None:
+        """The next calls (and the heartbeats meanwhile) are about these jobs."""
+        ids = self._correlation_ids(job_ids)
+        self.api.correlation_id = ids
+        if self._heartbeat_api is not self.api:
+            self._heartbeat_api.correlation_id = ids
 
     # ------------------------------------------------------------------ registration
 
@@ -525,14 +552,19 @@ class Agent:
             or (build is not None and self.installed_sha256 != build.sha256)
         )
         self._artifact_form = batch.artifacts
+        # Each job's correlation id (its run's): on every line about it, and sent back
+        # with the calls about it, so the API's log lines carry it too.
+        self._correlation = {j.job_id: j.correlation_id for j in jobs if j.correlation_id}
         self.log(
             f"batch {batch_id} {org_id}/{app_version_id}/{target} {len(jobs)} jobs "
             f"({'install needed' if need_install else 'already installed'})"
+            f"{self._tag(*(j.job_id for j in jobs))}"
         )
         self._batch_lost.clear()
         self._cancelled = set()
         self._unsent_install = False
         self._unsent_results = []
+        self._last_progress_at = None  # a batch's first start is always told
         self.current_batch_id = batch_id
         started = self._clock()
         ran = 0
@@ -548,7 +580,8 @@ class Agent:
                 if self._batch_lost.is_set():
                     self._lease_lost(batch_id, None, "the heartbeat was refused")
                 if job.job_id in self._cancelled:
-                    self.log(f"job {job.job_id} {job.test_path} cancelled: skipped")
+                    tag = self._tag(job.job_id)
+                    self.log(f"job {job.job_id} {job.test_path} cancelled: skipped{tag}")
                     ran += 1
                     continue
                 self._run_job(batch_id, org_id, app_version_id, target, job, install_error)
@@ -563,12 +596,17 @@ class Agent:
             self.log(f"batch {batch_id}: giving up: {error}")
         finally:
             self.current_batch_id = None
-            if not lost:
-                # The last result (and the completion, unless stopping: deregister hands
-                # the batch back) in one call; after a lost lease, complete alone.
-                lost = not self._flush(batch_id, ran, self._clock() - started)
-            if lost:
-                self._complete(batch_id, ran, self._clock() - started)
+            try:
+                if not lost:
+                    # The last result (and the completion, unless stopping: deregister
+                    # hands the batch back) in one call; after a lost lease, complete alone.
+                    lost = not self._flush(batch_id, ran, self._clock() - started)
+                if lost:
+                    self._correlate(*self._correlation)  # the completion: all its jobs
+                    self._complete(batch_id, ran, self._clock() - started)
+            finally:
+                self._correlation = {}
+                self._correlate()
 
     def _install(
         self,
@@ -640,16 +678,24 @@ class Agent:
         job_id = job.job_id
         test_path = job.test_path
         timeout_s = float(job.timeout_s or DEFAULT_JOB_TIMEOUT_S)
-        answer = self._progress(batch_id, start=job_id)
-        started = answer.started
-        if started is None or not started.accepted:
-            self._record("start", batch_id, job_id=job_id, accepted=False)
-            reason = started.message if started is not None else "no answer for the start"
-            self._lease_lost(batch_id, job_id, f"job {job_id} not started: {reason}")
-        if (started is not None and started.status == "cancelled") or job_id in self._cancelled:
-            self.log(f"job {job_id} {test_path} cancelled: skipped")
-            return
-        self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
+        if self._start_untold():
+            # Told later, with its result: the server holds it as assigned meanwhile.
+            if job_id in self._cancelled:
+                self.log(f"job {job_id} {test_path} cancelled: skipped{self._tag(job_id)}")
+                return
+            self._record("start", batch_id, job_id=job_id, status="untold", accepted=True)
+        else:
+            answer = self._progress(batch_id, start=job_id)
+            started = answer.started
+            if started is None or not started.accepted:
+                self._record("start", batch_id, job_id=job_id, accepted=False)
+                reason = started.message if started is not None else "no answer for the start"
+                self._lease_lost(batch_id, job_id, f"job {job_id} not started: {reason}")
+            cancelled = started is not None and started.status == "cancelled"
+            if cancelled or job_id in self._cancelled:
+                self.log(f"job {job_id} {test_path} cancelled: skipped{self._tag(job_id)}")
+                return
+            self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
         self.current_job_id = job_id
         self._test_interrupted = False
         if self._stop_now:
@@ -674,7 +720,7 @@ class Agent:
             # Cancelled while it ran: qgjob has it as cancelled and applies no result.
             self.log(
                 f"job {job_id} {test_path} cancelled after {outcome.duration_s:.2f}s: "
-                "its test was stopped; not reported"
+                f"its test was stopped; not reported{self._tag(job_id)}"
             )
             return
         if self._test_interrupted:
@@ -682,7 +728,7 @@ class Agent:
             # batch is completed right away and the server requeues the job.
             self.log(
                 f"job {job_id} {test_path} interrupted after {outcome.duration_s:.2f}s "
-                "(stop requested twice): not reported; qgjob requeues it"
+                f"(stop requested twice): not reported; qgjob requeues it{self._tag(job_id)}"
             )
             raise _StoppedNow(job_id)
         status = outcome.status
@@ -708,6 +754,17 @@ class Agent:
         # Reported with the next call: the next job's start, or the batch's end.
         self._unsent_results.append((result, test_path))
 
+    def _start_untold(self) -> bool:
+        """Whether the next test starts without a call: a call was made less than
+        report_every_s ago, and what waits to be told still fits in one call."""
+        if self._report_every_s <= 0 or self._last_progress_at is None:
+            return False
+        if self._unsent_install or self._stop_requested:
+            return False
+        if len(self._unsent_results) >= MAX_PROGRESS_RESULTS:
+            return False
+        return self._clock() - self._last_progress_at < self._report_every_s
+
     def _progress(
         self, batch_id: str, *, start: str | None = None, complete: bool = False
     ) -> ProgressResponse:
@@ -721,6 +778,9 @@ class Agent:
             complete=complete,
         )
         sent = list(self._unsent_results)
+        # The call is about these jobs; a completion is about all the batch's.
+        about = [result.job_id for result, _ in sent] + ([start] if start else [])
+        self._correlate(*(self._correlation if complete else about))
         try:
             answer = self._call(
                 lambda: self.api.progress(self.agent_id, batch_id, request), "progress"
@@ -730,6 +790,7 @@ class Agent:
             answer = _refused_all(request, str(error))
         self._unsent_install = False
         self._unsent_results = []
+        self._last_progress_at = self._clock()
         self._note_cancelled(answer.cancelled_job_ids)
         if request.installed:
             accepted = answer.installed is True
@@ -745,7 +806,9 @@ class Agent:
                 self._record(
                     "result", batch_id, job_id=result.job_id, status=status, accepted=False
                 )
-                self.log(f"job {result.job_id} {status}: rejected: lease lost")
+                self.log(
+                    f"job {result.job_id} {status}: rejected: lease lost{self._tag(result.job_id)}"
+                )
                 if refused is None:
                     refused = (item.message if item else None) or "result not accepted"
                 continue
@@ -754,6 +817,7 @@ class Agent:
             detail = f" ({message})" if message and status != "passed" else ""
             self.log(
                 f"job {result.job_id} {test_path} {status} in {result.duration_s:.2f}s{detail}"
+                f"{self._tag(result.job_id)}"
             )
         if refused is not None:
             self._lease_lost(batch_id, sent[0][0].job_id if sent else None, refused)

@@ -8,6 +8,8 @@ input, 3 infrastructure (unreachable, 5xx, auth, timed out waiting).
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -51,6 +53,17 @@ class CliState:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], object] = time.sleep
     client_options: dict[str, Any] = field(default_factory=dict)
+    # A followed run's progress as a live line (True) or a line per change (False);
+    # None: live when stderr is a terminal.
+    live: bool | None = None
+    terminal_width: Callable[[], int] = lambda: shutil.get_terminal_size((100, 24)).columns
+
+    def live_progress(self) -> bool:
+        if self.as_json:
+            return False
+        if self.live is not None:
+            return self.live
+        return sys.stderr.isatty()
 
     def client(self, *, need_token: bool = True, **options: Any) -> ApiClient:
         if not self.endpoint_url:
@@ -458,18 +471,34 @@ def _wait_for(
     polls: Polling,
     resume_hint: str,
     interrupted: Callable[[], str | None] | None = None,
+    live_text: Callable[[dict[str, Any], float, float | None], str] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Polls until done; returns the last view and whether --wait-timeout passed first.
 
     Raises NoAnswer when not one poll got an answer before the deadline (e.g. with
     --wait-timeout 0 and a failing first fetch): there is nothing to print.
     """
-    from qgjob.follow import wait_until
+    from qgjob.follow import LiveProgress, follow_eta, wait_until
 
     last_line: list[str] = []
     failures: list[Exception] = []
+    live = None
+    sleep = state.sleep
+    if live_text is not None and state.live_progress():
+        live = LiveProgress(
+            live_text,
+            follow_eta,
+            # color=True: click strips escapes it takes for styling; the line needs its own.
+            lambda text: click.echo(text, err=True, nl=False, color=True),
+            state.clock,
+            state.terminal_width,
+        )
+        sleep = live.sleeper(state.sleep)
 
     def on_view(view: dict[str, Any], elapsed: float) -> None:
+        if live is not None:
+            live.on_view(view, elapsed)
+            return
         line = progress(view, elapsed)
         key = line.rsplit(" after ", 1)[0]
         if not last_line or last_line[0] != key:
@@ -478,7 +507,11 @@ def _wait_for(
 
     def on_failure(error: Exception) -> None:
         failures[:] = [error]
-        _note(state, f"qgjob: warning: {error}; still waiting")
+        warning = f"qgjob: warning: {error}; still waiting"
+        if live is not None:
+            live.interject(warning)
+        else:
+            _note(state, warning)
 
     wait_timeout = polls.timeout
     try:
@@ -490,15 +523,20 @@ def _wait_for(
             eta=eta,
             wait_timeout=wait_timeout,
             clock=state.clock,
-            sleep=state.sleep,
+            sleep=sleep,
             on_view=on_view,
             on_failure=on_failure,
         )
     except KeyboardInterrupt:
+        if live is not None:
+            live.close()
         cancelled = interrupted() if interrupted is not None else None
         if cancelled is not None:
             raise Interrupted(f"interrupted; {cancelled}") from None
         raise Interrupted(f"interrupted; the work goes on in qgjob: {resume_hint}") from None
+    finally:
+        if live is not None:
+            live.close()
     if outcome.view is None:
         reason = f"; last error: {failures[-1]}" if failures else ""
         raise NoAnswer(
@@ -561,6 +599,7 @@ def _finish_run_wait(
         polls,
         f"qgjob status --run-id {run_id} --wait",
         interrupted,
+        live_text=render.live_text,
     )
     wait_timeout = polls.timeout
     if timed_out and cancel_on_timeout:
@@ -637,6 +676,7 @@ Examples:
   qgjob status --job-id <job id>
   qgjob status --run-id <run id>
   qgjob status --run-id <run id> --wait --junit report.xml
+  qgjob status --run-id <run id> --follow
   qgjob --json status --run-id <run id>
 
 \b
@@ -646,6 +686,15 @@ Without --wait the exit code is 0 whatever the status. With --wait: 0 all passed
 @click.option("--job-id", metavar="ID", help="A job id (from qgjob submit).")
 @click.option("--run-id", metavar="ID", help="A run id: prints every job of the run.")
 @click.option("--wait", is_flag=True, help="Wait until the job or run finished.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help=(
+        "--wait, showing the run's progress: on a terminal a live line (done, running, "
+        "queued, flaky, elapsed, ETA from the duration estimates and the queue ahead, or "
+        "why nothing moves); otherwise a line per change."
+    ),
+)
 @fail_on_option
 @poll_option
 @max_poll_option
@@ -658,6 +707,7 @@ def status(
     job_id: str | None,
     run_id: str | None,
     wait: bool,
+    follow: bool,
     fail_on: str,
     poll_interval: float,
     max_poll_interval: float,
@@ -667,6 +717,7 @@ def status(
 ) -> None:
     """Print the status of a job or of a whole run."""
     state = _state(ctx, as_json)
+    wait = wait or follow
     if bool(job_id) == bool(run_id):
         raise click.UsageError("pass exactly one of --job-id or --run-id")
     if junit and not (wait and run_id):
@@ -1029,6 +1080,20 @@ it without spending a retry), then the agent hands the batch back and exits 0.""
     help="Wait between leases while idle.",
 )
 @click.option(
+    "--report-every",
+    "report_every_s",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help=(
+        "Tests that start within this long of the agent's last report are told with the "
+        "next one (their results and the next start in one call, at most 10 results): "
+        "short tests cost fewer requests, and the run view lags by at most this. A "
+        "batch's first test is always told at once; 0 tells every test as it starts."
+    ),
+)
+@click.option(
     "--sim-scale",
     type=click.FloatRange(min=0),
     default=1.0,
@@ -1059,6 +1124,7 @@ def agent(
     build_cache: str | None,
     app_path: str | None,
     poll_seconds: float,
+    report_every_s: float,
     sim_scale: float,
     journal: str | None,
     max_batches: int | None,
@@ -1103,6 +1169,7 @@ def agent(
         poll_seconds=poll_seconds,
         max_batches=max_batches,
         build_cache=BuildCache(build_cache),
+        report_every_s=report_every_s,
     )
 
     def request_stop(signum: int, frame: object) -> None:

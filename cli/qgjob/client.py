@@ -105,6 +105,9 @@ class ApiClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._agent_credential: str | None = None
+        # Sent as X-Correlation-Id (the agent sets it to the ids of the jobs it reports on):
+        # the API's log lines about the call carry it.
+        self.correlation_id: str | None = None
 
     def use_credential(self, credential: str | None) -> None:
         """Agent calls (all but register) send this registration's credential instead of
@@ -134,6 +137,8 @@ class ApiClient:
         token = self._agent_credential if as_agent and self._agent_credential else self._token
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if self.correlation_id:
+            headers["X-Correlation-Id"] = self.correlation_id
         attempt = 0
         while True:
             attempt += 1

@@ -113,3 +113,105 @@ def wait_until(
             interval = min(interval, max(estimate / 2, poll_interval))
         sleep(min(interval, remaining))
         interval = min(interval * backoff, longest)
+
+
+def server_eta(view: Json) -> float | None:
+    """The server's estimate of the seconds left (GET /runs/{id} queue.eta_seconds):
+    from the tests' duration estimates and the queue ahead of the run."""
+    queue = view.get("queue")
+    if not isinstance(queue, dict):
+        return None
+    eta = queue.get("eta_seconds")
+    return float(eta) if isinstance(eta, int | float) and eta >= 0 else None
+
+
+def follow_eta(view: Json, elapsed: float) -> float | None:
+    """Seconds left. Once some of the run's jobs are final and none of it waits behind
+    other work, its own pace (measured) beats the server's estimate (from duration
+    estimates, which for tests without history are a pessimistic default); while it
+    waits behind others, or before any job is final, the server's, which knows the
+    queue ahead."""
+    if view.get("no_agent"):
+        return None
+    pace = run_eta(view, elapsed)
+    queue = view.get("queue")
+    ahead = queue.get("jobs_ahead") if isinstance(queue, dict) else None
+    if pace is not None and not (isinstance(ahead, int) and ahead > 0):
+        return pace
+    eta = server_eta(view)
+    return eta if eta is not None else pace
+
+
+class LiveProgress:
+    """A live status line on a terminal: drawn at each poll, and every ``tick_s`` while
+    waiting for the next one (elapsed time counting up, the ETA counting down from the
+    last answer). Off a terminal the caller prints one line per change instead.
+
+    ``write`` gets raw text (carriage return, erase-line escape); ``width`` the terminal's
+    columns, so a line never wraps (a wrapped line cannot be redrawn in place).
+    """
+
+    ERASE = "\x1b[K"
+
+    def __init__(
+        self,
+        text: Callable[[Json, float, float | None], str],
+        eta: Callable[[Json, float], float | None],
+        write: Callable[[str], None],
+        clock: Callable[[], float],
+        width: Callable[[], int],
+        tick_s: float = 1.0,
+    ) -> None:
+        self._text = text
+        self._eta = eta
+        self._write = write
+        self._clock = clock
+        self._width = width
+        self._tick_s = tick_s
+        self._view: Json | None = None
+        self._seen_at = 0.0
+        self._elapsed = 0.0
+        self._estimate: float | None = None
+        self._drawn = False
+
+    def on_view(self, view: Json, elapsed: float) -> None:
+        self._view, self._seen_at, self._elapsed = view, self._clock(), elapsed
+        self._estimate = self._eta(view, elapsed)
+        self.draw()
+
+    def draw(self) -> None:
+        if self._view is None:
+            return
+        since = max(0.0, self._clock() - self._seen_at)
+        eta = None if self._estimate is None else max(0.0, self._estimate - since)
+        line = self._text(self._view, self._elapsed + since, eta)
+        limit = max(20, self._width() - 1)
+        if len(line) > limit:
+            line = line[: limit - 3] + "..."
+        self._write("\r" + line + self.ERASE)
+        self._drawn = True
+
+    def sleeper(self, sleep: Callable[[float], object]) -> Callable[[float], None]:
+        """``sleep`` in steps of at most ``tick_s``, redrawing after each."""
+
+        def ticking(seconds: float) -> None:
+            left = seconds
+            while left > 1e-9:
+                step = min(self._tick_s, left)
+                sleep(step)
+                left -= step
+                self.draw()
+
+        return ticking
+
+    def interject(self, text: str) -> None:
+        """A line of its own (a warning) without breaking the live line: it is drawn
+        again below."""
+        self._write("\r" + self.ERASE + text + "\n")
+        self.draw()
+
+    def close(self) -> None:
+        """Ends the live line, so what is printed next starts on a line of its own."""
+        if self._drawn:
+            self._write("\n")
+            self._drawn = False

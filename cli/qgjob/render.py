@@ -83,9 +83,12 @@ def duration_text(seconds: Any) -> str:
 
 
 def progress_line(run: Json, elapsed_s: float) -> str:
+    """A followed run's line off a terminal (one per change: what precedes " after ")."""
+    reason = waiting_reason(run)
+    waiting = f"; waiting: {reason}" if reason else ""
     return (
         f"run {run.get('run_id')}: {finished_count(run)}/{run_total(run)} finished "
-        f"({counts_text(run_counts(run))}) after {elapsed_s:.0f}s"
+        f"({counts_text(run_counts(run))}{waiting}) after {elapsed_s:.0f}s"
     )
 
 
@@ -128,7 +131,25 @@ def run_summary(run: Json) -> str:
 
 
 def run_text(run: Json) -> str:
-    return "\n".join([run_summary(run), *build_lines(run), run_table(run)])
+    return "\n".join([run_summary(run), *build_lines(run), *queue_lines(run), run_table(run)])
+
+
+def queue_lines(run: Json) -> list[str]:
+    """What a run not finished says about its queue: why it waits, or where it stands."""
+    if run.get("finished"):
+        return []
+    reason = waiting_reason(run)
+    if reason is not None:
+        return [f"waiting: {reason}"]
+    queue = _queue(run)
+    if not queue:
+        return []
+    parts = [text] if (text := queue_text(run)) else []
+    eta = queue.get("eta_seconds")
+    if isinstance(eta, int | float):
+        parts.append(f"ETA {'>' if queue.get('approximate') else '~'}{span_text(eta)}")
+    as_of = _timestamp(queue.get("as_of"))
+    return [f"queue: {', '.join(parts)} (as of {as_of})"] if parts and as_of else []
 
 
 def build_lines(view: Json) -> list[str]:
@@ -307,3 +328,69 @@ def _timestamp(value: Any) -> str | None:
 def _one_line(text: str, limit: int = 80) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- following
+def span_text(seconds: float) -> str:
+    """45s, 3m05s, 2h07m: a live line's elapsed time and ETA."""
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
+
+
+def waiting_reason(run: Json) -> str | None:
+    """Why nothing of the run moves, when the server knows (no agent of its target)."""
+    if run.get("no_agent") and not run.get("finished"):
+        return f"no agent serves target {run.get('target')}"
+    return None
+
+
+def _queue(run: Json) -> Mapping[str, Any]:
+    queue = run.get("queue")
+    return queue if isinstance(queue, Mapping) else {}
+
+
+def queue_text(run: Json) -> str | None:
+    """'position 2, 14 jobs ahead' while the run waits behind others; None otherwise."""
+    queue = _queue(run)
+    ahead = queue.get("jobs_ahead")
+    if not isinstance(ahead, int) or ahead <= 0:
+        return None
+    jobs = f"{ahead}{'+' if queue.get('approximate') else ''} job{'s' if ahead != 1 else ''}"
+    position = queue.get("position")
+    if isinstance(position, int) and position > 0:
+        return f"position {position}, {jobs} ahead"
+    return f"{jobs} ahead"
+
+
+def live_text(run: Json, elapsed_s: float, eta_s: float | None) -> str:
+    """The live line of a followed run on a terminal: what is done, running and queued,
+    flaky tests, time so far, and the ETA (or why nothing moves)."""
+    counts = run_counts(run)
+    done = finished_count(run)
+    running = sum(counts.get(s, 0) for s in ("active", "running", "assigned"))
+    parts = [f"{done}/{run_total(run)} done"]
+    failed = sum(counts.get(s, 0) for s in NOT_PASSED if s != "cancelled")
+    if failed:
+        parts[0] += f" ({failed} not passed)"
+    parts.append(f"{running} running")
+    parts.append(f"{counts.get('queued', 0)} queued")
+    flaky = run.get("flaky")
+    if isinstance(flaky, int) and flaky:
+        parts.append(f"{flaky} flaky")
+    line = f"run {run.get('run_id')}: " + ", ".join(parts) + f" | {span_text(elapsed_s)} elapsed"
+    reason = waiting_reason(run)
+    if reason is not None:
+        return line + f" | waiting: {reason}"
+    if run.get("finished"):
+        return line
+    where = queue_text(run)
+    if eta_s is None:
+        eta = "ETA unknown"
+    else:
+        bound = ">" if _queue(run).get("approximate") else "~"
+        eta = f"ETA {bound}{span_text(eta_s)}"
+    return line + f" | {eta}" + (f" ({where})" if where else "")

@@ -152,6 +152,10 @@ class ReportRequest(ReportedOutcome):
 
 
 MAX_PROGRESS_RESULTS = 10  # results in one progress call (10 x 64 KB of output < 1 MB)
+# `qgjob agent --report-every`: tests that start within this long of the agent's last
+# progress call are told in its next one, so short tests share calls; the run view lags by
+# at most this.
+DEFAULT_REPORT_EVERY_S = 5.0
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
 
 
@@ -244,6 +248,13 @@ class BatchJob(BaseModel):
     test_path: str
     timeout_s: int
     status: JobStatus
+    correlation_id: str | None = Field(
+        default=None,
+        description=(
+            "The job's correlation id (its run's id): the agent puts it on its log lines "
+            "about the job and sends it back as X-Correlation-Id with its reports."
+        ),
+    )
 
 
 class BatchView(BaseModel):

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from qgjob_backend.domain.planner import PlanningPolicy
 from qgjob_backend.schema import Target
 
 
@@ -67,8 +68,10 @@ class Config:
     agent_offline_seconds: float = 360.0
     # Queued jobs gain one priority level per this many seconds of waiting (no starvation).
     aging_seconds: float = 120.0
-    # The planner cuts a batch at about this many estimated seconds of tests.
+    # The planner cuts a batch at about this many estimated seconds of tests ...
     max_batch_seconds: float = 900.0
+    # ... and makes none smaller than this while its group has that much work left.
+    min_batch_seconds: float = PlanningPolicy.min_batch_seconds
     # What a test without any reported duration is assumed to take.
     unknown_estimate_seconds: float = 90.0
     # An app install on each target until agents have reported installs there.
@@ -143,6 +146,9 @@ class Config:
             ),
             aging_seconds=_number(env, "AGING_SECONDS", 120.0, 1.0),
             max_batch_seconds=_number(env, "MAX_BATCH_SECONDS", 900.0, 1.0),
+            min_batch_seconds=_number(
+                env, "MIN_BATCH_SECONDS", PlanningPolicy.min_batch_seconds, 0.0
+            ),
             unknown_estimate_seconds=_number(env, "UNKNOWN_ESTIMATE_SECONDS", 90.0, 0.1),
             default_install_seconds_emulator=_number(
                 env, "DEFAULT_INSTALL_SECONDS_EMULATOR", 60.0, 0.0

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from qgjob_backend.domain.builds import Build
 from qgjob_backend.domain.estimates import DurationEstimate, EstimateKey
 from qgjob_backend.domain.models import Agent, AppRef, Batch, Job, Run
+from qgjob_backend.domain.queue import PoolSnapshot
 from qgjob_backend.domain.vault import AuditRecord, VaultMessage
 from qgjob_backend.schema import JobStatus, Target
 
@@ -34,6 +35,17 @@ class JobOutcome:
     session_id: str | None = None  # the BrowserStack session the result came from
     # The test's uploaded attachments (build_protocol.ReportedArtifact dicts).
     artifacts: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One result for StateStore.finish_jobs: ``job`` as the caller read it (it names the
+    run and org whose counters move)."""
+
+    job: Job
+    agent_id: str
+    batch_id: str
+    outcome: JobOutcome
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,11 @@ class StateStore(Protocol):
     ) -> Job | None:
         """assigned|running in this batch on this agent -> final status. ``job`` as in
         cancel_job (passing it saves a read)."""
+
+    def finish_jobs(self, finishes: Sequence[Finish], now: float) -> list[Job] | None:
+        """Several finish_job in one write: all or nothing, the counters of each run and
+        org moved once for all of them. The finished jobs in order, or None (nothing
+        written) when any job is no longer assigned|running there."""
 
     def requeue_job(
         self,
@@ -305,12 +322,21 @@ class TokenRecord:
     created_at: float
     label: str | None = None
     target: str | None = None  # a fleet token scoped to one target
+    # Revoked tokens stay as records (who had access, until when); they never authenticate.
+    revoked_at: float | None = None
+    replaced_by: str | None = None  # the hash of the token a rotation issued in its place
 
 
 class TokenStore(Protocol):
     def put(self, record: TokenRecord) -> bool: ...
 
     def get(self, token_hash: str) -> TokenRecord | None: ...
+
+    def revoke(
+        self, token_hash: str, now: float, replaced_by: str | None = None
+    ) -> TokenRecord | None:
+        """Marks the token revoked (one conditional write): the revoked record, or None
+        when there is no such token or it was revoked already (nothing written)."""
 
 
 # ---------------------------------------------------------------- builds
@@ -419,3 +445,15 @@ class AuditStore(Protocol):
 class VaultQueue(Protocol):
     def send(self, message: VaultMessage) -> None:
         """Asks the vault to archive one attempt's session record (at least once)."""
+
+
+class PoolSnapshotStore(Protocol):
+    """One snapshot per pool (target) of its queue and agents (domain.queue)."""
+
+    def put_snapshot(self, snapshot: PoolSnapshot, min_interval_s: float) -> bool:
+        """Writes the pool's snapshot unless the stored one was taken less than
+        ``min_interval_s`` before it (one conditional write: plans racing in several
+        containers write one between them); False when not written."""
+
+    def get_snapshot(self, target: Target) -> PoolSnapshot | None:
+        """The pool's latest snapshot (one eventually consistent read of one item)."""

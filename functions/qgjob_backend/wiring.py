@@ -19,18 +19,21 @@ from qgjob_backend.adapters.dynamodb import (
 )
 from qgjob_backend.adapters.dynamodb.audit import DynamoAuditStore
 from qgjob_backend.adapters.dynamodb.builds import DynamoBuildStore
+from qgjob_backend.adapters.dynamodb.snapshots import DynamoPoolSnapshotStore
 from qgjob_backend.adapters.push import ApiGatewayNotifier
 from qgjob_backend.adapters.s3 import S3ArtifactStore, S3VaultStore
 from qgjob_backend.adapters.s3_uploads import S3UploadStore
 from qgjob_backend.adapters.sqs import SqsJobQueue, SqsVaultQueue
 from qgjob_backend.config import Config
 from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.observability import NO_METRICS, MetricsPort
 from qgjob_backend.ports import (
     AgentNotifier,
     ArtifactStore,
     BuildStore,
     EstimateStore,
     JobQueue,
+    PoolSnapshotStore,
     StateStore,
     TokenStore,
     UploadStore,
@@ -41,6 +44,7 @@ from qgjob_backend.services.auth import TokenService
 from qgjob_backend.services.builds import BuildService
 from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
 from qgjob_backend.services.estimates import EstimateService
+from qgjob_backend.services.pool_snapshots import PoolSnapshotService, SnapshotSettings
 from qgjob_backend.services.push import PushService
 from qgjob_backend.services.reaper import ReaperService, ReaperSettings
 from qgjob_backend.services.submission import SubmissionService
@@ -80,6 +84,8 @@ class Services:
     builds: BuildService | None = None
     # The results vault's reads (GET /jobs/{id}/audit); None when it is not deployed.
     vault: VaultService | None = None
+    # Pools' queue snapshots: runs' queue positions and ETAs; None: runs show none.
+    snapshots: PoolSnapshotService | None = None
 
 
 def _client(name: str, session: Any | None) -> Any:
@@ -107,6 +113,8 @@ def assemble_services(
     vault_queue: VaultQueue | None = None,
     build_store: BuildStore | None = None,
     uploads: UploadStore | None = None,
+    snapshot_store: PoolSnapshotStore | None = None,
+    metrics: MetricsPort = NO_METRICS,
 ) -> Services:
     """Wires the services over any implementation of the ports (boto3 adapters or fakes)."""
     estimates = EstimateService(estimate_store, config.default_install_seconds)
@@ -116,6 +124,18 @@ def assemble_services(
         else None
     )
     push = PushService(store, notifier, clock)
+    snapshots = (
+        PoolSnapshotService(
+            snapshot_store,
+            clock,
+            SnapshotSettings(
+                unknown_estimate_s=config.unknown_estimate_seconds,
+                agent_offline_seconds=config.agent_offline_seconds,
+            ),
+        )
+        if snapshot_store is not None
+        else None
+    )
     dispatcher = DispatchService(
         store,
         clock,
@@ -127,12 +147,15 @@ def assemble_services(
                 max_batch_jobs=config.batch_max_jobs,
                 aging_seconds=config.aging_seconds,
                 max_batch_seconds=config.max_batch_seconds,
+                min_batch_seconds=config.min_batch_seconds,
                 unknown_estimate_s=config.unknown_estimate_seconds,
             ),
             backlog_window=config.plan_backlog_window,
         ),
         estimates,
         on_assigned=push.batches_assigned,
+        snapshots=snapshots,
+        metrics=metrics,
     )
     return Services(
         config=config,
@@ -145,6 +168,7 @@ def assemble_services(
             new_id,
             build_sha256=builds.ready_sha256 if builds else None,
             estimates=estimates,
+            queue_of=snapshots.run_queue if snapshots is not None else None,
         ),
         dispatcher=dispatcher,
         agents=AgentService(
@@ -156,6 +180,7 @@ def assemble_services(
             queue.request_plan,
             archive=vault_queue.send if vault_queue is not None else None,
             touch_seconds=config.agent_touch_seconds,
+            metrics=metrics,
         ),
         reaper=ReaperService(
             store,
@@ -172,11 +197,15 @@ def assemble_services(
         push=push,
         vault=vault,
         builds=builds,
+        snapshots=snapshots,
     )
 
 
 def build_services(
-    config: Config, session: Any | None = None, clock: Callable[[], float] = time.time
+    config: Config,
+    session: Any | None = None,
+    clock: Callable[[], float] = time.time,
+    metrics: MetricsPort = NO_METRICS,
 ) -> Services:
     """The production wiring: boto3 clients (honouring AWS_ENDPOINT_URL) behind the ports."""
     dynamodb = _client("dynamodb", session)
@@ -194,7 +223,9 @@ def build_services(
         artifacts=S3ArtifactStore(_client("s3", session), config.artifacts_bucket),
         token_store=DynamoTokenStore(dynamodb, config.tokens_table),
         estimate_store=DynamoEstimateStore(dynamodb, config.estimates_table),
+        snapshot_store=DynamoPoolSnapshotStore(dynamodb, config.runs_table),
         clock=clock,
+        metrics=metrics,
         notifier=_notifier(config, session),
         build_store=(
             DynamoBuildStore(dynamodb, config.builds_table) if config.builds_table else None
@@ -230,15 +261,17 @@ def _notifier(config: Config, session: Any | None) -> AgentNotifier | None:
 class LazyServices:
     """Each Lambda container builds its services on first use, from the environment.
 
-    Tests and the local stack inject their own with ``use``.
+    Tests and the local stack inject their own with ``use``. ``metrics``: where the
+    services report (the handler flushes it once per invocation).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: MetricsPort = NO_METRICS) -> None:
         self._services: Services | None = None
+        self._metrics = metrics
 
     def __call__(self) -> Services:
         if self._services is None:
-            self._services = build_services(Config.from_env())
+            self._services = build_services(Config.from_env(), metrics=self._metrics)
         return self._services
 
     def use(self, instance: Services | None) -> None:

@@ -65,7 +65,6 @@ def test_provision_creates_everything_in_the_template(moto_endpoint: str) -> Non
     assert {i["IndexName"] for i in description["GlobalSecondaryIndexes"]} == {
         "backlog-index",
         "unadmitted-index",
-        "run-index",
         "timeout-index",
     }
     ttl = clients["dynamodb"].describe_time_to_live(TableName=refs["JobsTable"])

@@ -1,6 +1,6 @@
-"""Run polls and run pages through the real handler on moto: a poll is one read of one
-item (the run's counters), the jobs come a bounded page at a time, and every status these
-routes answer is in the OpenAPI document."""
+"""Run polls and run pages through the real handler on moto: a poll is two reads of one
+item each (the run's counters, its pool's queue snapshot), the jobs come a bounded page
+at a time, and every status these routes answer is in the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def get(client: ApiCaller, path: str, **kwargs: Any) -> ApiResponse:
     return documented("GET", path, client.get(path, **kwargs))
 
 
-def test_a_run_poll_reads_one_item_however_large_the_run_and_backlog(
+def test_a_run_poll_reads_two_items_however_large_the_run_and_backlog(
     dynamo_calls: DynamoCalls, client: ApiCaller, config: Config
 ) -> None:
     small = client.post("/runs", suite(10, "small")).body
@@ -81,8 +81,10 @@ def test_a_run_poll_reads_one_item_however_large_the_run_and_backlog(
         for run in (small, large)
     ]
 
-    one_read = [("GetItem", config.runs_table, False)]  # eventually consistent: half a unit
-    assert polls == [one_read, one_read]
+    # The run's counters and its pool's queue snapshot (position, ETA): one item each,
+    # eventually consistent (half a unit each).
+    two_reads = [("GetItem", config.runs_table, False)] * 2
+    assert polls == [two_reads, two_reads]
 
 
 def test_a_run_reports_progress_from_its_counters(

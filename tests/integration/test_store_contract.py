@@ -28,6 +28,7 @@ from qgjob_backend.domain.models import (
 )
 from qgjob_backend.domain.progress import counter_of, nonzero, run_job_ids
 from qgjob_backend.ports import (
+    Finish,
     JobOutcome,
     JobPage,
     OrgMetrics,
@@ -599,6 +600,77 @@ def test_start_and_finish_only_for_the_owning_batch_and_agent(store: StateStore)
     assert store.finish_job("j1", "a-1", "b1", PASSED, T0 + 6) is None
     assert store.start_job("j1", "a-1", "b1", T0 + 6) is None
     assert get_job(store, "j1") == finished
+
+
+def drain(store: StateStore, agent_id: str) -> None:
+    """What `python -m infra.admin agents drain` writes (the store has no method for it)."""
+    if isinstance(store, MemoryStateStore):
+        store.agents[agent_id].drained_at = T0
+        return
+    db, table = store._db, store._agents  # type: ignore[attr-defined]
+    db.update_item(
+        TableName=table,
+        Key={"agent_id": {"S": agent_id}},
+        UpdateExpression="SET drained_at = :t",
+        ExpressionAttributeValues={":t": {"N": str(T0)}},
+    )
+
+
+def test_a_drained_agent_gets_no_batch_even_from_a_plan_made_before(store: StateStore) -> None:
+    queued(store, "j1")
+    agent(store, "a-1")
+    drain(store, "a-1")
+
+    assert store.commit_batch(make_batch("b1", "a-1", ["j1"]), T0) is False
+
+    assert get_job(store, "j1").status is JobStatus.QUEUED
+    assert get_agent(store, "a-1").batch_id is None
+
+
+def test_finish_jobs_ends_several_jobs_in_one_write_with_their_counters(
+    store: StateStore,
+) -> None:
+    assigned(store, "j1", "j2", "j3")
+    assert store.start_job("j1", "a-1", "b1", T0) is not None  # j2, j3 never told started
+    passed = JobOutcome(JobStatus.PASSED, 2.0, None, "ok", None)
+    failed = JobOutcome(JobStatus.FAILED, 3.0, "boom", "x", None)
+    finishes = [
+        Finish(get_job(store, "j1"), "a-1", "b1", passed),
+        Finish(get_job(store, "j2"), "a-1", "b1", failed),
+    ]
+
+    done = store.finish_jobs(finishes, T0 + 10)
+
+    assert done is not None
+    assert [(j.job_id, j.status) for j in done] == [
+        ("j1", JobStatus.PASSED),
+        ("j2", JobStatus.FAILED),
+    ]
+    assert get_job(store, "j1").started_at == T0
+    # A job finished without a start started its duration before its result.
+    assert get_job(store, "j2").started_at == T0 + 10 - 3.0
+    assert get_job(store, "j2").message == "boom"
+    assert get_run(store).counts == {"active": 1, "passed": 1, "failed": 1}
+    assert store.org_metrics("acme").jobs_by_status == {"active": 1, "passed": 1, "failed": 1}
+    # A replay writes nothing and counts nothing again.
+    assert store.finish_jobs(finishes, T0 + 11) is None
+    assert get_run(store).counts == {"active": 1, "passed": 1, "failed": 1}
+
+
+def test_finish_jobs_writes_nothing_when_one_job_is_not_the_agents(store: StateStore) -> None:
+    assigned(store, "j1")
+    assigned(store, "j2", batch_id="b2", agent_id="a-2")
+    passed = JobOutcome(JobStatus.PASSED, 1.0, None, None, None)
+    finishes = [
+        Finish(get_job(store, "j1"), "a-1", "b1", passed),
+        Finish(get_job(store, "j2"), "a-1", "b1", passed),  # a-2's job, in b2
+    ]
+
+    assert store.finish_jobs(finishes, T0 + 5) is None
+
+    assert get_job(store, "j1").status is JobStatus.ASSIGNED
+    assert get_job(store, "j2").status is JobStatus.ASSIGNED
+    assert get_run(store).counts == {"active": 2}
 
 
 def test_finish_replaces_what_an_earlier_attempt_left(store: StateStore) -> None:
@@ -1246,19 +1318,24 @@ def test_a_large_run_is_created_and_counted_in_chunks(store: StateStore) -> None
 
 
 def test_a_runs_jobs_come_in_pages_in_suite_order(store: StateStore) -> None:
-    write_jobs(store, [make_job(f"j{i}", position=i) for i in (3, 0, 4, 1, 2)])
-    write_jobs(store, [make_job("x0", run_id="run-2", position=0)])
+    # A run's job ids derive from the run and each position (run_job_ids).
+    ids = run_job_ids("run-p", 5)
+    store.create_run(Run("run-p", "acme", "v1", Target.EMULATOR, 5, ids, "fp", T0))
+    store.create_jobs([make_job(ids[i], run_id="run-p", position=i) for i in (3, 0, 4, 1, 2)])
+    other = run_job_ids("run-q", 1)
+    store.create_run(Run("run-q", "acme", "v1", Target.EMULATOR, 5, other, "fp", T0))
+    store.create_jobs([make_job(other[0], run_id="run-q", position=0)])
 
-    first = store.run_jobs("run-1", -1, 2)
-    second = store.run_jobs("run-1", first.jobs[-1].position, 2)
-    last = store.run_jobs("run-1", second.jobs[-1].position, 2)
+    first = store.run_jobs("run-p", -1, 2)
+    second = store.run_jobs("run-p", first.jobs[-1].position, 2)
+    last = store.run_jobs("run-p", second.jobs[-1].position, 2)
 
-    assert ([j.job_id for j in first.jobs], first.more) == (["j0", "j1"], True)
-    assert ([j.job_id for j in second.jobs], second.more) == (["j2", "j3"], True)
-    assert ([j.job_id for j in last.jobs], last.more) == (["j4"], False)
-    assert store.run_jobs("run-1", -1, 5).more is False
-    assert store.run_jobs("run-1", 4, 5) == JobPage([], more=False)
-    assert [j.job_id for j in store.run_jobs("run-2", -1, 100).jobs] == ["x0"]
+    assert ([j.job_id for j in first.jobs], first.more) == (ids[0:2], True)
+    assert ([j.job_id for j in second.jobs], second.more) == (ids[2:4], True)
+    assert ([j.job_id for j in last.jobs], last.more) == (ids[4:], False)
+    assert store.run_jobs("run-p", -1, 5).more is False
+    assert store.run_jobs("run-p", 4, 5) == JobPage([], more=False)
+    assert [j.job_id for j in store.run_jobs("run-q", -1, 100).jobs] == other
     assert store.run_jobs("run-unknown", -1, 100) == JobPage([], more=False)
 
 

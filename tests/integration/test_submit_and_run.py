@@ -26,7 +26,9 @@ def test_a_submit_writes_the_jobs_into_the_backlog_and_sends_one_plan_request(
 
     assert response.status == 201, response.body
     messages = receive_all(aws_session, config.jobs_queue_url)
-    assert [json.loads(m["Body"]) for m in messages] == [{"plan": True}]
+    # The plan request carries the submit's correlation id (the run's id) to the dispatcher.
+    plan_request = {"plan": True, "correlation_id": response.body["run_id"]}
+    assert [json.loads(m["Body"]) for m in messages] == [plan_request]
     assert messages[0]["Attributes"]["MessageGroupId"] == "plan"
     store = state_store_of(aws_session, config)
     backlog = [j.job_id for j in store.backlog(Target.DEVICE)]

@@ -43,14 +43,16 @@ from qgjob_backend.domain.planner import (
     plan_batches,
 )
 from qgjob_backend.domain.progress import moved, nonzero, run_job_ids
+from qgjob_backend.domain.queue import PoolSnapshot
 from qgjob_backend.domain.vault import AuditRecord, VaultMessage
+from qgjob_backend.observability import NO_METRICS, MetricsPort
 from qgjob_backend.ports import (
     EstimateConflict,
     FetchedSession,
+    Finish,
     JobOutcome,
     JobPage,
     OrgMetrics,
-    TokenPage,
     TokenRecord,
 )
 from qgjob_backend.schema import JobStatus, Target
@@ -344,6 +346,11 @@ class MemoryStateStore:
         self._maybe_fail("finish_job")
         if job is not None and job.job_id != job_id:
             raise ValueError(f"job {job.job_id} given for job {job_id}")
+        return self._finish(job_id, agent_id, batch_id, outcome, now)
+
+    def _finish(
+        self, job_id: str, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+    ) -> Job | None:
         stored = self._owned(job_id, agent_id, batch_id)
         if stored is None or not self._runs_exist([stored.run_id]):
             return None
@@ -351,6 +358,8 @@ class MemoryStateStore:
             self.runs[stored.run_id].flaky += 1  # in the same write, as in the adapter
         self._move(stored, outcome.status)
         stored.status = outcome.status
+        if stored.started_at is None:  # started without telling: its duration ago
+            stored.started_at = max(0.0, now - outcome.duration_s)
         stored.finished_at = now
         stored.updated_at = now
         stored.duration_s = outcome.duration_s
@@ -362,6 +371,19 @@ class MemoryStateStore:
         stored.artifacts = [dict(a) for a in outcome.artifacts]
         stored.retry_of_batch = None
         return _copy(stored)
+
+    def finish_jobs(self, finishes: Sequence[Finish], now: float) -> list[Job] | None:
+        self._maybe_fail("finish_jobs")
+        if len({f.job.job_id for f in finishes}) != len(finishes):
+            raise ValueError("finish_jobs: a job given twice")
+        for f in finishes:  # all or nothing, as the adapter's transaction
+            stored = self._owned(f.job.job_id, f.agent_id, f.batch_id)
+            if stored is None or not self._runs_exist([stored.run_id]):
+                return None
+        done = [
+            self._finish(f.job.job_id, f.agent_id, f.batch_id, f.outcome, now) for f in finishes
+        ]
+        return [job for job in done if job is not None]
 
     def retry_failed_job(
         self,
@@ -573,7 +595,12 @@ class MemoryStateStore:
             raise ValueError("a batch names a job twice")
         self._maybe_fail("commit_batch")
         agent = self.agents.get(batch.agent_id)
-        if agent is None or agent.status is not AgentStatus.IDLE or agent.batch_id is not None:
+        if (
+            agent is None
+            or agent.status is not AgentStatus.IDLE
+            or agent.batch_id is not None
+            or agent.drained_at is not None  # as the adapter: a drained agent gets no batch
+        ):
             return False
         if batch.batch_id in self.batches:
             return False
@@ -821,13 +848,6 @@ class MemoryTokenStore:
         self.records[token_hash] = replace(record, revoked_at=now, replaced_by=replaced_by)
         return self.records[token_hash]
 
-    def list_page(self, after: str | None, limit: int) -> TokenPage:
-        hashes = sorted(h for h in self.records if after is None or h > after)
-        page = hashes[:limit]
-        return TokenPage(
-            [self.records[h] for h in page], page[-1] if len(hashes) > limit else None
-        )
-
 
 # ------------------------------------------------------------------------ wiring
 def fake_config(**overrides: Any) -> Config:
@@ -880,6 +900,7 @@ def build_memory_services(
     clock: FakeClock | None = None,
     store: MemoryStateStore | None = None,
     vault_queue: MemoryVaultQueue | None = None,
+    metrics: MetricsPort = NO_METRICS,
 ) -> MemoryServices:
     """The real services over the in-memory fakes, through the production wiring."""
     settings = settings or fake_config()
@@ -899,6 +920,7 @@ def build_memory_services(
         clock=clock,
         new_id=SequentialIds(),
         vault_queue=vault_queue,
+        metrics=metrics,
     )
     return MemoryServices(
         settings=settings,
@@ -1217,3 +1239,29 @@ def legacy_submit(svc: MemoryServices, tests: int = 3, *, send: bool = True) -> 
         with contextlib.suppress(Exception):
             svc.queue.send(jobs)
     return job_ids
+
+
+class MemoryPoolSnapshotStore:
+    """The PoolSnapshotStore port in memory, with the adapter's write condition; counts
+    its calls (``calls``) and can be told to fail (``fail``)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[Target, PoolSnapshot] = {}
+        self.calls: Counter[str] = Counter()
+        self.fail = False
+
+    def put_snapshot(self, snapshot: PoolSnapshot, min_interval_s: float) -> bool:
+        self.calls["put_snapshot"] += 1
+        if self.fail:
+            raise RuntimeError("snapshot store down")
+        stored = self.snapshots.get(snapshot.target)
+        if stored is not None and stored.taken_at > snapshot.taken_at - min_interval_s:
+            return False
+        self.snapshots[snapshot.target] = snapshot
+        return True
+
+    def get_snapshot(self, target: Target) -> PoolSnapshot | None:
+        self.calls["get_snapshot"] += 1
+        if self.fail:
+            raise RuntimeError("snapshot store down")
+        return self.snapshots.get(target)

@@ -102,15 +102,59 @@ def test_a_batch_runs_with_one_call_per_test(svc: MemoryServices) -> None:
     assert (agent.status, agent.batch_id) == (AgentStatus.IDLE, None)
 
 
-def test_a_replayed_progress_call_is_accepted_and_changes_nothing(
-    svc: MemoryServices, clock: FakeClock
-) -> None:
+def started_batch(svc: MemoryServices) -> tuple[str, str, list[str]]:
+    """A submitted suite leased by a new agent, installed and its first test started."""
     submit_and_admit(svc)
     agent_id = register(svc)
     leased = lease(svc, agent_id)
-    batch_id = leased.batch.batch_id
     in_batch = ids(leased)
-    progress(svc, agent_id, batch_id, installed=True, start=in_batch[0])
+    progress(svc, agent_id, leased.batch.batch_id, installed=True, start=in_batch[0])
+    return agent_id, leased.batch.batch_id, in_batch
+
+
+def test_the_results_of_one_call_end_their_jobs_in_one_write(
+    svc: MemoryServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent_id, batch_id, in_batch = started_batch(svc)
+    writes: list[str] = []
+    for name in ("finish_job", "finish_jobs"):
+        real = getattr(svc.store, name)
+
+        def counted(*args: object, _real: object = real, _name: str = name, **kw: object) -> object:
+            writes.append(_name)
+            return _real(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(svc.store, name, counted)
+
+    # Three short tests told in one call (`qgjob agent --report-every`): two never started.
+    done = progress(svc, agent_id, batch_id, results=tuple(passed(j) for j in in_batch))
+
+    assert [(s.job_id, s.status) for s in done.results] == [(j, JobStatus.PASSED) for j in in_batch]
+    assert writes == ["finish_jobs"]
+    run = svc.store.get_run(svc.store.get_job(in_batch[0]).run_id)  # type: ignore[union-attr]
+    assert run is not None
+    assert run.counts == {"passed": 3}
+
+
+def test_when_the_shared_write_is_refused_each_result_gets_its_own_answer(
+    svc: MemoryServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent_id, batch_id, in_batch = started_batch(svc)
+    # The shared write loses a race (say, a cancel of one job after the call read it).
+    monkeypatch.setattr(svc.store, "finish_jobs", lambda finishes, now: None)
+
+    done = progress(svc, agent_id, batch_id, results=tuple(passed(j) for j in in_batch[:2]))
+
+    assert [(s.job_id, s.status) for s in done.results] == [
+        (j, JobStatus.PASSED) for j in in_batch[:2]
+    ]
+    assert statuses(svc, in_batch) == [JobStatus.PASSED, JobStatus.PASSED, JobStatus.ASSIGNED]
+
+
+def test_a_replayed_progress_call_is_accepted_and_changes_nothing(
+    svc: MemoryServices, clock: FakeClock
+) -> None:
+    agent_id, batch_id, in_batch = started_batch(svc)
     call = {"results": (passed(in_batch[0]),), "start": in_batch[1]}
     once = progress(svc, agent_id, batch_id, **call)  # type: ignore[arg-type]
     before = {j: _state(svc, j) for j in in_batch}

@@ -4,18 +4,15 @@ does GET /metrics whatever the org's history (counters, no scan)."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from infra.events import HttpRequest, LambdaContext, build_proxy_event
-from qgjob_backend.handlers import api
 from qgjob_backend.schema import SuiteSubmission
 from qgjob_backend.services.auth import TokenKind
 from qgjob_backend.wiring import Services, assemble_services
+from tests.unit.api_calls import api_get
 from tests.unit.fakes import (
     CountingStore,
     FakeClock,
@@ -60,28 +57,13 @@ class World:
     def get(self, path: str) -> tuple[int, dict[str, Any], Counter[str]]:
         """One request through the API handler: its status, body and state store calls (the
         token lookup, the same for every route, is the token store's)."""
-        event = build_proxy_event(
-            HttpRequest(
-                "GET",
-                f"/v1{path}",
-                [("Host", "localhost"), ("Authorization", f"Bearer {self.token}")],
-                b"",
-                "127.0.0.1",
-            ),
-            stage="v1",
-            request_id=str(uuid.uuid4()),
-            account_id="123456789012",
-            api_id="local",
-        )
         self.store.calls.clear()
         self.store.counting = True
-        api.services.use(self.services)
         try:
-            result = api.lambda_handler(event, LambdaContext("ApiFunction", "us-east-1", "1"))
+            status, body = api_get(self.services, self.token, path)
         finally:
-            api.services.use(None)
             self.store.counting = False
-        return result["statusCode"], json.loads(result["body"]), Counter(self.store.calls)
+        return status, body, Counter(self.store.calls)
 
 
 @pytest.fixture(scope="module")

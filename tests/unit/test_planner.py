@@ -263,6 +263,21 @@ def test_an_idle_agent_left_without_work_takes_a_retry_another_agent_left() -> N
     assert batch.agent_id == "a2"
 
 
+def test_a_suite_of_very_short_tests_is_not_spread_one_test_per_warm_agent() -> None:
+    # Ten warm agents: spreading costs no install, but every batch costs a lease, a commit
+    # and a close; 20 tests of 1 s fill no more than one min_batch_seconds batch.
+    short = jobs("acme", "v1", 20, estimate_s=1.0)
+    warm = [agent(f"a{i}", installed=AppRef("acme", "v1")) for i in range(10)]
+    policy = replace(POLICY, max_batch_jobs=25)
+
+    assert [len(b.job_ids) for b in plan(short, warm, policy)] == [20]
+    spread = plan(short, warm, replace(policy, min_batch_seconds=0.0))
+    assert len(spread) == 10
+    # Tests longer than the minimum are spread as before.
+    long = jobs("acme", "v1", 20, estimate_s=60.0)
+    assert len(plan(long, warm, policy)) == 10
+
+
 def test_same_app_version_of_another_org_is_not_warm() -> None:
     (batch,) = plan(jobs("acme", "v1", 3), [agent("a1", installed=AppRef("globex", "v1"))])
 

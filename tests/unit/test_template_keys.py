@@ -22,7 +22,7 @@ from qgjob_backend.schema import JobStatus, Target
 from tests.unit.sam_template import expanded_template
 
 # Partition keys whose values are item or run ids: as many partitions as items.
-UNIQUE_KEYS = {"run-index": "run_id", "connection-index": "connection_id"}
+UNIQUE_KEYS = {"connection-index": "connection_id"}
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
 
 

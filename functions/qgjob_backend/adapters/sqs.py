@@ -9,6 +9,7 @@ from typing import Any
 
 from qgjob_backend.domain.models import Job
 from qgjob_backend.domain.vault import VaultMessage
+from qgjob_backend.observability import current_correlation_id
 
 SQS_BATCH_LIMIT = 10
 # The message group of plan requests: one group, so plans run one at a time.
@@ -51,9 +52,15 @@ class SqsJobQueue:
         # A unique deduplication id: FIFO would drop a second request with the same id for
         # five minutes, even one sent after the first was planned. Requests that queue up
         # together are merged by the dispatcher instead.
+        # The correlation id of the request that asks (a submit's run, an agent's jobs):
+        # the dispatcher's lines about the plan carry it.
+        body: dict[str, object] = {"plan": True}
+        correlation_id = current_correlation_id()
+        if correlation_id:
+            body["correlation_id"] = correlation_id
         self._sqs.send_message(
             QueueUrl=self._url,
-            MessageBody=json.dumps({"plan": True}),
+            MessageBody=json.dumps(body),
             MessageGroupId=PLAN_GROUP,
             MessageDeduplicationId=f"plan-{uuid.uuid4().hex}",
         )

@@ -32,7 +32,9 @@ planner keeps no state between calls):
    share of what its group has left (guided self-scheduling): batches shrink towards
    the end, so the agents of a group end together even when tests run longer or
    shorter than estimated, and the rest stays in the backlog for whichever of the
-   group's agents is free first.
+   group's agents is free first. A batch holds at least ``min_batch_seconds`` of work
+   (or what its group has left): every batch costs the same requests and writes, so a
+   suite of very short tests is not spread one test per agent.
 
 Inside a group, jobs run most urgent first, then oldest, then longest first. A job put
 back after it failed or was lost on an agent (``BacklogJob.avoid_agent_id``) is left by
@@ -116,6 +118,9 @@ class PlanningPolicy:
     max_batch_jobs: int = 25
     aging_seconds: float = 120.0
     max_batch_seconds: float = 900.0
+    # A batch carries at least this much estimated work while its group has that much
+    # left (0: batches as small as the layout's pieces).
+    min_batch_seconds: float = 30.0
     unknown_estimate_s: float = 90.0
     default_install_s: float = 120.0
     # A split must shorten the remaining plan by more than this fraction to buy an install.
@@ -232,10 +237,15 @@ def _not_left_for(agent_id: str, job: BacklogJob) -> bool:
     return job.avoid_agent_id in (None, agent_id)
 
 
-def _estimate(job: BacklogJob, unknown_s: float) -> float:
-    if job.estimate_s is None or not job.estimate_s > 0 or math.isinf(job.estimate_s):
+def usable_estimate(estimate_s: float | None, unknown_s: float) -> float:
+    """A stamped estimate as planning counts it: ``unknown_s`` without a usable one."""
+    if estimate_s is None or not estimate_s > 0 or math.isinf(estimate_s):
         return unknown_s
-    return job.estimate_s
+    return estimate_s
+
+
+def _estimate(job: BacklogJob, unknown_s: float) -> float:
+    return usable_estimate(job.estimate_s, unknown_s)
 
 
 @dataclass
@@ -689,7 +699,12 @@ class _Pool:
             fair_part = group.work_s / segment.agents
             if segment.agents > 1:
                 fair_part /= 2
-            seconds = min(policy.max_batch_seconds, segment.share_s, fair_part)
+            # ... but never less than min_batch_seconds: a batch costs a lease, a commit
+            # and a close whatever it holds, which very short tests spread thin waste.
+            seconds = min(
+                policy.max_batch_seconds,
+                max(policy.min_batch_seconds, min(segment.share_s, fair_part)),
+            )
             job_ids, estimated = group.take(
                 seconds, max(1, policy.max_batch_jobs), self._retry_elsewhere(agent.agent_id)
             )

@@ -15,7 +15,6 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -57,6 +56,15 @@ from qgjob_backend.handlers.api_models import (
     batch_view,
 )
 from qgjob_backend.handlers.body import check_body
+from qgjob_backend.observability import (
+    CORRELATION_HEADER,
+    JOBS_SUBMITTED,
+    EmfMetrics,
+    correlate,
+    joined,
+    observed,
+    valid_correlation_id,
+)
 from qgjob_backend.schema import FINAL_STATUSES, JobPayload, JobStatus, SuiteSubmission
 from qgjob_backend.services.agents import AgentCredential, ReportedResult, Step
 from qgjob_backend.services.auth import Principal, require_fleet, require_org
@@ -89,7 +97,9 @@ app.configure_openapi(
     security=[{"bearerAuth": []}],
 )
 
-services = LazyServices()
+# Not `metrics`: that is the GET /metrics route's function.
+emf_metrics = EmfMetrics()
+services = LazyServices(emf_metrics)
 
 
 def _error(status: int, message: str, **extra: Any) -> Response[Any]:
@@ -106,6 +116,8 @@ def _org() -> str:
 
 
 def _created(result: SubmitResult, single: bool) -> Response[SubmitResponse]:
+    if result.created:
+        emf_metrics.count(JOBS_SUBMITTED, len(result.jobs), target=result.run.target.value)
     body = SubmitResponse.of(result.run, result.jobs, single=single, replayed=not result.created)
     return Response(
         status_code=HTTPStatus.CREATED if result.created else HTTPStatus.OK,
@@ -331,11 +343,12 @@ def cancel_run(
 
 @app.get(
     "/runs/<run_id>",
-    summary="A run's progress: its jobs counted by state, one read (CI polls this)",
+    summary="A run's progress: jobs by state, queue position and ETA (CI polls this)",
     responses=_responses(*_ORG_ROUTE_ERRORS),
 )
 def get_run(run_id: str) -> RunView:
-    return RunView.of(services().submissions.run(_org(), run_id))
+    progress = services().submissions.run_progress(_org(), run_id)
+    return RunView.of(progress.run, progress.queue)
 
 
 @app.get(
@@ -431,6 +444,7 @@ def lease(agent_id: str) -> LeaseResponse:
     if leased is None:
         return LeaseResponse(batch=None, wait_s=services().config.idle_poll_seconds)
     batch = leased.batch
+    correlate(joined(job.run_id for job in leased.jobs))
     builds = services().builds
     if builds is None:
         return LeaseResponse(batch=batch_view(batch, leased.jobs))
@@ -676,7 +690,17 @@ def _within_stage(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "path": path[len(prefix) :] or "/"}
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+def _correlation_id(event: dict[str, Any]) -> str | None:
+    """The caller's X-Correlation-Id when it is a valid one (an agent sends its jobs'),
+    else API Gateway's request id. A submit replaces it with its run's id."""
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    echoed = valid_correlation_id(headers.get(CORRELATION_HEADER))
+    request_id = (event.get("requestContext") or {}).get("requestId")
+    return echoed or (request_id if isinstance(request_id, str) else None)
+
+
+@logger.inject_lambda_context
+@observed(emf_metrics, _correlation_id)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     event = _within_stage(event)
     path = event.get("path") or "/"

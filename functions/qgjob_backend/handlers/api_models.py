@@ -8,6 +8,7 @@ from qgjob_backend.agent_protocol import AgentView, BatchJob, BatchView
 from qgjob_backend.build_protocol import ArtifactUploadForm, ArtifactView, BuildDownload
 from qgjob_backend.domain import progress
 from qgjob_backend.domain.models import Agent, Batch, Job, Run
+from qgjob_backend.domain.queue import RunQueue
 from qgjob_backend.ports import OrgMetrics
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.vault import AuditEntry
@@ -140,8 +141,55 @@ class SubmitResponse(BaseModel):
         )
 
 
+class QueueView(BaseModel):
+    """Where a run stands in its pool's queue (its target's), from a snapshot the
+    dispatcher takes of the pool's backlog and agents every few seconds while it plans.
+    Estimates: from the tests' duration estimates and the queue ahead of the run."""
+
+    position: int | None = Field(
+        description=(
+            "1: the run's first queued job is the next of its pool to start; 0: none of "
+            "its jobs is queued (all are on agents); null: further back than the runs the "
+            "snapshot names (see approximate)."
+        )
+    )
+    jobs_ahead: int | None = Field(
+        description="Queued jobs of the pool ahead of the run's first queued job (at "
+        "least this many when approximate)."
+    )
+    eta_seconds: float | None = Field(
+        description="Seconds from now until the run should finish; null when no agent "
+        "serves it (no_agent) or nothing is known of its end."
+    )
+    estimated_start_at: float | None = Field(
+        default=None, description="When its first queued job should start (epoch seconds)."
+    )
+    estimated_finish_at: float | None = Field(
+        description="When its last job should end (epoch seconds)."
+    )
+    as_of: float = Field(description="When the pool's snapshot was taken (epoch seconds).")
+    approximate: bool = Field(
+        default=False,
+        description="The run is not among the first runs of the snapshot: position is "
+        "null, jobs_ahead a lower bound, the times those of the whole backlog read.",
+    )
+
+    @classmethod
+    def of(cls, queue: RunQueue) -> QueueView:
+        return cls(
+            position=queue.position,
+            jobs_ahead=queue.jobs_ahead,
+            eta_seconds=None if queue.eta_seconds is None else round(queue.eta_seconds, 1),
+            estimated_start_at=queue.estimated_start_at,
+            estimated_finish_at=queue.estimated_finish_at,
+            as_of=queue.as_of,
+            approximate=queue.approximate,
+        )
+
+
 class RunView(BaseModel):
-    """A run's progress from its counters (one read, whatever its size); its jobs are at
+    """A run's progress from its counters (one read, whatever its size) and, while jobs
+    wait or run, its place in its pool's queue (one more read); its jobs are at
     GET /runs/{run_id}/jobs."""
 
     run_id: str
@@ -155,9 +203,19 @@ class RunView(BaseModel):
     flaky: int = Field(default=0, description="Jobs that passed after a failed try.")
     build_sha256: str | None = Field(default=None, description=BUILD_SHA_DESCRIPTION)
     build_note: str | None = Field(default=None, description="Set when there was no build.")
+    queue: QueueView | None = Field(
+        default=None,
+        description="Queue position and ETA; null when nothing waits or runs, or the "
+        "dispatcher has not yet planned its pool.",
+    )
+    no_agent: bool = Field(
+        default=False,
+        description="No online agent of the run's target may run it (none registered, "
+        "all offline or drained, or only other orgs' labs): its queued jobs wait for one.",
+    )
 
     @classmethod
-    def of(cls, run: Run) -> RunView:
+    def of(cls, run: Run, queue: RunQueue | None = None) -> RunView:
         total = len(run.job_ids)
         finished = progress.finished(total, run.counts)
         return cls(
@@ -172,6 +230,8 @@ class RunView(BaseModel):
             flaky=run.flaky,
             build_sha256=run.build_sha256 or None,
             build_note=build_note(run),
+            queue=QueueView.of(queue) if queue is not None else None,
+            no_agent=queue is not None and queue.no_agent,
         )
 
 
@@ -344,7 +404,13 @@ def batch_view(
         install_required=batch.install_required,
         lease_expires_at=batch.lease_expires_at,
         jobs=[
-            BatchJob(job_id=j.job_id, test_path=j.test_path, timeout_s=j.timeout_s, status=j.status)
+            BatchJob(
+                job_id=j.job_id,
+                test_path=j.test_path,
+                timeout_s=j.timeout_s,
+                status=j.status,
+                correlation_id=j.run_id,
+            )
             for j in jobs
         ],
         build=build,

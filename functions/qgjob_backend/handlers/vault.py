@@ -8,6 +8,7 @@ A malformed message can never succeed: it is logged, counted and dropped.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -22,10 +23,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from qgjob_backend.domain.vault import VaultMessage
+from qgjob_backend.observability import DEFAULT_NAMESPACE, NAMESPACE_ENV
 from qgjob_backend.wiring import LazyVaultService
 
 logger = Logger()
-metrics = Metrics(namespace="qgjob")  # the namespace template.yaml gives every function
+# The stack's namespace (POWERTOOLS_METRICS_NAMESPACE, from template.yaml), like every function.
+metrics = Metrics(namespace=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE)
 vault = LazyVaultService(count=lambda name: metrics.add_metric(name, MetricUnit.Count, 1))
 
 

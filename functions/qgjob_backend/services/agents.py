@@ -21,7 +21,8 @@ from qgjob_backend.domain.models import (
     failed_try,
 )
 from qgjob_backend.domain.vault import VaultMessage
-from qgjob_backend.ports import ArtifactStore, JobOutcome, StateStore
+from qgjob_backend.observability import INSTALLS, JOBS_FINISHED, NO_METRICS, MetricsPort
+from qgjob_backend.ports import ArtifactStore, Finish, JobOutcome, StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.auth import Principal, hash_token
 from qgjob_backend.services.builds import checked_artifacts
@@ -69,6 +70,22 @@ class ReportedResult:
     # False: an error no retry can cure (BrowserStack refused the credentials); the job
     # ends as error instead of going back to the queue.
     retryable: bool = True
+
+
+@dataclass(frozen=True)
+class _Finishing:
+    """A result checked and ready for the write that makes its job final."""
+
+    current: Job
+    agent_id: str
+    batch_id: str
+    outcome: JobOutcome
+    attempt: int  # 1-based: infrastructure attempts and failed tries before it
+    session_id: str | None
+
+    @property
+    def status(self) -> JobStatus:
+        return self.outcome.status
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,7 @@ class AgentService:
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32),
         archive: Callable[[VaultMessage], None] | None = None,
         touch_seconds: float = 0.0,
+        metrics: MetricsPort = NO_METRICS,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -133,6 +151,8 @@ class AgentService:
         self._archive = archive
         # A lease writes the agent's last_seen only when it is older than this (0: always).
         self._touch_seconds = touch_seconds
+        # Jobs finished (by target and status) and installs, counted where they happen.
+        self._metrics = metrics
 
     def register(
         self, fleet: Principal, target: Target, device_id: str, installed: AppRef | None
@@ -276,6 +296,7 @@ class AgentService:
         if batch.installed_at is None:
             # The batch's first install report (a repeat is also deduplicated by batch id).
             self._estimates.record_install(batch, now)
+            self._metrics.count(INSTALLS, target=batch.target.value)
         logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
 
     def start(self, credential: AgentCredential, job_id: str, batch_id: str) -> Job:
@@ -308,7 +329,7 @@ class AgentService:
         retryable: bool = True,
     ) -> Job:
         agent_id = self._authorized(credential).agent_id
-        return self._report(
+        prepared = self._prepare(
             agent_id,
             job_id,
             batch_id,
@@ -320,8 +341,9 @@ class AgentService:
             artifacts=artifacts,
             retryable=retryable,
         )
+        return prepared if isinstance(prepared, Job) else self._finish_one(prepared)
 
-    def _report(
+    def _prepare(
         self,
         agent_id: str,
         job_id: str,
@@ -334,10 +356,12 @@ class AgentService:
         *,
         artifacts: Sequence[ReportedArtifact] = (),
         retryable: bool = True,
-    ) -> Job:
-        """Applies one result. An ``error`` goes back to the queue while the job has
-        attempts left, unless the agent says no retry can cure it (``retryable`` False):
-        then, like a last attempt's error, it ends the job."""
+    ) -> Job | _Finishing:
+        """Applies one result, up to the write that makes its job final: that one is
+        returned, for the caller to write alone or with the call's other results. An
+        ``error`` goes back to the queue while the job has attempts left, unless the agent
+        says no retry can cure it (``retryable`` False): then, like a last attempt's
+        error, it ends the job."""
         current = self._store.get_job(job_id)
         if current is None:
             raise NotFound(f"job {job_id} not found")
@@ -410,13 +434,19 @@ class AgentService:
             session_id=session_id,
             artifacts=tuple(checked_artifacts(current.org_id, batch_id, job_id, artifacts)),
         )
+        return _Finishing(current, agent_id, batch_id, outcome, attempt, session_id)
+
+    def _finish_one(self, finishing: _Finishing) -> Job:
+        """Writes one result that makes its job final; a replay of it is accepted again."""
+        f = finishing
         # `current` names the run and org whose counters move: passing it saves a read.
-        job = self._store.finish_job(job_id, agent_id, batch_id, outcome, now, job=current)
+        job = self._store.finish_job(
+            f.current.job_id, f.agent_id, f.batch_id, f.outcome, self._clock(), job=f.current
+        )
         if job is not None:
-            # Only the report that made the job final counts (a replay never gets here).
-            self._estimates.record_test(job)
-            self._archive_session(job, attempt, session_id)
-            return job
+            return self._finished(f, job)
+        job_id, agent_id, batch_id, status = f.current.job_id, f.agent_id, f.batch_id, f.status
+        attempt, session_id = f.attempt, f.session_id
         replay = self._store.get_job(job_id)
         if (
             replay
@@ -432,6 +462,32 @@ class AgentService:
             self._archive_session(replay, replay.attempts, session_id)
             return replay
         raise self._late_report(job_id, agent_id, batch_id)
+
+    def _finished(self, finishing: _Finishing, job: Job) -> Job:
+        """What follows the write that made a job final (a replay never gets here)."""
+        self._estimates.record_test(job)
+        self._metrics.count(JOBS_FINISHED, target=job.target.value, status=job.status.value)
+        self._archive_session(job, finishing.attempt, finishing.session_id)
+        return job
+
+    def _finish_all(self, finishing: Sequence[_Finishing]) -> list[Job | Conflict | NotFound]:
+        """The results of one progress call that make their jobs final, in one write when
+        there are several (their run's and org's counters move once); when that write is
+        refused, one by one, so each gets its own answer."""
+        if len(finishing) > 1:
+            written = self._store.finish_jobs(
+                [Finish(f.current, f.agent_id, f.batch_id, f.outcome) for f in finishing],
+                self._clock(),
+            )
+            if written is not None:
+                return [self._finished(f, job) for f, job in zip(finishing, written, strict=True)]
+        answers: list[Job | Conflict | NotFound] = []
+        for f in finishing:
+            try:
+                answers.append(self._finish_one(f))
+            except (Conflict, NotFound) as error:
+                answers.append(error)
+        return answers
 
     def _archive_session(self, job: Job, attempt: int, session_id: str | None) -> None:
         """Asks the vault to archive the attempt's BrowserStack session record.
@@ -522,12 +578,14 @@ class AgentService:
             except (Conflict, NotFound) as error:
                 progress.installed = False
                 refused = error.message
+        # Results that end their jobs are written together once the others are applied.
+        finishing: dict[int, _Finishing] = {}
         for result in results:
             if refused is not None:
                 progress.results.append(Step(result.job_id, None, _not_applied(refused)))
                 continue
             try:
-                job = self._report(
+                prepared = self._prepare(
                     agent_id,
                     result.job_id,
                     batch_id,
@@ -539,10 +597,25 @@ class AgentService:
                     artifacts=result.artifacts,
                     retryable=result.retryable,
                 )
-                progress.results.append(Step(result.job_id, job.status))
             except (Conflict, NotFound) as error:
                 refused = error.message
                 progress.results.append(Step(result.job_id, None, refused))
+                continue
+            if isinstance(prepared, Job):
+                progress.results.append(Step(result.job_id, prepared.status))
+            else:
+                finishing[len(progress.results)] = prepared
+                progress.results.append(Step(result.job_id, None, "not written yet"))
+        answers = self._finish_all(list(finishing.values()))
+        for index, answer in zip(finishing, answers, strict=True):
+            job_id = progress.results[index].job_id
+            if isinstance(answer, Job):
+                progress.results[index] = Step(job_id, answer.status)
+            elif refused is None:
+                refused = answer.message
+                progress.results[index] = Step(job_id, None, refused)
+            else:
+                progress.results[index] = Step(job_id, None, answer.message)
         if start is not None:
             if refused is not None:
                 progress.started = Step(start, None, _not_applied(refused))

@@ -16,7 +16,14 @@ from enum import StrEnum
 
 from qgjob_backend.ports import TokenRecord, TokenStore
 from qgjob_backend.schema import ID_PATTERN, Target
-from qgjob_backend.services.errors import Forbidden, Unauthorized
+from qgjob_backend.services.errors import Conflict, Forbidden, NotFound, Unauthorized
+
+# A warm Lambda container trusts a token it has checked for this long without reading the
+# tokens table again: a revoked token is refused at most this many seconds after
+# ``revoke`` (infra.admin tokens revoke says so). Longer saves reads, shorter revokes faster.
+TOKEN_CACHE_SECONDS = 60.0
+# A token id as operators see it: the SHA-256 of the token, 64 lowercase hex digits.
+TOKEN_ID_PATTERN = r"^[0-9a-f]{64}$"  # noqa: S105 - a pattern, not a secret
 
 
 class TokenKind(StrEnum):
@@ -43,7 +50,7 @@ class TokenService:
         store: TokenStore,
         clock: Callable[[], float],
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32),
-        cache_seconds: float = 60.0,
+        cache_seconds: float = TOKEN_CACHE_SECONDS,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -51,6 +58,10 @@ class TokenService:
         self._cache_seconds = cache_seconds
         # Warm Lambda containers skip a DynamoDB read per request; revocation lags by this TTL.
         self._cache: dict[str, tuple[float, Principal]] = {}
+
+    @property
+    def cache_seconds(self) -> float:
+        return self._cache_seconds
 
     def create(
         self,
@@ -76,6 +87,37 @@ class TokenService:
             raise RuntimeError("token collision; try again")
         return token
 
+    def get(self, token_id: str) -> TokenRecord:
+        record = self._store.get(_checked_id(token_id))
+        if record is None:
+            raise NotFound(f"no token has id {token_id}")
+        return record
+
+    def revoke(self, token_id: str) -> TokenRecord:
+        """Revokes the token: refused by every container within ``cache_seconds``.
+
+        Conflict when it was revoked already (the record keeps the first revocation)."""
+        revoked = self._store.revoke(_checked_id(token_id), self._clock())
+        if revoked is None:
+            raise _not_revocable(self.get(token_id))
+        return revoked
+
+    def rotate(self, token_id: str) -> tuple[str, TokenRecord]:
+        """A new token of the same kind, org, target and label, then the old one revoked
+        (pointing at its replacement). Returns the new token and the old record.
+
+        A rotation interrupted between the two writes leaves both tokens valid: run it
+        again, or revoke the old one; the extra new token shows in the listing."""
+        old = self.get(token_id)
+        if old.revoked_at is not None:
+            raise _not_revocable(old)
+        token = self.create(old.kind, old.org_id, old.label, old.target)
+        revoked = self._store.revoke(old.token_hash, self._clock(), hash_token(token))
+        if revoked is None:  # revoked by someone else in between: keep theirs, drop ours
+            self._store.revoke(hash_token(token), self._clock())
+            raise _not_revocable(self.get(token_id))
+        return token, revoked
+
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise Unauthorized(
@@ -92,12 +134,25 @@ class TokenService:
         if cached and cached[0] > now:
             return cached[1]
         record = self._store.get(digest)
-        if record is None:
+        if record is None or record.revoked_at is not None:
             raise Unauthorized("invalid token: ask your qgjob admin for a token of your org")
         target = Target(record.target) if record.target else None
         principal = Principal(TokenKind(record.kind), record.org_id, target, digest)
         self._cache[digest] = (now + self._cache_seconds, principal)
         return principal
+
+
+def _checked_id(token_id: str) -> str:
+    if not re.fullmatch(TOKEN_ID_PATTERN, token_id):
+        raise ValueError(
+            f"token id {token_id!r} is not a token id (the 64 hex digits `tokens list` shows)"
+        )
+    return token_id
+
+
+def _not_revocable(record: TokenRecord) -> Conflict:
+    replaced = f", replaced by {record.replaced_by}" if record.replaced_by else ""
+    return Conflict(f"token {record.token_hash} is already revoked{replaced}")
 
 
 def require_org(principal: Principal) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from aws_lambda_powertools import Logger
 
-from qgjob_backend.domain.models import AgentStatus, Batch, BatchState, Job
+from qgjob_backend.domain.models import Agent, AgentStatus, Batch, BatchState, Job
 from qgjob_backend.domain.planner import (
     BacklogJob,
     BusyAgent,
@@ -16,9 +16,17 @@ from qgjob_backend.domain.planner import (
     PlanningPolicy,
     plan_batches,
 )
+from qgjob_backend.observability import (
+    NO_METRICS,
+    MetricsPort,
+    correlated,
+    joined,
+    report_pools,
+)
 from qgjob_backend.ports import StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.estimates import EstimateService
+from qgjob_backend.services.pool_snapshots import PoolSnapshotService
 
 logger = Logger(child=True)
 
@@ -85,6 +93,8 @@ class DispatchService:
         settings: DispatchSettings,
         estimates: EstimateService,
         on_assigned: Callable[[Sequence[Batch]], None] | None = None,
+        snapshots: PoolSnapshotService | None = None,
+        metrics: MetricsPort = NO_METRICS,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -93,6 +103,10 @@ class DispatchService:
         self._estimates = estimates
         # Told of the batches a plan committed (the push channel wakes their agents).
         self._on_assigned = on_assigned
+        # Told what each plan read, for runs' queue positions and ETAs (GET /runs/{id}).
+        self._snapshots = snapshots
+        # Queue depth, oldest queued age and agents per pool, from the reads a plan makes.
+        self._metrics = metrics
 
     def prefetch(self, job_ids: Sequence[str]) -> AdmissionReads:
         """Reads the jobs of many messages and their tests' estimates in two batch reads.
@@ -146,6 +160,7 @@ class DispatchService:
         window = self._settings.backlog_window
         backlogs = {target: self._store.backlog(target, window) for target in Target}
         if not any(backlogs[target] for target in wanted):
+            report_pools(self._metrics, backlogs, {}, self._clock(), 0.0)  # no agents read
             return []
         now = self._clock()
         fresh_after = now - self._settings.agent_offline_seconds
@@ -153,12 +168,14 @@ class DispatchService:
         idle: dict[str | None, list[IdleAgent]] = {}
         busy: dict[str | None, list[BusyAgent]] = {}
         install_s: dict[str, float] = {}
+        pools: dict[Target, list[Agent]] = {}
         for target, backlog in backlogs.items():
             if not backlog:
                 continue
-            for agent in self._store.list_agents(target):
-                if agent.drained_at is not None:
-                    continue  # drained: no new batch, nor work held back for it when busy
+            # A drained agent is no capacity for waiting work: no new batch, no work held
+            # back for it while busy, not online for the metrics and the run ETAs.
+            pools[target] = [a for a in self._store.list_agents(target) if a.drained_at is None]
+            for agent in pools[target]:
                 lab = agent.lab_org_id
                 if agent.status is AgentStatus.IDLE and agent.batch_id is None:
                     if agent.last_seen < fresh_after:
@@ -173,6 +190,9 @@ class DispatchService:
                         BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at)
                     )
             install_s[target.value] = self._estimates.install_seconds(target)
+        if self._snapshots is not None:
+            self._snapshots.observe(backlogs, pools, install_s, now, window)
+        report_pools(self._metrics, backlogs, pools, now, fresh_after)
         if not any(Target(a.target) in wanted for agents in idle.values() for a in agents):
             return []
         waiting = [backlog_view(job) for backlog in backlogs.values() for job in backlog]
@@ -200,18 +220,22 @@ class DispatchService:
         # One call: the store shares the run and org counter writes between the batches.
         committed = self._store.commit_batches(batches, now) if batches else []
         done = {batch.batch_id for batch in committed}
+        run_of = {job.job_id: job.run_id for backlog in backlogs.values() for job in backlog}
         for batch in batches:
             if batch.batch_id in done:
-                logger.info(
-                    "batch assigned",
-                    extra={
-                        "batch_id": batch.batch_id,
-                        "agent_id": batch.agent_id,
-                        "group": batch.group_key,
-                        "jobs": len(batch.job_ids),
-                        "install_required": batch.install_required,
-                    },
-                )
+                # The line carries its jobs' correlation ids (their runs').
+                with correlated(joined(run_of.get(job_id) for job_id in batch.job_ids)):
+                    logger.info(
+                        "batch assigned",
+                        extra={
+                            "batch_id": batch.batch_id,
+                            "agent_id": batch.agent_id,
+                            "group": batch.group_key,
+                            "jobs": len(batch.job_ids),
+                            "job_ids": batch.job_ids,
+                            "install_required": batch.install_required,
+                        },
+                    )
             else:
                 # The agent or a job changed since the plan read them (a cancel, a
                 # deregistration): nothing of this batch was written.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import BatchState
+from qgjob_backend.observability import correlated
 from qgjob_backend.ports import JobQueue, StateStore
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.recovery import requeue_unfinished
@@ -105,9 +106,10 @@ class ReaperService:
                 continue
             if self._store.time_out_job(job, now) is not None:
                 timed_out += 1
-                logger.warning(
-                    "job timed out", extra={"job_id": job.job_id, "agent_id": job.agent_id}
-                )
+                with correlated(job.run_id):  # the job's correlation id, as on its lines
+                    logger.warning(
+                        "job timed out", extra={"job_id": job.job_id, "agent_id": job.agent_id}
+                    )
         return timed_out
 
     def _mark_silent_agents_offline(self) -> int:

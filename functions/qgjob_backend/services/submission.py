@@ -13,6 +13,8 @@ from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import Job, Run
 from qgjob_backend.domain.progress import run_job_ids
+from qgjob_backend.domain.queue import RunQueue
+from qgjob_backend.observability import correlate
 from qgjob_backend.ports import JobQueue, OrgMetrics, StateStore
 from qgjob_backend.schema import JobPayload, JobStatus, SuiteSubmission
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound, ServiceError
@@ -44,6 +46,12 @@ class CancelPage:
     cancelled: int  # jobs this call cancelled
     seen: int  # jobs of the run on this page
     next_cursor: str | None  # None: this was the last page
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    run: Run
+    queue: RunQueue | None  # None: nothing waiting, or no estimate yet
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class SubmissionService:
         new_id: Callable[[], str],
         build_sha256: Callable[[str, str], str | None] | None = None,
         estimates: EstimateService | None = None,
+        queue_of: Callable[[Run], RunQueue | None] | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -99,6 +108,8 @@ class SubmissionService:
         self._build_sha256 = build_sha256
         # Stamps each job with its test's estimate as it is written (None: no estimates).
         self._estimates = estimates
+        # A run's place in its pool's queue (PoolSnapshotService); None: not known.
+        self._queue_of = queue_of
 
     def submit(self, org_id: str, suite: SuiteSubmission) -> SubmitResult:
         """Writes a run and its jobs straight into their group's backlog, then asks the
@@ -114,6 +125,7 @@ class SubmissionService:
             run_id = "run-" + _digest(org_id, suite.idempotency_key)[:20]
         else:
             run_id = "run-" + self._new_id()
+        correlate(run_id)  # the run id is its jobs' correlation id, from this line on
         now = self._clock()
         run = Run(
             run_id=run_id,
@@ -245,6 +257,13 @@ class SubmissionService:
         if run is None or run.org_id != org_id:
             raise NotFound(f"run {run_id} not found")
         return run
+
+    def run_progress(self, org_id: str, run_id: str) -> RunProgress:
+        """The run and its place in its pool's queue: one read of the run and, while it
+        has jobs waiting or running, one of its pool's snapshot (constant work)."""
+        run = self.run(org_id, run_id)
+        queue = self._queue_of(run) if self._queue_of is not None else None
+        return RunProgress(run, queue)
 
     def run_jobs(
         self, org_id: str, run_id: str, cursor: str | None = None, limit: int = MAX_PAGE_JOBS

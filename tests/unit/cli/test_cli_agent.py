@@ -571,6 +571,72 @@ def test_one_call_per_test_carries_the_install_the_results_and_the_completion(
     ]
 
 
+class SteppedClock:
+    """A clock the runner moves: each test takes ``per_test`` seconds."""
+
+    def __init__(self, per_test: float) -> None:
+        self.now = 0.0
+        self.per_test = per_test
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, test_path: str) -> None:
+        self.now += self.per_test
+
+
+def reporting_agent(api: FakeAgentApi, runner: FakeRunner, per_test: float) -> Agent:
+    clock = SteppedClock(per_test)
+    runner.on_run = clock.tick
+    return Agent(
+        api,
+        runner,
+        "emulator",
+        "1",
+        sleep=Sleeps(),
+        heartbeat=False,
+        max_batches=1,
+        log=[].append,
+        clock=clock,
+        report_every_s=5.0,
+    )
+
+
+def test_short_tests_are_told_together_within_the_report_window() -> None:
+    tests = [f"t{i}.spec.ts" for i in range(1, 8)]
+    api = FakeAgentApi([make_batch("b1", tests)])
+
+    assert reporting_agent(api, FakeRunner(), per_test=2.0).run() == 0
+
+    sent = [([x.job_id for x in r.results], r.start, r.complete) for r in api.progress_calls]
+    # The first start at once; then a call only once 5 s passed since the last one: its
+    # results and the start of the test about to run. The completion carries the rest.
+    assert sent == [
+        ([], "b1-j1", False),
+        (["b1-j1", "b1-j2", "b1-j3"], "b1-j4", False),
+        (["b1-j4", "b1-j5", "b1-j6"], "b1-j7", False),
+        (["b1-j7"], None, True),
+    ]
+    assert list(api.results) == [f"b1-j{i}" for i in range(1, 8)]
+
+
+def test_tests_longer_than_the_report_window_are_told_one_by_one() -> None:
+    api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts", "c.spec.ts"])])
+
+    assert reporting_agent(api, FakeRunner(), per_test=6.0).run() == 0
+
+    assert [r.start for r in api.progress_calls] == ["b1-j1", "b1-j2", "b1-j3", None]
+
+
+def test_at_most_ten_results_wait_for_one_call() -> None:
+    tests = [f"t{i}.spec.ts" for i in range(1, 14)]
+    api = FakeAgentApi([make_batch("b1", tests)])
+
+    assert reporting_agent(api, FakeRunner(), per_test=0.0).run() == 0
+
+    assert [len(r.results) for r in api.progress_calls] == [0, 10, 3]
+
+
 def test_a_failed_progress_call_is_sent_again_whole() -> None:
     api = FakeAgentApi([make_batch("b1", ["a.spec.ts", "b.spec.ts"])])
     # The second call (a's result + b's start) fails once, before reaching the server.

@@ -54,6 +54,7 @@ def agent_from_item(item: Item) -> Agent:
         batch_expected_free_at=optional_float(item.get("batch_expected_free_at")),
         connection_id=item.get("connection_id") or None,
         cancel_marks=frozenset(item.get("cancel_marks") or ()),
+        drained_at=optional_float(item.get("drained_at")),
     )
 
 

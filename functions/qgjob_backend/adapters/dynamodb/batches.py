@@ -229,7 +229,12 @@ class BatchStore(CountingTables):
                         "SET #s = :busy, batch_id = :b, batch_group = :g, updated_at = :now"
                         + free_at
                     ),
-                    "ConditionExpression": "#s = :idle AND attribute_not_exists(batch_id)",
+                    # A drained agent (infra.admin agents drain) gets no batch, even from a plan
+                    # that read it before the drain.
+                    "ConditionExpression": (
+                        "#s = :idle AND attribute_not_exists(batch_id) "
+                        "AND attribute_not_exists(drained_at)"
+                    ),
                     "ExpressionAttributeNames": {"#s": "status"},
                     "ExpressionAttributeValues": expression_values(**agent_values),
                 }

@@ -160,25 +160,67 @@ class CountingTables(DynamoTables):
             org_counter_update(self._runs, counted.org_id, counted.job_id, delta),
         ]
 
+    def _expiring(
+        self, counted: Counted, now: float, update: dict[str, Any]
+    ) -> tuple[dict[str, Any], int | None]:
+        """The update with the job's expiry set when its transition is final: a finished
+        job (and its run) expire a retention later, set in the same write."""
+        if not counted.after.is_final:
+            return update, None
+        expires_at = self._expires_at(now)
+        expression = update["UpdateExpression"]
+        if not expression.startswith("SET "):
+            raise ValueError("a final transition's update must start with SET")
+        return {
+            **update,
+            "UpdateExpression": "SET expires_at = :expires_at, " + expression[4:],
+            "ExpressionAttributeValues": {
+                **update["ExpressionAttributeValues"],
+                **expression_values(expires_at=expires_at),
+            },
+        }, expires_at
+
+    def _counted_updates(
+        self, transitions: Sequence[tuple[Counted, dict[str, Any]]], now: float
+    ) -> bool:
+        """Several jobs' conditional updates in one transaction, with the counters they
+        move summed per run and per org (one write each, not one per job): all or nothing;
+        False when any job's condition failed."""
+        items: list[dict[str, Any]] = []
+        per_run: dict[str, dict[str, int]] = {}
+        per_org: dict[str, tuple[str, dict[str, int]]] = {}
+        run_expiry: dict[str, int | None] = {}
+        for counted, update in transitions:
+            update, expires_at = self._expiring(counted, now, update)
+            key = serialize({"job_id": counted.job_id})
+            items.append({"Update": {"TableName": self._jobs, "Key": key, **update}})
+            delta = moved(counted.before, counted.after)
+            if counted.extra:
+                delta = {**delta, **counted.extra}
+            run = per_run.setdefault(counted.run_id, {})
+            subject, org = per_org.setdefault(counted.org_id, (counted.job_id, {}))
+            for name, value in delta.items():
+                run[name] = run.get(name, 0) + value
+                org[name] = org.get(name, 0) + value
+            if expires_at is not None:
+                run_expiry[counted.run_id] = expires_at
+        for run_id, run_delta in sorted(per_run.items()):
+            if any(run_delta.values()):
+                items.append(
+                    run_counter_update(self._runs, run_id, run_delta, run_expiry.get(run_id))
+                )
+        for org_id, (subject, org_delta) in sorted(per_org.items()):
+            if any(org_delta.values()):
+                items.append(org_counter_update(self._runs, org_id, subject, org_delta))
+        if len(items) == 1:
+            return self._counted_update(transitions[0][0], now, **transitions[0][1])
+        return self._transact(items)
+
     def _counted_update(self, counted: Counted, now: float, **update: Any) -> bool:
         """The job's conditional update and the counters it moves: all or nothing (one
         plain UpdateItem when it moves no counter)."""
         key = serialize({"job_id": counted.job_id})
-        expires_at = None
-        if counted.after.is_final:
-            # A finished job (and its run) expire a retention later: set in the same write.
-            expires_at = self._expires_at(now)
-            expression = update["UpdateExpression"]
-            if not expression.startswith("SET "):
-                raise ValueError("a final transition's update must start with SET")
-            update = {
-                **update,
-                "UpdateExpression": "SET expires_at = :expires_at, " + expression[4:],
-                "ExpressionAttributeValues": {
-                    **update["ExpressionAttributeValues"],
-                    **expression_values(expires_at=expires_at),
-                },
-            }
+        update, expires_at = self._expiring(counted, now, update)
         counters = self._counter_items(counted, expires_at)
         if not counters:
             try:

@@ -43,13 +43,10 @@ from qgjob_backend.adapters.dynamodb.shards import (
     shard_key,
 )
 from qgjob_backend.domain.models import Job, Run
-from qgjob_backend.domain.progress import FLAKY, moved, nonzero, run_job_ids
-from qgjob_backend.ports import JobOutcome, JobPage
+from qgjob_backend.domain.progress import FLAKY, moved, nonzero, run_job_id, run_job_ids
+from qgjob_backend.ports import Finish, JobOutcome, JobPage
 from qgjob_backend.schema import JobStatus, Target
 
-# Every job by run, in submission order (keys only: run_id and position never change, so
-# the index is written once per job, not on each transition).
-RUN_INDEX = "run-index"
 # A job chunk's transaction also moves its run's counters and one org metrics shard.
 JOBS_PER_CREATE = TRANSACTION_LIMIT - 2
 UNADMITTED_PREFIX = "pending"
@@ -256,21 +253,18 @@ class JobStore(CountingTables):
         }
 
     def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
-        """A page of the run's jobs by position: the index gives the keys, one strongly
-        consistent batch read the jobs (never older than the run's counters)."""
-        response = self._db.query(
-            TableName=self._jobs,
-            IndexName=RUN_INDEX,
-            KeyConditionExpression="run_id = :run AND #p > :after",
-            ExpressionAttributeNames={"#p": "position"},
-            ExpressionAttributeValues=expression_values(run=run_id, after=after),
-            Limit=limit + 1,  # one more key tells whether another page follows
-        )
-        keys = [deserialize(raw) for raw in response.get("Items", [])]
-        keys.sort(key=lambda k: int(k.get("position", 0)))
-        jobs = self.get_jobs([k["job_id"] for k in keys[:limit]])
+        """A page of the run's jobs by position. Their ids derive from the run and each
+        position (domain.progress.run_job_id), so no index is needed: one read of the run
+        (its size) and one strongly consistent batch read of the page (never older than
+        the run's counters)."""
+        run = self.get_run(run_id)
+        if run is None:
+            return JobPage([], more=False)
+        total = len(run.job_ids)
+        positions = range(max(0, after + 1), min(total, after + 1 + limit))
+        jobs = self.get_jobs([run_job_id(run_id, position) for position in positions])
         jobs.sort(key=lambda j: j.position)
-        return JobPage(jobs, more=len(keys) > limit)
+        return JobPage(jobs, more=positions.stop < total)
 
     def _known(self, job_id: str, job: Job | None) -> Job | None:
         """The caller's copy of the job (its run and org never change), or a fresh read."""
@@ -454,60 +448,18 @@ class JobStore(CountingTables):
         current = self._known(job_id, job)
         if current is None:
             return None
-        sets = ["#s = :final", "finished_at = :now", "updated_at = :now", "duration_s = :dur"]
-        values: dict[str, Any] = {
-            "final": outcome.status.value,
-            "now": now,
-            "dur": outcome.duration_s,
-            "b": batch_id,
-            "a": agent_id,
-            "assigned": JobStatus.ASSIGNED.value,
-            "running": JobStatus.RUNNING.value,
-        }
-        optional = {
-            "message": outcome.message,
-            "output_excerpt": outcome.output_excerpt,
-            "output_key": outcome.output_key,
-            "session_id": outcome.session_id,
-            "artifacts": list(outcome.artifacts) or None,
-        }
-        # A result replaces everything an earlier attempt left behind.
-        removes = ["retry_of_batch", TIMEOUT_ATTRIBUTES]
-        for name, value in optional.items():
-            if value is None:
-                removes.append(name)
-            else:
-                sets.append(f"{name} = :{name}")
-                values[name] = value
-        # Passing after a failed try: flaky, counted on the run in the same write.
-        flaky = {FLAKY: 1} if current.tries and outcome.status is JobStatus.PASSED else None
-        done = self._counted_update(
-            Counted(
-                current.run_id, current.org_id, job_id, JobStatus.RUNNING, outcome.status, flaky
-            ),
-            now,
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
-            ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=expression_values(**values),
-        )
-        if not done:
+        counted, update, finished = _finish(current, agent_id, batch_id, outcome, now)
+        return finished if self._counted_update(counted, now, **update) else None
+
+    def finish_jobs(self, finishes: Sequence[Finish], now: float) -> list[Job] | None:
+        if not finishes:
+            return []
+        if len({f.job.job_id for f in finishes}) != len(finishes):
+            raise ValueError("finish_jobs: a job given twice")
+        built = [_finish(f.job, f.agent_id, f.batch_id, f.outcome, now) for f in finishes]
+        if not self._counted_updates([(counted, update) for counted, update, _ in built], now):
             return None
-        return replace(
-            current,
-            status=outcome.status,
-            agent_id=agent_id,
-            batch_id=batch_id,
-            finished_at=now,
-            updated_at=now,
-            duration_s=outcome.duration_s,
-            message=outcome.message,
-            output_excerpt=outcome.output_excerpt,
-            output_key=outcome.output_key,
-            session_id=outcome.session_id,
-            artifacts=list(outcome.artifacts),
-            retry_of_batch=None,
-        )
+        return [finished for _, _, finished in built]
 
     def requeue_job(
         self,
@@ -605,3 +557,73 @@ class JobStore(CountingTables):
                 started_at=None,
                 last_agent_id=last_agent or job.last_agent_id,
             )
+
+
+def _finish(
+    current: Job, agent_id: str, batch_id: str, outcome: JobOutcome, now: float
+) -> tuple[Counted, dict[str, Any], Job]:
+    """The conditional update that makes ``current`` final (assigned|running in this batch
+    on this agent), the transition its counters see, and the job as it is after."""
+    # A test the agent started without telling (its start goes with its result, see
+    # `qgjob agent --report-every`) started its duration ago.
+    started_at = current.started_at or max(0.0, now - outcome.duration_s)
+    sets = [
+        "#s = :final",
+        "finished_at = :now",
+        "updated_at = :now",
+        "duration_s = :dur",
+        "started_at = if_not_exists(started_at, :started)",
+    ]
+    values: dict[str, Any] = {
+        "final": outcome.status.value,
+        "now": now,
+        "dur": outcome.duration_s,
+        "started": started_at,
+        "b": batch_id,
+        "a": agent_id,
+        "assigned": JobStatus.ASSIGNED.value,
+        "running": JobStatus.RUNNING.value,
+    }
+    optional = {
+        "message": outcome.message,
+        "output_excerpt": outcome.output_excerpt,
+        "output_key": outcome.output_key,
+        "session_id": outcome.session_id,
+        "artifacts": list(outcome.artifacts) or None,
+    }
+    # A result replaces everything an earlier attempt left behind.
+    removes = ["retry_of_batch", TIMEOUT_ATTRIBUTES]
+    for name, value in optional.items():
+        if value is None:
+            removes.append(name)
+        else:
+            sets.append(f"{name} = :{name}")
+            values[name] = value
+    # Passing after a failed try: flaky, counted on the run in the same write.
+    flaky = {FLAKY: 1} if current.tries and outcome.status is JobStatus.PASSED else None
+    counted = Counted(
+        current.run_id, current.org_id, current.job_id, JobStatus.RUNNING, outcome.status, flaky
+    )
+    update: dict[str, Any] = {
+        "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+        "ConditionExpression": "batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": expression_values(**values),
+    }
+    finished = replace(
+        current,
+        status=outcome.status,
+        agent_id=agent_id,
+        batch_id=batch_id,
+        started_at=started_at,
+        finished_at=now,
+        updated_at=now,
+        duration_s=outcome.duration_s,
+        message=outcome.message,
+        output_excerpt=outcome.output_excerpt,
+        output_key=outcome.output_key,
+        session_id=outcome.session_id,
+        artifacts=list(outcome.artifacts),
+        retry_of_batch=None,
+    )
+    return counted, update, finished

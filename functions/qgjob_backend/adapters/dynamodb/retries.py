@@ -42,7 +42,8 @@ class RetryStore(CountingTables):
             UpdateExpression=(
                 "SET #s = :queued, updated_at = :now, message = :reason, "
                 "tries = list_append(if_not_exists(tries, :empty), :try), "
-                "retry_of_batch = :b, last_agent_id = :a, backlog_target = :target, backlog_key = :bk "
+                "retry_of_batch = :b, last_agent_id = :a, "
+                "backlog_target = :target, backlog_key = :bk "
                 f"REMOVE batch_id, agent_id, started_at, {TIMEOUT_ATTRIBUTES}"
             ),
             ConditionExpression="batch_id = :b AND agent_id = :a AND #s IN (:assigned, :running)",
