@@ -20,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # The Lambda code lives in functions/ (its own package root, as in the SAM build).
 export PYTHONPATH := $(CURDIR)/functions:$(CURDIR)
 
-.PHONY: help venv lint fmt typecheck validate test unit integration e2e dev demo openapi clean lock lock-check build build-smoke sizes
+.PHONY: help checkov venv lint fmt typecheck validate test unit integration e2e dev demo openapi clean lock lock-check build build-smoke sizes
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -91,8 +91,20 @@ sizes: ## Size of each function's package in .aws-sam/build (after make build)
 openapi: $(STAMP) ## Regenerate functions/qgjob_backend/openapi.json from the API models
 	$(BIN)/python -m qgjob_backend.handlers.api --openapi > functions/qgjob_backend/openapi.json
 
-test: lint typecheck validate ## Lint, type-check, validate the template, run every test
-	$(BIN)/pytest -q
+# checkov pins its own boto3 and friends, so it lives in a venv of its own, made on demand:
+# tests/unit/test_template_checkov.py runs its IAM checks on the expanded template.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==3.3.30
+	touch $@
+
+checkov: $(CHECKOV_STAMP) ## Install checkov in its own venv (make test uses it)
+
+test: lint typecheck validate $(CHECKOV_STAMP) ## Lint, type-check, validate the template, run every test
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q
 
 unit: $(STAMP) ## Unit tests only (no network)
 	$(BIN)/pytest -q tests/unit
@@ -110,4 +122,4 @@ demo: $(STAMP) ## Start the local stack, submit the examples, show grouping and 
 	$(BIN)/python -m infra.demo
 
 clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam .qgjob-local
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam .qgjob-local

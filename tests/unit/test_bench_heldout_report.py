@@ -197,8 +197,10 @@ def test_summary_and_verdicts_flag_each_missed_target() -> None:
 
 
 def test_online_summary_checks_the_urgent_and_every_other_class() -> None:
-    fast = PolicyMetrics(100, 3, None, 0.0, 0.0, {1: 10.0, 5: 300.0}, 0.0)
-    fifo = PolicyMetrics(100, 3, None, 0.0, 0.0, {1: 40.0, 5: 100.0}, 0.0)
+    # Ours: priority 1 waits 10 s (fifo 40 s), priority 5 waits 500 s: 5 x fifo's 100 s for
+    # that class and 2.5 x fifo's p95 over all jobs (200 s), above the 2 x limit.
+    fast = PolicyMetrics(100, 3, None, 0.0, 0.0, {1: 10.0, 5: 500.0}, 0.0)
+    fifo = PolicyMetrics(100, 3, None, 0.0, 200.0, {1: 40.0, 5: 100.0}, 0.0)
     metrics = {OURS: fast, **{b: fifo for b in BASELINES}}
     rows = [
         ho.CaseResult("day", "online_day", s, 3, 2, False, 90.0, metrics, (1, 5)) for s in (1, 2)
@@ -207,8 +209,11 @@ def test_online_summary_checks_the_urgent_and_every_other_class() -> None:
     checks = ho.verdicts(summary)
 
     assert summary.wait_x_fifo[1].worst == pytest.approx(0.25)
-    assert summary.wait_x_fifo[5].worst == pytest.approx(3.0)
+    assert summary.wait_x_fifo[5].worst == pytest.approx(5.0)
+    assert summary.wait_x_fifo_all[5].worst == pytest.approx(2.5)
+    assert summary.wait_x_fifo_all[1].worst == pytest.approx(0.05)
     assert [ok for _, ok in checks] == [True, False]
+    assert "priority 5 2.50 x fifo's p95 over all jobs" in checks[1][0]
     assert summary.makespan_x_lb is None
 
 

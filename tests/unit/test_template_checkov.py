@@ -1,9 +1,9 @@
 """checkov's IAM checks on the expanded template: none fails.
 
-checkov is not a dev dependency (it pins its own boto3 and friends): install it on its
-own (``python -m venv /tmp/checkov && /tmp/checkov/bin/pip install checkov``) and point
-``CHECKOV`` at it (``CHECKOV=/tmp/checkov/bin/checkov``), or put it on PATH; without it
-this test is skipped. Its other findings are accepted on purpose (README, Observability).
+checkov is not a dev dependency (it pins its own boto3 and friends): ``make test`` installs
+it in a venv of its own (``make checkov``: ``.venv-checkov``) and points ``CHECKOV`` at it;
+elsewhere put it on PATH or set ``CHECKOV``. Only a bare ``pytest`` without it skips this
+test. Its other findings are accepted on purpose (README, Observability).
 """
 
 from __future__ import annotations

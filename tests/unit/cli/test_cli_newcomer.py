@@ -121,6 +121,18 @@ def test_agent_help_states_the_simulated_runners_outcome_rule() -> None:
     assert 'any other "passed"' in text
 
 
+def test_agent_report_every_defaults_to_the_protocols_value() -> None:
+    # The CLI cannot import the protocol module at start (qgjob --help stays fast), so its
+    # default is written again there: this keeps the two the same.
+    from qgjob.agent_protocol import DEFAULT_REPORT_EVERY_S
+
+    agent = cli.commands["agent"]
+    (option,) = [p for p in agent.params if p.name == "report_every_s"]
+    assert option.default == DEFAULT_REPORT_EVERY_S
+    text = " ".join(invoke(["agent", "--help"], env=NO_ENV).stdout.split())
+    assert f"[default: {DEFAULT_REPORT_EVERY_S:g}" in text
+
+
 @pytest.mark.parametrize(
     ("test_path", "status"),
     [
