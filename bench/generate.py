@@ -71,7 +71,9 @@ def split_counts(
 
 
 @dataclass
-class _Run:
+class SuiteRun:
+    """One suite of one app version on one target (a run), before its jobs are made."""
+
     org_id: str
     app_version_id: str
     target: str
@@ -85,7 +87,7 @@ class _Builder:
     """Collects runs (one suite of one app version on one target) and makes the trace."""
 
     rng: random.Random
-    runs: list[_Run] = field(default_factory=list)
+    runs: list[SuiteRun] = field(default_factory=list)
     catalogs: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
 
@@ -99,7 +101,7 @@ class _Builder:
         build = self.versions.get(org)
         return None if build is None else f"{org[:3]}-{build // 100}.{build % 100}.0+{build}"
 
-    def add(self, run: _Run) -> None:
+    def add(self, run: SuiteRun) -> None:
         if run.size > 0:
             self.runs.append(run)
 
@@ -111,7 +113,7 @@ class _Builder:
             catalog.append((f"tests/{area}/{area}_{len(catalog):04d}.spec.ts", base))
         return catalog
 
-    def _job(self, run: _Run, path: str, base: float) -> JobSpec:
+    def _job(self, run: SuiteRun, path: str, base: float) -> JobSpec:
         typical = base * SLOWDOWN[run.target]
         duration = _clip(typical * self.rng.lognormvariate(0.0, 0.12))
         known = self.rng.random() < ESTIMATED_SHARE
@@ -197,7 +199,7 @@ def _burst_runs(
     for (org, version, target, priority), size in zip(
         specs, split_counts(rng, jobs, weights), strict=True
     ):
-        builder.add(_Run(org, version, target, size, priority))
+        builder.add(SuiteRun(org, version, target, size, priority))
 
 
 def ci_burst(rng: random.Random, jobs: int, agents: int) -> Trace:
@@ -217,7 +219,7 @@ def multi_org_day(rng: random.Random, jobs: int, agents: int) -> Trace:
     pools = make_agents(rng, agents, MIXED_POOLS)
     orgs = ORGS[:6]
     activity = [rng.uniform(0.5, 2.0) for _ in orgs]
-    runs: list[_Run] = []
+    runs: list[SuiteRun] = []
     left = jobs
     while left > 0:
         org = rng.choices(orgs, weights=activity)[0]
@@ -225,7 +227,7 @@ def multi_org_day(rng: random.Random, jobs: int, agents: int) -> Trace:
         version = rerun or builder.new_version(org)
         size = min(left, int(_clip(round(rng.lognormvariate(math.log(25), 0.8)), 3, 200)))
         runs.append(
-            _Run(
+            SuiteRun(
                 org, version, _weighted_target(rng, MIXED_POOLS), size, rng.choice((2, 3, 5, 5, 7))
             )
         )
@@ -240,11 +242,11 @@ def huge_family(rng: random.Random, jobs: int, agents: int) -> Trace:
     builder = _Builder(rng)
     pools = make_agents(rng, agents, {"emulator": 1.0})
     huge = round(jobs * 0.9)
-    builder.add(_Run("bigco", builder.new_version("bigco"), "emulator", huge, 5))
+    builder.add(SuiteRun("bigco", builder.new_version("bigco"), "emulator", huge, 5))
     small_orgs = ORGS[:4]
     sizes = split_counts(rng, jobs - huge, [rng.uniform(0.5, 1.5) for _ in small_orgs])
     for org, size in zip(small_orgs, sizes, strict=True):
-        builder.add(_Run(org, builder.new_version(org), "emulator", size, 5))
+        builder.add(SuiteRun(org, builder.new_version(org), "emulator", size, 5))
     return _trace(builder, _agent_specs(pools))
 
 
@@ -256,14 +258,14 @@ def many_tiny(rng: random.Random, jobs: int, agents: int) -> Trace:
         org = rng.choice(ORGS)
         size = min(left, rng.randint(1, 6))
         target = _weighted_target(rng, MIXED_POOLS)
-        builder.add(_Run(org, builder.new_version(org), target, size, rng.randint(3, 7)))
+        builder.add(SuiteRun(org, builder.new_version(org), target, size, rng.randint(3, 7)))
         left -= size
     return _trace(builder, _agent_specs(pools))
 
 
 def _runs_of(
     builder: _Builder, jobs: int, sizes: tuple[int, int], priorities: Sequence[int]
-) -> list[_Run]:
+) -> list[SuiteRun]:
     shares = {"emulator": 0.7, "device": 0.3}
     runs, left = [], jobs
     while left > 0:
@@ -271,7 +273,7 @@ def _runs_of(
         size = min(left, builder.rng.randint(*sizes))
         target = _weighted_target(builder.rng, shares)
         priority = builder.rng.choice(priorities)
-        runs.append(_Run(org, builder.new_version(org), target, size, priority))
+        runs.append(SuiteRun(org, builder.new_version(org), target, size, priority))
         left -= size
     return runs
 

@@ -35,7 +35,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.generate import AGENT_PREFIX, AREAS, ORGS, SLOWDOWN, all_at_zero, split_counts
+from bench.generate import (
+    AGENT_PREFIX,
+    AREAS,
+    ORGS,
+    SLOWDOWN,
+    SuiteRun,
+    all_at_zero,
+    split_counts,
+)
 from bench.trace import AgentSpec, App, InstalledApp, JobSpec, Trace, dump_trace
 
 TARGETS = ("browserstack", "device", "emulator")
@@ -131,20 +139,10 @@ class Params:
 
 
 @dataclass
-class _Suite:
-    org_id: str
-    app_version_id: str
-    target: str
-    size: int
-    priority: int
-    arrival_s: float = 0.0
-
-
-@dataclass
 class _Builder:
     rng: random.Random
     params: Params
-    suites: list[_Suite] = field(default_factory=list)
+    suites: list[SuiteRun] = field(default_factory=list)
     catalogs: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     builds: dict[str, int] = field(default_factory=dict)
 
@@ -168,7 +166,7 @@ class _Builder:
             catalog.append((f"tests/{area}/{area}_{len(catalog):04d}.spec.ts", base))
         return catalog
 
-    def _job(self, suite: _Suite, path: str, base: float) -> JobSpec:
+    def _job(self, suite: SuiteRun, path: str, base: float) -> JobSpec:
         low, high = self.params.duration_bounds
         typical = base * SLOWDOWN[suite.target]
         duration = min(high, max(low, typical * self.rng.lognormvariate(0.0, RUN_NOISE)))
@@ -291,7 +289,7 @@ def _burst3(rng: random.Random, params: Params) -> Trace:
     for (org, version, target, priority), size in zip(
         specs, split_counts(rng, params.jobs, weights), strict=True
     ):
-        builder.suites.append(_Suite(org, version, target, size, priority))
+        builder.suites.append(SuiteRun(org, version, target, size, priority))
     return _trace(builder, _agents(rng, builder, params.agents, {}))
 
 
@@ -316,12 +314,12 @@ def _giant(rng: random.Random, params: Params) -> Trace:
     builder = _Builder(rng, params)
     (target,) = params.agents
     giant = round(params.jobs * rng.uniform(*GIANT_SHARE))
-    builder.suites.append(_Suite("bigco", builder.new_version("bigco"), target, giant, 5))
+    builder.suites.append(SuiteRun("bigco", builder.new_version("bigco"), target, giant, 5))
     small = ORGS[: params.orgs - 1]
     sizes = split_counts(rng, params.jobs - giant, [rng.uniform(0.3, 1.7) for _ in small])
     for org, size in zip(small, sizes, strict=True):
         builder.suites.append(
-            _Suite(org, builder.new_version(org), target, size, rng.choice(params.priorities))
+            SuiteRun(org, builder.new_version(org), target, size, rng.choice(params.priorities))
         )
     return _trace(builder, _agents(rng, builder, params.agents, {}))
 
@@ -349,7 +347,7 @@ def _tiny(rng: random.Random, params: Params) -> Trace:
         org = rng.choice(ORGS[: params.orgs])
         target = rng.choices(TARGETS, weights=weights)[0]
         builder.suites.append(
-            _Suite(org, builder.new_version(org), target, size, rng.choice(params.priorities))
+            SuiteRun(org, builder.new_version(org), target, size, rng.choice(params.priorities))
         )
     return _trace(builder, _agents(rng, builder, params.agents, {}))
 
@@ -384,7 +382,7 @@ def _pareto_mix(rng: random.Random, params: Params) -> Trace:
         # Half the families are another target's run of the org's current build.
         version = builder.last_version(org) if rng.random() < 0.5 else builder.new_version(org)
         target = rng.choices(TARGETS, weights=weights)[0]
-        builder.suites.append(_Suite(org, version, target, size, rng.choice(params.priorities)))
+        builder.suites.append(SuiteRun(org, version, target, size, rng.choice(params.priorities)))
     return _trace(builder, _agents(rng, builder, params.agents, stale))
 
 
@@ -420,7 +418,7 @@ def _online_day(rng: random.Random, params: Params) -> Trace:
     activity = [rng.uniform(0.5, 2.0) for _ in orgs]
     targets = sorted(TARGET_SHARES)
     left = params.jobs
-    suites: list[_Suite] = []
+    suites: list[SuiteRun] = []
     while left > 0:
         org = rng.choices(orgs, weights=activity)[0]
         version = (
@@ -433,7 +431,7 @@ def _online_day(rng: random.Random, params: Params) -> Trace:
         size = max(1, min(left, size))
         target = rng.choices(targets, weights=[TARGET_SHARES[t] for t in targets])[0]
         suites.append(
-            _Suite(org, version, target, size, 1 if urgent else rng.choice(params.priorities))
+            SuiteRun(org, version, target, size, 1 if urgent else rng.choice(params.priorities))
         )
         left -= size
     # Arrivals: a Poisson process (exponential gaps) rescaled onto the day; then some

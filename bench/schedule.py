@@ -2,6 +2,7 @@
 
     python -m bench.schedule TRACE.json [--json] [--plot FILE.png] [--schedule FILE.json]
                              [--policies qgjob,fifo,...] [--tick-s 60]
+    python -m bench.schedule TRACE.json --frontier [--frontier-plot FILE.png] [--json]
 
 ``--json`` prints ``{"lower_bounds": {"makespan_s"}, "policies": {NAME: {"makespan_s",
 "installs", "installs_lower_bound_at_makespan", "mean_wait_s", "p95_wait_s",
@@ -123,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(POLICIES)} (default: all)",
     )
     parser.add_argument(
+        "--frontier",
+        action="store_true",
+        help="sweep the planner's installs-versus-makespan knob (min_split_gain_s) and "
+        "print the (makespan, installs) frontier instead of comparing policies",
+    )
+    parser.add_argument(
+        "--frontier-plot", type=Path, metavar="FILE.png", help="with --frontier: plot it"
+    )
+    parser.add_argument(
         "--tick-s",
         type=float,
         default=DEFAULT_TICK_S,
@@ -146,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TraceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.frontier:
+        return _frontier(args, trace)
+    if args.frontier_plot:
+        parser.error("--frontier-plot needs --frontier")
     try:
         evaluation = evaluate(trace, names, args.tick_s or None)
     except InvalidSchedule as error:
@@ -163,6 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(evaluation.to_json(), indent=2))
     else:
         print(format_table(trace, evaluation))
+    return 0
+
+
+def _frontier(args: argparse.Namespace, trace: Trace) -> int:
+    from bench.frontier import format_frontier, frontier, plot_frontier
+
+    points = frontier(trace, tick_s=args.tick_s or None)
+    if args.frontier_plot:
+        plot_frontier(points, args.frontier_plot, f"qgjob on {args.trace.name}")
+    if args.json:
+        print(json.dumps({"frontier": [p.to_json() for p in points]}, indent=2))
+    else:
+        print(format_frontier(trace, points))
     return 0
 
 

@@ -72,6 +72,11 @@ class Config:
     max_batch_seconds: float = 900.0
     # ... and makes none smaller than this while its group has that much work left.
     min_batch_seconds: float = PlanningPolicy.min_batch_seconds
+    # The installs-versus-makespan knob (PlanningPolicy.min_split_gain_s): a split must
+    # shorten the plan by this much to buy installs; per target by
+    # MIN_SPLIT_GAIN_SECONDS_<TARGET> (e.g. _DEVICE, where installs are slow).
+    min_split_gain_seconds: float = PlanningPolicy.min_split_gain_s
+    split_gain_seconds_by_target: tuple[tuple[str, float], ...] = ()
     # What a test without any reported duration is assumed to take.
     unknown_estimate_seconds: float = 90.0
     # An app install on each target until agents have reported installs there.
@@ -148,6 +153,14 @@ class Config:
             max_batch_seconds=_number(env, "MAX_BATCH_SECONDS", 900.0, 1.0),
             min_batch_seconds=_number(
                 env, "MIN_BATCH_SECONDS", PlanningPolicy.min_batch_seconds, 0.0
+            ),
+            min_split_gain_seconds=_number(
+                env, "MIN_SPLIT_GAIN_SECONDS", PlanningPolicy.min_split_gain_s, 0.0
+            ),
+            split_gain_seconds_by_target=tuple(
+                (target.value, _number(env, name, 0.0, 0.0))
+                for target in Target
+                if env.get(name := f"MIN_SPLIT_GAIN_SECONDS_{target.name}", "").strip()
             ),
             unknown_estimate_seconds=_number(env, "UNKNOWN_ESTIMATE_SECONDS", 90.0, 0.1),
             default_install_seconds_emulator=_number(

@@ -148,6 +148,8 @@ def assemble_services(
                 aging_seconds=config.aging_seconds,
                 max_batch_seconds=config.max_batch_seconds,
                 min_batch_seconds=config.min_batch_seconds,
+                min_split_gain_s=config.min_split_gain_seconds,
+                split_gain_by_target=config.split_gain_seconds_by_target,
                 unknown_estimate_s=config.unknown_estimate_seconds,
             ),
             backlog_window=config.plan_backlog_window,

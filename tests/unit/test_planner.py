@@ -278,6 +278,20 @@ def test_a_suite_of_very_short_tests_is_not_spread_one_test_per_warm_agent() -> 
     assert len(plan(long, warm, policy)) == 10
 
 
+def test_the_split_gain_knob_can_differ_per_pool() -> None:
+    # 8 tests of 60 s: one agent ends 480 s after its install, four 120 s after theirs. A
+    # split gain of 300 s buys the split; 600 s does not, on the pool it is set for only.
+    policy = replace(POLICY, split_gain_by_target=(("device", 600.0),))
+    emulators = [agent(f"e{i}") for i in range(4)]
+    devices = [agent(f"d{i}", "device") for i in range(4)]
+
+    assert len(plan(jobs("acme", "v1", 8), emulators, policy)) == 4
+    assert len(plan(jobs("acme", "v1", 8, target="device"), devices, policy)) == 1
+    assert len(plan(jobs("acme", "v1", 8, target="device"), devices, POLICY)) == 4
+    assert policy.for_target("emulator") is policy
+    assert policy.for_target("device").min_split_gain_s == 600.0
+
+
 def test_same_app_version_of_another_org_is_not_warm() -> None:
     (batch,) = plan(jobs("acme", "v1", 3), [agent("a1", installed=AppRef("globex", "v1"))])
 

@@ -389,6 +389,23 @@ def test_bad_estimate_settings_are_refused(name: str, value: str) -> None:
         Config.from_env({**REQUIRED_ENV, name: value})
 
 
+def test_the_split_gain_knob_comes_from_the_environment_per_target() -> None:
+    default = Config.from_env(REQUIRED_ENV)
+    assert (default.min_split_gain_seconds, default.split_gain_seconds_by_target) == (300.0, ())
+
+    env = {
+        **REQUIRED_ENV,
+        "MIN_SPLIT_GAIN_SECONDS": "60",
+        "MIN_SPLIT_GAIN_SECONDS_DEVICE": "900",
+    }
+    config = Config.from_env(env)
+
+    assert config.min_split_gain_seconds == 60.0
+    assert config.split_gain_seconds_by_target == (("device", 900.0),)
+    with pytest.raises(ConfigError, match="MIN_SPLIT_GAIN_SECONDS_EMULATOR"):
+        Config.from_env({**REQUIRED_ENV, "MIN_SPLIT_GAIN_SECONDS_EMULATOR": "-1"})
+
+
 def test_the_estimates_table_is_required() -> None:
     env = {k: v for k, v in REQUIRED_ENV.items() if k != "ESTIMATES_TABLE"}
 

@@ -49,7 +49,7 @@ import functools
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qgjob_backend.domain.models import AppRef, group_key_for
 
@@ -128,10 +128,20 @@ class PlanningPolicy:
     # ... and another agent for a group already running must shorten the plan by this
     # fraction of the remaining time (and at least by an install) to be worth its install.
     extra_install_gain: float = 0.05
+    # The installs-versus-makespan knob: a split must shorten the plan by at least this
+    # many seconds (and an install's worth) to buy its installs. Lower: sooner, more
+    # installs; higher: fewer installs, later (`python -m bench.schedule --frontier`).
     min_split_gain_s: float = 300.0
+    # Per pool: (target, min_split_gain_s) pairs that override it for that target.
+    split_gain_by_target: tuple[tuple[str, float], ...] = ()
     fair_share: bool = True
     # How long a retried job may wait for an agent other than the one it failed on.
     retry_elsewhere_within_s: float = 120.0
+
+    def for_target(self, target: str) -> PlanningPolicy:
+        """The policy a target's pool plans with (its own split gain, when it has one)."""
+        gain = dict(self.split_gain_by_target).get(target)
+        return self if gain is None else replace(self, min_split_gain_s=gain)
 
 
 def plan_batches(
@@ -159,7 +169,7 @@ def plan_batches(
         install = policy.default_install_s
         if install_s is not None:
             install = install_s.get(target, install)
-        pools.append(_Pool(jobs, idle, running, now, policy, install))
+        pools.append(_Pool(jobs, idle, running, now, policy.for_target(target), install))
     # The pools end together: a pool that could end before the slowest one spends that
     # time saving installs rather than finishing early for nothing.
     common_end = max((pool.smallest_horizon for pool in pools), default=0.0)
