@@ -287,6 +287,9 @@ class Agent:
         # test is told as it starts).
         self._report_every_s = max(0.0, report_every_s)
         self._last_progress_at: float | None = None
+        # The test running untold (job, batch, since when): a heartbeat tells its start
+        # once it has run report_every_s, so qgjob's own timeout covers a long test too.
+        self._untold: tuple[str, str, float] | None = None
         # Builds by sha256 on this host (None: no downloads; the runner finds the app).
         self._build_cache = build_cache
         self.installed_sha256: str | None = None  # the build this process installed
@@ -436,6 +439,7 @@ class Agent:
             answer = self._heartbeat_api.heartbeat(self.agent_id)
             if batch_id is not None and batch_id == self.current_batch_id:
                 self._note_cancelled(answer.get("cancelled_job_ids"))
+                self._tell_long_untold_start()
         except Conflict as error:
             if batch_id is not None and batch_id == self.current_batch_id:
                 self._batch_lost.set()
@@ -449,6 +453,21 @@ class Agent:
             self.log(f"heartbeat failed: {error}")
         except Exception as error:  # the thread must not die on a surprise
             self.log(f"heartbeat failed unexpectedly: {error!r}")
+
+    def _tell_long_untold_start(self) -> None:
+        """Tells the start of the test running untold once it has run report_every_s:
+        qgjob then holds it as running, under its own timeout. Refused (it just ended, or
+        the lease is gone): nothing to do, the main loop reports what it has."""
+        untold = self._untold
+        if untold is None or self._clock() - untold[2] < self._report_every_s:
+            return
+        job_id, batch_id, _ = untold
+        if self._untold is untold:  # the main loop may have moved on to the next test
+            self._untold = None
+        try:
+            self._heartbeat_api.start_job(self.agent_id, job_id, batch_id)
+        except ApiError as error:
+            self.log(f"start of {job_id} not told: {error}")
 
     # ------------------------------------------------------------------ main loop
 
@@ -684,6 +703,7 @@ class Agent:
                 self.log(f"job {job_id} {test_path} cancelled: skipped{self._tag(job_id)}")
                 return
             self._record("start", batch_id, job_id=job_id, status="untold", accepted=True)
+            self._untold = (job_id, batch_id, self._clock())
         else:
             answer = self._progress(batch_id, start=job_id)
             started = answer.started
@@ -716,6 +736,7 @@ class Agent:
             except Exception as error:
                 outcome = RunOutcome("error", 0.0, f"the runner crashed: {error!r}")
         self.current_job_id = None
+        self._untold = None
         if job_id in self._cancelled:
             # Cancelled while it ran: qgjob has it as cancelled and applies no result.
             self.log(

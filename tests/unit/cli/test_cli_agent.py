@@ -628,6 +628,34 @@ def test_tests_longer_than_the_report_window_are_told_one_by_one() -> None:
     assert [r.start for r in api.progress_calls] == ["b1-j1", "b1-j2", "b1-j3", None]
 
 
+def test_a_heartbeat_tells_the_start_of_a_long_untold_test() -> None:
+    # t1 is told (first of the batch); t2 starts within the window, untold, and then runs
+    # long: the heartbeat during it tells its start, so qgjob's timeout covers it.
+    api = FakeAgentApi([make_batch("b1", ["t1.spec.ts", "t2.spec.ts", "t3.spec.ts"])])
+    runner = FakeRunner()
+    worker = reporting_agent(api, runner, per_test=1.0)
+    clock = runner.on_run
+    beats: list[str] = []
+
+    def run(test_path: str) -> None:
+        assert clock is not None
+        clock(test_path)
+        if test_path == "t2.spec.ts":
+            worker.heartbeat_once()  # 1 s into the window: too early
+            beats.append(",".join(c for c in api.calls if c.startswith("start")))
+            worker._clock.now += 10.0  # type: ignore[attr-defined]
+            worker.heartbeat_once()
+            beats.append(",".join(c for c in api.calls if c.startswith("start")))
+
+    runner.on_run = run
+
+    assert worker.run() == 0
+
+    assert "start b1-j2" not in beats[0].split(",")
+    assert "start b1-j2" in beats[1].split(",")
+    assert list(api.results) == ["b1-j1", "b1-j2", "b1-j3"]
+
+
 def test_at_most_ten_results_wait_for_one_call() -> None:
     tests = [f"t{i}.spec.ts" for i in range(1, 14)]
     api = FakeAgentApi([make_batch("b1", tests)])
