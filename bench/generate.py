@@ -81,6 +81,20 @@ class SuiteRun:
     priority: int
     arrival_s: float = 0.0
 
+    def job(self, test_path: str, duration_s: float, estimate_s: float | None) -> JobSpec:
+        """One of the suite's jobs (its id is given when the trace is made)."""
+        return JobSpec(
+            id="pending",
+            arrival_s=round(self.arrival_s, 1),
+            org_id=self.org_id,
+            app_version_id=self.app_version_id,
+            target=self.target,
+            test_path=test_path,
+            priority=self.priority,
+            duration_s=round(duration_s, 1),
+            estimate_s=estimate_s,
+        )
+
 
 @dataclass
 class _Builder:
@@ -117,17 +131,7 @@ class _Builder:
         typical = base * SLOWDOWN[run.target]
         duration = _clip(typical * self.rng.lognormvariate(0.0, 0.12))
         known = self.rng.random() < ESTIMATED_SHARE
-        return JobSpec(
-            id="pending",
-            arrival_s=round(run.arrival_s, 1),
-            org_id=run.org_id,
-            app_version_id=run.app_version_id,
-            target=run.target,
-            test_path=path,
-            priority=run.priority,
-            duration_s=round(duration, 1),
-            estimate_s=round(typical * 1.15, 1) if known else None,
-        )
+        return run.job(path, duration, round(typical * 1.15, 1) if known else None)
 
     def jobs(self) -> list[JobSpec]:
         made: list[JobSpec] = []

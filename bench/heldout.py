@@ -170,17 +170,7 @@ class _Builder:
         low, high = self.params.duration_bounds
         typical = base * SLOWDOWN[suite.target]
         duration = min(high, max(low, typical * self.rng.lognormvariate(0.0, RUN_NOISE)))
-        return JobSpec(
-            id="pending",
-            arrival_s=round(suite.arrival_s, 1),
-            org_id=suite.org_id,
-            app_version_id=suite.app_version_id,
-            target=suite.target,
-            test_path=path,
-            priority=suite.priority,
-            duration_s=round(duration, 1),
-            estimate_s=self.params.estimates.draw(self.rng, typical),
-        )
+        return suite.job(path, duration, self.params.estimates.draw(self.rng, typical))
 
     def jobs(self) -> list[JobSpec]:
         made: list[JobSpec] = []

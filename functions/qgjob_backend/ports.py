@@ -79,9 +79,10 @@ class StateStore(Protocol):
         existing ones are left untouched (and not counted again). LookupError when a
         job's run does not exist."""
 
-    def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
-        """Up to ``limit`` jobs of the run with a position above ``after``, by position
-        (bounded: one index query and one batch read of at most ``limit`` jobs)."""
+    def run_jobs(self, run_id: str, after: int, limit: int, *, total: int) -> JobPage:
+        """Up to ``limit`` jobs of the run (of ``total`` jobs, as the caller read it) with
+        a position above ``after``, by position (bounded: one batch read of at most
+        ``limit`` jobs; their ids derive from the run and each position)."""
 
     # ----------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> Job | None: ...

@@ -1326,17 +1326,17 @@ def test_a_runs_jobs_come_in_pages_in_suite_order(store: StateStore) -> None:
     store.create_run(Run("run-q", "acme", "v1", Target.EMULATOR, 5, other, "fp", T0))
     store.create_jobs([make_job(other[0], run_id="run-q", position=0)])
 
-    first = store.run_jobs("run-p", -1, 2)
-    second = store.run_jobs("run-p", first.jobs[-1].position, 2)
-    last = store.run_jobs("run-p", second.jobs[-1].position, 2)
+    first = store.run_jobs("run-p", -1, 2, total=5)
+    second = store.run_jobs("run-p", first.jobs[-1].position, 2, total=5)
+    last = store.run_jobs("run-p", second.jobs[-1].position, 2, total=5)
 
     assert ([j.job_id for j in first.jobs], first.more) == (ids[0:2], True)
     assert ([j.job_id for j in second.jobs], second.more) == (ids[2:4], True)
     assert ([j.job_id for j in last.jobs], last.more) == (ids[4:], False)
-    assert store.run_jobs("run-p", -1, 5).more is False
-    assert store.run_jobs("run-p", 4, 5) == JobPage([], more=False)
-    assert [j.job_id for j in store.run_jobs("run-q", -1, 100).jobs] == other
-    assert store.run_jobs("run-unknown", -1, 100) == JobPage([], more=False)
+    assert store.run_jobs("run-p", -1, 5, total=5).more is False
+    assert store.run_jobs("run-p", 4, 5, total=5) == JobPage([], more=False)
+    assert [j.job_id for j in store.run_jobs("run-q", -1, 100, total=1).jobs] == other
+    assert store.run_jobs("run-unknown", -1, 100, total=0) == JobPage([], more=False)
 
 
 def test_a_run_reads_as_its_counters_not_as_other_items(store: StateStore) -> None:

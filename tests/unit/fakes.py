@@ -216,9 +216,9 @@ class MemoryStateStore:
             elif job.status is JobStatus.QUEUED:
                 self._backlog[job.job_id] = (job.target, backlog_sort_key(job))
 
-    def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
+    def run_jobs(self, run_id: str, after: int, limit: int, *, total: int) -> JobPage:
         later = sorted(
-            (j for j in self.jobs.values() if j.run_id == run_id and j.position > after),
+            (j for j in self.jobs.values() if j.run_id == run_id and after < j.position < total),
             key=lambda j: j.position,
         )
         return JobPage([_copy(j) for j in later[:limit]], more=len(later) > limit)

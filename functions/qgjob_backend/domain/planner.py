@@ -673,7 +673,7 @@ class _Pool:
             for c in sorted(classes)
         ]
 
-    def _retry_elsewhere(self, agent_id: str) -> Callable[[BacklogJob], bool] | None:
+    def _left_for_others(self, agent_id: str) -> Callable[[BacklogJob], bool] | None:
         """Which jobs ``agent_id`` leaves to another agent: those that last ran on it,
         when another agent of the pool is idle or due to be free soon enough."""
         within = self.policy.retry_elsewhere_within_s
@@ -716,7 +716,7 @@ class _Pool:
                 max(policy.min_batch_seconds, min(segment.share_s, fair_part)),
             )
             job_ids, estimated = group.take(
-                seconds, max(1, policy.max_batch_jobs), self._retry_elsewhere(agent.agent_id)
+                seconds, max(1, policy.max_batch_jobs), self._left_for_others(agent.agent_id)
             )
             if not job_ids:
                 continue

@@ -229,8 +229,8 @@ class SubmissionService:
         if not 1 <= limit <= MAX_CANCEL_PAGE:
             raise ServiceError(f"limit: must be between 1 and {MAX_CANCEL_PAGE}")
         after = -1 if cursor is None else cursor_position(run_id, cursor)
-        self.run(org_id, run_id)  # another org's run: 404
-        page = self._store.run_jobs(run_id, after, limit)
+        run = self.run(org_id, run_id)  # another org's run: 404
+        page = self._store.run_jobs(run_id, after, limit, total=len(run.job_ids))
         open_jobs = [j for j in page.jobs if not j.is_final]
         done = self._store.cancel_jobs(open_jobs, self._clock()) if open_jobs else []
         more = page.more and bool(page.jobs)
@@ -239,9 +239,9 @@ class SubmissionService:
             "run cancel page",
             extra={"run_id": run_id, "cancelled": len(done), "more": next_cursor is not None},
         )
-        run = self._store.get_run(run_id)
-        assert run is not None  # read above; a run is never deleted
-        return CancelPage(run, len(done), len(page.jobs), next_cursor)
+        after_cancel = self._store.get_run(run_id)  # its counters moved by the cancels
+        assert after_cancel is not None  # read above; a run is never deleted
+        return CancelPage(after_cancel, len(done), len(page.jobs), next_cursor)
 
     # ----------------------------------------------------------- queries
     def job(self, org_id: str, job_id: str) -> Job:
@@ -273,7 +273,7 @@ class SubmissionService:
             raise ServiceError(f"limit: must be between 1 and {MAX_PAGE_JOBS}")
         after = -1 if cursor is None else cursor_position(run_id, cursor)
         run = self.run(org_id, run_id)
-        page = self._store.run_jobs(run_id, after, limit)
+        page = self._store.run_jobs(run_id, after, limit, total=len(run.job_ids))
         more = page.more and bool(page.jobs)
         next_cursor = page_cursor(run_id, page.jobs[-1].position) if more else None
         return JobsPage(run, page.jobs, next_cursor)

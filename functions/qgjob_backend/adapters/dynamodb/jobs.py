@@ -252,15 +252,10 @@ class JobStore(CountingTables):
             }
         }
 
-    def run_jobs(self, run_id: str, after: int, limit: int) -> JobPage:
+    def run_jobs(self, run_id: str, after: int, limit: int, *, total: int) -> JobPage:
         """A page of the run's jobs by position. Their ids derive from the run and each
-        position (domain.progress.run_job_id), so no index is needed: one read of the run
-        (its size) and one strongly consistent batch read of the page (never older than
-        the run's counters)."""
-        run = self.get_run(run_id)
-        if run is None:
-            return JobPage([], more=False)
-        total = len(run.job_ids)
+        position (domain.progress.run_job_id), so no index is needed: one strongly
+        consistent batch read of the page (never older than the run's counters)."""
         positions = range(max(0, after + 1), min(total, after + 1 + limit))
         jobs = self.get_jobs([run_job_id(run_id, position) for position in positions])
         jobs.sort(key=lambda j: j.position)
