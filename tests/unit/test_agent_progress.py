@@ -136,6 +136,22 @@ def test_the_results_of_one_call_end_their_jobs_in_one_write(
     assert run.counts == {"passed": 3}
 
 
+def test_a_result_sent_twice_in_one_call_is_written_once(svc: MemoryServices) -> None:
+    agent_id, batch_id, in_batch = started_batch(svc)
+    twice = (passed(in_batch[0]), passed(in_batch[1]), passed(in_batch[0]))
+
+    done = progress(svc, agent_id, batch_id, results=twice)
+
+    assert [(s.job_id, s.status) for s in done.results] == [
+        (in_batch[0], JobStatus.PASSED),
+        (in_batch[1], JobStatus.PASSED),
+        (in_batch[0], JobStatus.PASSED),
+    ]
+    run = svc.store.get_run(svc.store.get_job(in_batch[0]).run_id)  # type: ignore[union-attr]
+    assert run is not None
+    assert run.counts["passed"] == 2
+
+
 def test_when_the_shared_write_is_refused_each_result_gets_its_own_answer(
     svc: MemoryServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:

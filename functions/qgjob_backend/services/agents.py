@@ -580,10 +580,19 @@ class AgentService:
                 refused = error.message
         # Results that end their jobs are written together once the others are applied.
         finishing: dict[int, _Finishing] = {}
+        first_of: dict[str, int] = {}  # job id -> the index of its result in this call
+        repeats: dict[int, int] = {}  # a result sent twice in one call -> its first copy
         for result in results:
             if refused is not None:
                 progress.results.append(Step(result.job_id, None, _not_applied(refused)))
                 continue
+            if result.job_id in first_of and first_of[result.job_id] in finishing:
+                # The same job twice in one call: one write, both get its answer (as a
+                # replayed call would).
+                repeats[len(progress.results)] = first_of[result.job_id]
+                progress.results.append(Step(result.job_id, None, "not written yet"))
+                continue
+            first_of.setdefault(result.job_id, len(progress.results))
             try:
                 prepared = self._prepare(
                     agent_id,
@@ -616,6 +625,8 @@ class AgentService:
                 progress.results[index] = Step(job_id, None, refused)
             else:
                 progress.results[index] = Step(job_id, None, answer.message)
+        for index, first in repeats.items():
+            progress.results[index] = progress.results[first]
         if start is not None:
             if refused is not None:
                 progress.started = Step(start, None, _not_applied(refused))
