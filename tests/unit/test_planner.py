@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import replace
 
@@ -178,20 +177,40 @@ def test_a_large_group_is_split_over_every_idle_agent_when_that_ends_it_soonest(
     assert len(set(planned)) == len(planned)
 
 
-def test_the_number_of_agents_follows_ceil_of_work_over_the_horizon() -> None:
-    # Two groups on 5 agents: 30 x 100 s and 10 x 100 s.  The layout that ends first
-    # gives the big group 4 agents and the small one 1 (T = 60 + 750 -> k = ceil(3000/750)).
+def test_a_split_that_gains_less_than_the_split_gain_buys_no_install() -> None:
+    # 30 x 100 s and 10 x 100 s on 5 agents, 60 s installs. The earliest layout ends at
+    # about 872 s with both groups split (6 installs). The small group kept on one agent
+    # ends at 1,060 s, less than min_split_gain_s (300 s) later, and then the big group
+    # needs only ceil(3000 / 1000) = 3 agents: 4 installs, the fifth agent stays idle.
     backlog = jobs("acme", "big", 30, estimate_s=100.0) + jobs(
         "acme", "small", 10, estimate_s=100.0
     )
     policy = PlanningPolicy(max_batch_jobs=50, max_batch_seconds=10_000)
+    agents = [agent(f"a{i}") for i in range(1, 6)]
 
-    batches = plan(backlog, [agent(f"a{i}") for i in range(1, 6)], policy)
+    def agents_per_group(batches: list[PlannedBatch]) -> dict[str, int]:
+        return {app: sum(b.app_version_id == app for b in batches) for app in ("big", "small")}
 
-    agents_per_group = {
-        app: sum(b.app_version_id == app for b in batches) for app in ("big", "small")
-    }
-    assert agents_per_group == {"big": math.ceil(3000 / 810), "small": 1}
+    assert agents_per_group(plan(backlog, agents, policy)) == {"big": 3, "small": 1}
+    # With no split gain asked for, every agent starts now: the big group on 4 (the small
+    # group's second piece follows a big piece on one of them).
+    eager = replace(policy, min_split_gain_s=0.0)
+    assert agents_per_group(plan(backlog, agents, eager)) == {"big": 4, "small": 1}
+
+
+def test_a_split_gain_above_what_the_splits_buy_keeps_every_group_whole() -> None:
+    # Two groups of 20 x 100 s on 4 agents, 60 s installs: each split over 2 agents ends at
+    # 1,060 s; either kept on one agent ends at 2,060 s, far more than 300 s later.
+    backlog = jobs("acme", "a", 20, estimate_s=100.0) + jobs("acme", "b", 20, estimate_s=100.0)
+    policy = PlanningPolicy(max_batch_jobs=50, max_batch_seconds=10_000)
+
+    batches = plan(backlog, [agent(f"a{i}") for i in range(1, 5)], policy)
+
+    assert sorted(b.app_version_id for b in batches) == ["a", "a", "b", "b"]
+    # A split gain above the 1,000 s it buys keeps both whole: one agent each.
+    frugal = replace(policy, min_split_gain_s=1_100.0)
+    kept = plan(backlog, [agent(f"a{i}") for i in range(1, 5)], frugal)
+    assert sorted(b.app_version_id for b in kept) == ["a", "b"]
 
 
 def test_warm_agents_share_a_large_group_without_installs() -> None:

@@ -18,14 +18,22 @@ planner keeps no state between calls):
    is spread so that all its agents end together (water-filling). The planner searches
    the smallest T for which every group fits (the lower bound LB_split's k_f(T) =
    ceil(P_f / (T - s)) installs per group is what this packing spends when agents are
-   free), then plans for T stretched by ``split_slack`` of the remaining time, so that a
-   split that shortens the pool by less than that does not buy an install.
-2. **Order.** Groups are laid out most urgent class first (priority 1 is the most urgent;
+   free), then plans for the smallest T, no earlier than the end of the slowest pool
+   (the pools end together; a pool's running batches count even when it has nothing
+   left to plan), whose layout spends at most ``split_slack`` more installs than that
+   bound.
+2. **Fewer installs in the slack** (:meth:`_Pool._fewer_splits`). A local search then
+   keeps split groups whole, one at a time, least work first, as long as the pool still
+   ends within the split gain (an install, ``min_split_gain_s``, and
+   ``extra_install_gain`` of the remaining time) of that T: a split must shorten the
+   plan by more than that to buy its installs. ``min_split_gain_s`` is the operator's
+   installs-versus-makespan knob (per pool: ``split_gain_by_target``).
+3. **Order.** Groups are laid out most urgent class first (priority 1 is the most urgent;
    a group gains one level per ``aging_seconds`` of waiting, so nothing starves), then,
    within a class, an org below its fair share of the pool (agents / orgs waiting)
    before an org above it, then the largest work (plus its waiting time) first, the
    longest-processing-time rule that keeps the tail short.
-3. **Batches.** Only the idle agents' first segments of the layout are emitted: an idle
+4. **Batches.** Only the idle agents' first segments of the layout are emitted: an idle
    agent gets a batch of the group the layout gives it now, or nothing when the layout
    does not need it (it would only buy an install). A batch is capped by estimated
    duration (``max_batch_seconds``) and by count, and is at most half of the agent's
@@ -57,6 +65,9 @@ _EPS = 1e-9
 # The look-ahead near the end of a pool's work (see _Pool._look_ahead).
 TAIL_GROUPS_PER_AGENT = 3
 LOOK_AHEAD_GROUPS = 8
+# The local search for fewer splits (_Pool._fewer_splits) re-checks, once, the groups a
+# changed layout newly splits.
+SPLIT_SEARCH_ROUNDS = 2
 # Fair share: how many agents above its share an org must hold before it yields.
 FAIR_SHARE_EXCESS = 2
 
@@ -172,7 +183,9 @@ def plan_batches(
         pools.append(_Pool(jobs, idle, running, now, policy.for_target(target), install))
     # The pools end together: a pool that could end before the slowest one spends that
     # time saving installs rather than finishing early for nothing.
-    common_end = max((pool.smallest_horizon for pool in pools), default=0.0)
+    # A pool with nothing left to plan still ends when its last batch does.
+    running_end = max((b.expected_free_at - now for b in busy), default=0.0)
+    common_end = max([running_end, *(pool.smallest_horizon for pool in pools)])
     plan: list[PlannedBatch] = []
     for pool in pools:
         if pool.idle:
@@ -279,17 +292,23 @@ class _Segment:
 class _Layout:
     """A layout being built: the lanes, each idle agent's first segment, the pieces."""
 
-    def __init__(self, pool: _Pool, lanes: list[_Lane], horizon: float, split: bool) -> None:
+    def __init__(
+        self,
+        pool: _Pool,
+        lanes: list[_Lane],
+        horizon: float,
+        whole: frozenset[str] = frozenset(),
+    ) -> None:
         self.lanes = lanes
         self.horizon = horizon
-        self.split = split
+        self.whole = whole  # groups kept on the agents holding their app, or on one
         self.install_s = pool.install_s
         self.now = pool.now
         self.waiting = {g.key for g in pool.groups}
         self.first: dict[str, _Segment] = {}
         self.pieces = 0  # installs the layout spends
         self.bound_pieces = 0  # sum of k_f(horizon): what the lower bound would spend
-        self.splits = 0  # installs for groups that already have an agent
+        self.split_groups: set[str] = set()  # groups given an install beyond their first
         self.holding: dict[str, list[int]] = {}
         for index, lane in enumerate(lanes):
             if lane.holds is not None:
@@ -377,7 +396,7 @@ class _Layout:
         if install:
             self.pieces += 1
             if group.key in self.holding and self._holders(group.key):
-                self.splits += 1
+                self.split_groups.add(group.key)
         if lane.idle and lane.agent_id not in self.first:
             self.first[lane.agent_id] = _Segment(group, work, install)
         lane.free_at += work + (self.install_s if install else 0.0)
@@ -385,6 +404,11 @@ class _Layout:
             lane.holds = group.key
             self.holding.setdefault(group.key, []).append(index)
         self._push(index)
+
+    def splits_group(self, group: _Group) -> bool:
+        """May the group get agents beyond those holding its app (more than one when none
+        does)?"""
+        return group.key not in self.whole
 
     @property
     def end_s(self) -> float:
@@ -471,23 +495,44 @@ class _Pool:
         found = self._search(frugal, low=max(smallest, common_end))
         if found is not None:
             horizon, layout = found
-            # Another agent for a group that agents already run must shorten the plan by
-            # more than an install's worth; otherwise those agents finish it alone.
-            # Splitting a group over more agents must shorten the plan by more than its
-            # installs cost; otherwise each group runs on one agent (or those it has).
-            alone = None
-            if layout.splits:
-                alone = self._search(lambda candidate: True, split=False)
-            if alone is not None:
-                policy = self.policy
-                gain = max(
-                    self.install_s,
-                    policy.min_split_gain_s,
-                    policy.extra_install_gain * (alone[0] - self.now),
-                )
-                if alone[0] <= horizon + gain:
-                    layout = self._pack(max(alone[0], horizon), split=False) or layout
+            if layout.split_groups:
+                layout = self._fewer_splits(horizon, layout)
         return self._batches(self._look_ahead(layout))
+
+    def _fewer_splits(self, horizon: float, layout: _Layout) -> _Layout:
+        """Spends the layout's slack on installs: a local search that keeps split groups
+        whole (on the agents holding their app, or on one) while the pool still ends within
+        the split gain of ``horizon``.
+
+        A split must shorten the plan by more than its installs cost: by an install, by
+        ``min_split_gain_s`` and by ``extra_install_gain`` of the remaining time. Groups
+        are tried one by one, least work first (the split that gains least); a group that
+        the changed layout newly splits is tried in a second round. The result is the
+        earliest layout with the kept groups whole.
+        """
+        policy = self.policy
+        gain = max(
+            self.install_s,
+            policy.min_split_gain_s,
+            policy.extra_install_gain * (horizon - self.now),
+        )
+        limit = horizon + gain
+        work = {g.key: g.work_s for g in self.groups}
+        whole: frozenset[str] = frozenset()
+        candidates = layout.split_groups
+        for _ in range(SPLIT_SEARCH_ROUNDS):
+            kept = False
+            for key in sorted(candidates - whole, key=lambda k: (work[k], k)):
+                if self._pack(limit, whole=whole | {key}) is not None:
+                    whole, kept = whole | {key}, True
+            probe = self._pack(limit, whole=whole) if kept else None
+            if probe is None or not probe.split_groups - whole:
+                break
+            candidates = probe.split_groups
+        if not whole:
+            return layout
+        found = self._search(lambda candidate: True, low=horizon, whole=whole)
+        return found[1] if found is not None and found[0] <= limit + _EPS else layout
 
     def _look_ahead(self, layout: _Layout) -> _Layout:
         """Near the end, where the greedy order (largest group first) leaves agents ending
@@ -511,7 +556,7 @@ class _Pool:
         ][:LOOK_AHEAD_GROUPS]
         best, best_end = layout, layout.end_s
         for group in candidates:
-            alternative = self._pack(layout.horizon, split=layout.split, first=(agent_id, group))
+            alternative = self._pack(layout.horizon, first=(agent_id, group), whole=layout.whole)
             if alternative is not None and alternative.end_s < best_end - _EPS:
                 best, best_end = alternative, alternative.end_s
         return best
@@ -521,7 +566,7 @@ class _Pool:
         accept: Callable[[_Layout], bool],
         low: float | None = None,
         *,
-        split: bool = True,
+        whole: frozenset[str] = frozenset(),
     ) -> tuple[float, _Layout] | None:
         """The smallest horizon (to a fraction of a percent) with a layout that ``accept``s,
         and that layout; None if not even the upper end of the search has one."""
@@ -535,7 +580,7 @@ class _Pool:
         high = max(high, low)
 
         def attempt(horizon: float) -> _Layout | None:
-            layout = self._pack(horizon, split=split)
+            layout = self._pack(horizon, whole=whole)
             return layout if layout is not None and accept(layout) else None
 
         best = attempt(low)
@@ -564,11 +609,15 @@ class _Pool:
         return high, best
 
     def _pack(
-        self, horizon: float, *, split: bool = True, first: tuple[str, _Group] | None = None
+        self,
+        horizon: float,
+        *,
+        first: tuple[str, _Group] | None = None,
+        whole: frozenset[str] = frozenset(),
     ) -> _Layout | None:
         """Lays every group out so that it ends by ``horizon``; None when one cannot.
-        With ``split`` false, a group gets no agent beyond those holding its app, and one
-        when none does.
+        A group in ``whole`` gets no agent beyond those holding its app, and one when none
+        does (see _fewer_splits).
 
         Per urgency class: first each group on the agents holding its app (earliest free
         first, each filled up to the horizon; below priority 1 this is done for every
@@ -579,7 +628,7 @@ class _Pool:
         a remainder that fits nowhere split over several agents.
         """
         lanes = self._lanes()
-        layout = _Layout(self, lanes, horizon, split)
+        layout = _Layout(self, lanes, horizon, whole)
         if first is not None:
             agent_id, group = first
             index = next(i for i, lane in enumerate(lanes) if lane.agent_id == agent_id)
@@ -606,10 +655,10 @@ class _Pool:
                     continue
                 served = layout.served(group)
                 rest[group.key] = layout.absorb_warm(group)
-                if served and not split and rest[group.key] > _EPS:
+                if served and not layout.splits_group(group) and rest[group.key] > _EPS:
                     return None
             # Whole agents first, for the work beyond a remainder.
-            for group in urgency_class if split else ():
+            for group in filter(layout.splits_group, urgency_class):
                 while rest[group.key] > _EPS:
                     found = layout.roomiest()
                     if found is None:
@@ -631,7 +680,7 @@ class _Pool:
                         return None
                     index, room = found
                     piece = min(room, rest[group.key])
-                    if piece < rest[group.key] - _EPS and not split:
+                    if piece < rest[group.key] - _EPS and not layout.splits_group(group):
                         return None
                     layout.place(index, group, piece, install=True)
                     rest[group.key] -= piece
