@@ -4,7 +4,10 @@
   called the way ``DispatchService._plan_target`` calls it: per target pool with a waiting
   backlog and idle agents, the backlog as ``BacklogJob`` (``enqueued_at`` = arrival,
   ``position`` = submission order), the idle agents as ``IdleAgent`` with what they hold,
-  and ``busy_groups`` = the groups busy agents of that pool are running.
+  and ``busy_groups`` = the groups busy agents of that pool are running. Made with an
+  ``OverflowPolicy`` (``bench.overflow``), it first moves waiting ``overflow`` jobs to the
+  ``browserstack`` pool with ``qgjob_backend.domain.overflow.plan_overflow``, as the
+  dispatcher does before it plans; a moved job stays moved.
 * ``fifo``: no grouping. Each idle agent takes the oldest waiting job of its target (an idle
   agent already holding that job's app first); it installs whenever the version differs.
 * ``group_sequential``: each family goes whole to one agent and runs to the end; families
@@ -39,9 +42,11 @@ from bench.simulator import (
     PlanningState,
     Policy,
     QueuedJob,
+    Yield,
 )
 from bench.trace import App, Family
 from qgjob_backend.domain.models import AppRef, group_key_for
+from qgjob_backend.domain.overflow import OverflowMove, OverflowPolicy, apply_moves, plan_overflow
 from qgjob_backend.domain.planner import (
     BacklogJob,
     BusyAgent,
@@ -50,8 +55,10 @@ from qgjob_backend.domain.planner import (
     PlanningPolicy,
     plan_batches,
 )
+from qgjob_backend.domain.preemption import PreemptionPolicy, RunningBatch, plan_yields
 
 DEFAULT_PLANNING = PlanningPolicy()
+DEFAULT_PREEMPTION = PreemptionPolicy()
 FIXED_BATCH_JOBS = 10
 Planner = Callable[..., Sequence[PlannedBatch]]
 
@@ -81,11 +88,18 @@ class QgjobPolicy:
     time_dependent = True  # urgency ages with the waiting time
 
     def __init__(
-        self, planning: PlanningPolicy = DEFAULT_PLANNING, planner: Planner | None = None
+        self,
+        planning: PlanningPolicy = DEFAULT_PLANNING,
+        planner: Planner | None = None,
+        overflow: OverflowPolicy | None = None,
+        preemption: PreemptionPolicy = DEFAULT_PREEMPTION,
     ) -> None:
         self._planning = planning
+        self._preemption = preemption
         self._planner: Planner = planner if planner is not None else plan_batches
         self._views: dict[str, BacklogJob] = {}
+        self._overflow = overflow  # None: no job overflows
+        self.moves: list[OverflowMove] = []  # every job moved to browserstack, in order
 
     @property
     def planner(self) -> Planner:
@@ -110,7 +124,9 @@ class QgjobPolicy:
         return view
 
     def plan(self, state: PlanningState) -> list[Assignment]:
-        waiting = {j.target for j in state.backlog}
+        if self._overflow is not None:
+            self._move(state)
+        waiting = {self.backlog_job(j).target for j in state.backlog}
         idle = [
             IdleAgent(a.agent_id, a.target, _app_ref(a.installed))
             for a in state.idle
@@ -130,6 +146,57 @@ class QgjobPolicy:
             Assignment(p.agent_id, Family(p.org_id, p.app_version_id, p.target), p.job_ids)
             for p in planned
         ]
+
+    def yields(self, state: PlanningState) -> list[Yield]:
+        """The running batches to shorten for waiting priority-1 work, from the
+        dispatcher's preemption core (``qgjob_backend.domain.preemption.plan_yields``)."""
+        policy = self._preemption
+        if not policy.enabled or all(j.priority > policy.urgent_priority for j in state.backlog):
+            return []
+        running = []
+        for b in state.busy:
+            if b.current_end_s is None:
+                continue
+            unfinished = [*([b.current_job_id] if b.current_job_id else []), *b.remaining_job_ids]
+            running.append(
+                RunningBatch(
+                    agent_id=b.agent_id,
+                    target=b.target,
+                    group_key=group_key_for(*b.family),
+                    priority=min((self._views[j].priority for j in unfinished), default=10),
+                    remaining_job_ids=b.remaining_job_ids,
+                    remaining_estimates_s=tuple(
+                        self._views[j].estimate_s for j in b.remaining_job_ids
+                    ),
+                    current_ends_at=b.current_end_s,
+                    yielding=b.yielding,
+                    planned_free_at=b.expected_free_s,  # as plan() tells the planner
+                )
+            )
+        idle = [IdleAgent(a.agent_id, a.target, _app_ref(a.installed)) for a in state.idle]
+        backlog = [self.backlog_job(j) for j in state.backlog]
+        yields = plan_yields(backlog, idle, running, state.now, policy, dict(state.install_s))
+        return [Yield(y.agent_id) for y in yields]
+
+    def _move(self, state: PlanningState) -> None:
+        """Moves waiting overflow jobs to browserstack (their views stay moved)."""
+        assert self._overflow is not None
+        backlog = [self.backlog_job(j) for j in state.backlog]
+        moved = {m.job_id for m in self.moves}
+        allowed = {j.job_id for j in state.backlog if j.overflow and j.job_id not in moved}
+        if not allowed:
+            return
+        agents = [IdleAgent(a.agent_id, a.target, _app_ref(a.installed)) for a in state.idle]
+        busy = [
+            BusyAgent(b.agent_id, b.target, group_key_for(*b.family), b.expected_free_s)
+            for b in state.busy
+        ]
+        moves = plan_overflow(
+            backlog, allowed, agents, state.now, self._overflow, busy, dict(state.install_s)
+        )
+        for view in apply_moves([self._views[m.job_id] for m in moves], moves):
+            self._views[view.job_id] = view
+        self.moves.extend(moves)
 
 
 def _app_ref(app: App | None) -> AppRef | None:

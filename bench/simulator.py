@@ -6,7 +6,9 @@ called with a :class:`PlanningState`: the waiting jobs as the planner sees them 
 agents with their family and expected free time, and the time. It returns
 :class:`Assignment` batches (agent, family, ordered job ids). Executing a batch installs the
 family's app when the agent does not hold it (it holds it afterwards), then runs the tests
-back to back with their true ``duration_s``.
+back to back with their true ``duration_s``. A job the trace lets ``overflow`` may also be
+given to a ``browserstack`` agent, as a job of its family on that target (org, app,
+browserstack), which installs with BrowserStack's install time.
 
 A policy whose answer depends on the time (``time_dependent``, e.g. ours: a group's
 urgency ages) may leave an agent idle now and give it work later with nothing else having
@@ -15,6 +17,10 @@ happened. In qgjob that is when the idle agent leases again: agents poll every s
 one-minute schedule. So while jobs wait and agents of their target idle, a time-dependent
 policy is asked again every ``tick_s`` (default 1 s). Policies that depend only on the
 state (every baseline) would answer the same, so they are not asked again.
+
+A policy may also shorten running batches (``yields``, see :class:`Yield`; ours does it
+for priority-1 work in a busy pool): the agent finishes the test it is on and hands the
+rest back, which go back to waiting; the schedule keeps only what ran.
 
 The result is a full schedule: per agent, its installs and tests in time order.
 :func:`validate_schedule` checks any schedule against its trace independently.
@@ -27,10 +33,10 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from bench.trace import App, Family, JobSpec, Trace
+from bench.trace import OVERFLOW_TARGET, App, Family, JobSpec, Trace
 
 # Idle agents lease, and so plan, every second (qgjob agent --poll-seconds default 1.0).
 DEFAULT_TICK_S = 1.0
@@ -52,6 +58,7 @@ class QueuedJob:
     priority: int
     estimate_s: float | None
     position: int  # index in the trace: the order of submission
+    overflow: bool = False  # it may also run on an OVERFLOW_TARGET agent
 
     @classmethod
     def of(cls, job: JobSpec, position: int) -> QueuedJob:
@@ -66,11 +73,18 @@ class QueuedJob:
             job.priority,
             job.estimate_s,
             position,
+            job.overflow,
         )
 
     @property
     def family(self) -> Family:
         return Family(self.org_id, self.app_version_id, self.target)
+
+    def may_run_as(self, family: Family) -> bool:
+        """True for its own family and, when it may overflow, its OVERFLOW_TARGET one."""
+        return family == self.family or (
+            self.overflow and family == Family(self.org_id, self.app_version_id, OVERFLOW_TARGET)
+        )
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,13 @@ class BusyAgentView:
     job_ids: tuple[str, ...]
     started_s: float
     expected_free_s: float  # from install_s and the estimates (UNKNOWN_ESTIMATE_S if none)
+    # Only in the state a policy's ``yields`` sees (see Policy), as of that call's ``now``:
+    # the test it is on (None: installing), when that is expected to end (its start plus
+    # its estimate, or now when it runs over), and the jobs it has not started, in order.
+    current_job_id: str | None = None
+    current_end_s: float | None = None
+    remaining_job_ids: tuple[str, ...] = ()
+    yielding: bool = False  # it was asked to yield: it stops after its current test
 
 
 @dataclass(frozen=True)
@@ -111,6 +132,14 @@ class Assignment:
     job_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Yield:
+    """Shorten ``agent_id``'s batch: it finishes the test (or install) it is on and hands
+    back the rest, as a qgjob agent does when the dispatcher asks it to yield."""
+
+    agent_id: str
+
+
 class Policy(Protocol):
     """Decides batches. May keep state (a fresh instance per simulation). Optional attribute
     ``time_dependent`` (default True): False promises that the answer depends only on the
@@ -119,6 +148,13 @@ class Policy(Protocol):
     name: str
 
     def plan(self, state: PlanningState) -> Sequence[Assignment]: ...
+
+
+# Optional, beside ``plan``: ``yields(state) -> Sequence[Yield]``, asked after every event
+# while jobs wait (after ``plan``; its state's busy views carry the current test and the
+# jobs not started). A yielded agent's batch ends at its next test boundary: the tests
+# that began finish, the others go back to waiting (with their own arrival time) and the
+# agent is free at that boundary. A policy without it (every baseline) never yields.
 
 
 @dataclass(frozen=True)
@@ -182,6 +218,8 @@ class SimResult:
     planning_calls: int = 0
     planning_s_total: float = 0.0  # wall time spent in the policy (report only)
     planning_s_max: float = 0.0
+    yields: int = 0  # batches shortened at a test boundary
+    handed_back: int = 0  # jobs those batches gave back
 
 
 @dataclass
@@ -190,6 +228,10 @@ class _AgentState:
     target: str
     installed: App | None
     busy: BusyAgentView | None = None
+    # The batch it runs: (job, true start, true end) per test, and when its install (or
+    # its start, without one) ends; its test segments are the tail of its schedule lane.
+    tests: list[tuple[QueuedJob, float, float]] = field(default_factory=list)
+    install_end_s: float = 0.0
 
 
 @dataclass
@@ -202,6 +244,7 @@ class _Simulation:
     agents: dict[str, _AgentState] = field(init=False)
     pending: dict[str, QueuedJob] = field(default_factory=dict)
     waiting_by_target: Counter[str] = field(default_factory=Counter)
+    waiting_overflow: int = 0  # waiting jobs that an OVERFLOW_TARGET agent may also take
     frees: list[tuple[float, str]] = field(default_factory=list)  # heap of (time, agent id)
 
     def __post_init__(self) -> None:
@@ -241,6 +284,8 @@ class _Simulation:
                 self._plan(now)
                 if self.ticking and self.tick_s and self._someone_can_work():
                     tick = (math.floor(now / self.tick_s + _TOLERANCE) + 1) * self.tick_s
+            if self.pending and hasattr(self.policy, "yields"):
+                self._ask_yields(now)
         if self.pending:
             raise SimulationStalled(
                 f"{self.policy.name}: {len(self.pending)} jobs wait and nothing will happen"
@@ -250,10 +295,16 @@ class _Simulation:
     def _arrive(self, job: QueuedJob) -> None:
         self.pending[job.job_id] = job
         self.waiting_by_target[job.target] += 1
+        self.waiting_overflow += job.overflow
 
     def _someone_can_work(self) -> bool:
         return any(
-            a.busy is None and self.waiting_by_target[a.target] > 0 for a in self.agents.values()
+            a.busy is None
+            and (
+                self.waiting_by_target[a.target] > 0
+                or (a.target == OVERFLOW_TARGET and self.waiting_overflow > 0)
+            )
+            for a in self.agents.values()
         )
 
     def _plan(self, now: float) -> None:
@@ -285,7 +336,7 @@ class _Simulation:
             raise PolicyError(f"{name}: empty batch or repeated job for {assignment.agent_id}")
         for job_id in assignment.job_ids:
             job = self.pending.get(job_id)
-            if job is None or job.family != assignment.family:
+            if job is None or not job.may_run_as(assignment.family):
                 raise PolicyError(
                     f"{name}: job {job_id!r} is not waiting in family {assignment.family}"
                 )
@@ -305,17 +356,94 @@ class _Simulation:
             clock += install
             expected += install
             agent.installed = family.app
+        agent.tests = []
+        agent.install_end_s = clock
         for job_id in assignment.job_ids:
             job = self.pending.pop(job_id)
             self.waiting_by_target[job.target] -= 1
+            self.waiting_overflow -= job.overflow
             end = clock + self.durations[job_id]
             lane.append(Segment("test", family.org_id, family.app_version_id, clock, end, job_id))
+            agent.tests.append((job, clock, end))
             clock = end
-            expected += job.estimate_s if job.estimate_s is not None else UNKNOWN_ESTIMATE_S
+            expected += _estimate(job)
         agent.busy = BusyAgentView(
             agent.agent_id, agent.target, family, assignment.job_ids, now, expected
         )
         heapq.heappush(self.frees, (clock, agent.agent_id))
+
+    def _running_view(self, agent: _AgentState, now: float) -> BusyAgentView:
+        """What a policy may know of a busy agent at ``now``: which of its tests began (the
+        agent reports each start), their estimates, never their true durations."""
+        assert agent.busy is not None
+        view = agent.busy
+        started = [(job, start) for job, start, _ in agent.tests if start <= now + _TOLERANCE]
+        rest = tuple(job.job_id for job, start, _ in agent.tests if start > now + _TOLERANCE)
+        if started:
+            job, start = started[-1]
+            current: str | None = job.job_id
+            expected_end = start + _estimate(job)
+        else:  # still installing (an install takes its target's install_s exactly)
+            current = None
+            expected_end = agent.install_end_s
+        return replace(
+            view,
+            current_job_id=current,
+            current_end_s=max(now, expected_end),
+            remaining_job_ids=rest,
+        )
+
+    def _ask_yields(self, now: float) -> None:
+        ordered = sorted(self.agents.values(), key=lambda a: a.agent_id)
+        state = PlanningState(
+            now=now,
+            backlog=list(self.pending.values()),
+            idle=[IdleAgentView(a.agent_id, a.target, a.installed) for a in ordered if not a.busy],
+            busy=[self._running_view(a, now) for a in ordered if a.busy is not None],
+            install_s=self.trace.install_s,
+        )
+        started = time.perf_counter()
+        yields: Sequence[Yield] = self.policy.yields(state)  # type: ignore[attr-defined]
+        spent = time.perf_counter() - started
+        self.result.planning_s_total += spent
+        self.result.planning_s_max = max(self.result.planning_s_max, spent)
+        for request in yields:
+            self._yield(request, now)
+
+    def _yield(self, request: Yield, now: float) -> None:
+        """Ends the agent's batch at its next test boundary: the tests not begun by then
+        go back to waiting, with their own arrival times."""
+        agent = self.agents.get(request.agent_id)
+        if agent is None or agent.busy is None:
+            raise PolicyError(f"{self.policy.name}: agent {request.agent_id!r} is not busy")
+        begun = [t for t in agent.tests if t[1] <= now + _TOLERANCE]
+        rest = agent.tests[len(begun) :]
+        if not rest:
+            return  # on its last test: it ends there anyway
+        boundary = begun[-1][2] if begun else agent.install_end_s
+        lane = self.result.schedule[agent.agent_id]
+        del lane[len(lane) - len(rest) :]
+        for job, _, _ in rest:
+            self.pending[job.job_id] = job
+            self.waiting_by_target[job.target] += 1
+            self.waiting_overflow += job.overflow
+        agent.tests = begun
+        expected = begun[-1][1] + _estimate(begun[-1][0]) if begun else agent.install_end_s
+        agent.busy = replace(
+            agent.busy,
+            job_ids=tuple(job.job_id for job, _, _ in begun),
+            expected_free_s=expected,
+            yielding=True,
+        )
+        self.frees = [(t, a) for t, a in self.frees if a != agent.agent_id]
+        self.frees.append((boundary, agent.agent_id))
+        heapq.heapify(self.frees)
+        self.result.yields += 1
+        self.result.handed_back += len(rest)
+
+
+def _estimate(job: QueuedJob) -> float:
+    return job.estimate_s if job.estimate_s is not None else UNKNOWN_ESTIMATE_S
 
 
 def simulate(trace: Trace, policy: Policy, *, tick_s: float | None = DEFAULT_TICK_S) -> SimResult:
@@ -331,7 +459,8 @@ def simulate(trace: Trace, policy: Policy, *, tick_s: float | None = DEFAULT_TIC
 def validate_schedule(trace: Trace, schedule: Mapping[str, Sequence[Segment]]) -> list[str]:
     """Every problem of ``schedule`` as a schedule of ``trace`` (empty: it is valid).
 
-    Checks: every job runs exactly once, on an agent of its target, after its arrival and
+    Checks: every job runs exactly once, on an agent of its target (or, for an ``overflow``
+    job, of OVERFLOW_TARGET), after its arrival and
     for its true duration; installs take the target's install time; an agent's segments
     never overlap; a test runs only on an agent holding its app (installed earlier on that
     agent, or held from the start).
@@ -362,7 +491,8 @@ def validate_schedule(trace: Trace, schedule: Mapping[str, Sequence[Segment]]) -
                 continue
             job = jobs[seg.job_id]
             runs[job.id] += 1
-            problems.extend(_test_problems(where, seg, job.family, holds, spec.target))
+            family = job.family_on(spec.target) or job.family  # an overflow job may move
+            problems.extend(_test_problems(where, seg, family, holds, spec.target))
             if seg.start_s < job.arrival_s - _TOLERANCE:
                 problems.append(f"{where}: {job.id} starts before its arrival {job.arrival_s}")
             _expect_length(problems, where, seg, job.duration_s)

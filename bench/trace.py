@@ -4,10 +4,13 @@
 {"agents": [{"id", "target", "installed": {"org_id", "app_version_id"} | null}],
  "install_s": {target: seconds},
  "jobs": [{"id", "arrival_s", "org_id", "app_version_id", "target", "test_path",
-           "priority", "duration_s", "estimate_s" (optional)}]}
+           "priority", "duration_s", "estimate_s" (optional), "overflow" (optional)}]}
 ```
 ``duration_s`` is the truth (what the test takes in the simulation); ``estimate_s`` is what
-history would tell the planner (absent: the planner has no estimate). Unknown keys are
+history would tell the planner (absent: the planner has no estimate). ``overflow: true``
+(absent: false) lets an emulator or device job run on a ``browserstack`` agent instead, as
+``qgjob submit --overflow browserstack`` does (it runs there for the same ``duration_s``,
+after BrowserStack's install). Unknown keys are
 ignored; an invalid trace is rejected with a :class:`TraceError` naming the bad field.
 """
 
@@ -23,6 +26,10 @@ Name = Annotated[str, Field(min_length=1, max_length=256)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Priority = Annotated[int, Field(ge=1, le=10, strict=True)]
+
+
+# The pool an `overflow` job may also run on (qgjob_backend.domain.overflow.BROWSERSTACK).
+OVERFLOW_TARGET = "browserstack"
 
 
 class App(NamedTuple):
@@ -84,10 +91,17 @@ class JobSpec(_Model):
     priority: Priority
     duration_s: PositiveSeconds
     estimate_s: PositiveSeconds | None = None
+    overflow: Annotated[bool, Field(strict=True)] = False
 
     @property
     def family(self) -> Family:
         return Family(self.org_id, self.app_version_id, self.target)
+
+    def family_on(self, target: str) -> Family | None:
+        """Its family when it runs on a ``target`` agent; None if it may not run there."""
+        if target == self.target or (self.overflow and target == OVERFLOW_TARGET):
+            return Family(self.org_id, self.app_version_id, target)
+        return None
 
 
 class Trace(_Model):
@@ -108,6 +122,8 @@ class Trace(_Model):
         for i, job in enumerate(self.jobs):
             if job.target not in pools:
                 raise ValueError(f"jobs[{i}].target: no agent has target {job.target!r}")
+            if job.overflow and job.target == OVERFLOW_TARGET:
+                raise ValueError(f"jobs[{i}].overflow: a {OVERFLOW_TARGET} job cannot overflow")
         return self
 
     @property
@@ -167,11 +183,14 @@ def load_trace(path: str | Path) -> Trace:
 
 
 def trace_to_json(trace: Trace) -> dict[str, Any]:
-    """The JSON document of a trace (``estimate_s`` left out when there is none)."""
+    """The JSON document of a trace (``estimate_s`` left out when there is none,
+    ``overflow`` when false)."""
     data = trace.model_dump(mode="json")
     for job in data["jobs"]:
         if job["estimate_s"] is None:
             del job["estimate_s"]
+        if not job["overflow"]:
+            del job["overflow"]
     return data
 
 

@@ -26,6 +26,11 @@ One agent drives one device slot. Its loop:
 - A 409 on a heartbeat also means the lease was lost: the runner is asked to stop the
   current test at its next check and the batch stops.
 - A 404 on heartbeat or lease means qgjob forgot the agent: it registers again.
+- `yield_requested` in a heartbeat or progress answer (the dispatcher needs this agent
+  for priority-1 work): the batch ends at the next test boundary as on SIGTERM (the
+  current test runs to its end and is reported; a test whose start was answered so is
+  not run), but the agent completes the batch, which hands the rest back counting no
+  attempt, and leases again.
 - Network errors and 5xx are logged and retried with backoff, so the agent survives a
   backend restart.
 - `stop()` (called from the SIGTERM/SIGINT handlers) lets the current test run to its
@@ -188,6 +193,10 @@ class _StoppedNow(Exception):
     """A second stop request interrupted the current test; it is not reported."""
 
 
+class _Yielded(Exception):
+    """The batch was asked to yield just as a test started: that test is not run either."""
+
+
 class _Fatal(Exception):
     """The agent cannot go on (bad token, rejected registration)."""
 
@@ -298,6 +307,10 @@ class Agent:
         # answer): the running one is stopped, the others are skipped, none is reported.
         self._cancelled: set[str] = set()
         self.current_job_id: str | None = None
+        # The batch qgjob asked to yield to urgent work (told by a heartbeat or a progress
+        # answer): it ends after the current test and the rest goes back, as on SIGTERM,
+        # but the agent completes it and leases again.
+        self._yield_batch: str | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -439,6 +452,7 @@ class Agent:
             answer = self._heartbeat_api.heartbeat(self.agent_id)
             if batch_id is not None and batch_id == self.current_batch_id:
                 self._note_cancelled(answer.get("cancelled_job_ids"))
+                self._note_yield(batch_id, answer.get("yield_requested") is True)
                 self._tell_long_untold_start()
         except Conflict as error:
             if batch_id is not None and batch_id == self.current_batch_id:
@@ -483,6 +497,12 @@ class Agent:
         current = self.current_job_id
         if current in new:
             self.log(f"job {current} was cancelled: stopping its test")
+
+    def _note_yield(self, batch_id: str, requested: bool) -> None:
+        """Remembers that qgjob asked the current batch to yield (logged once)."""
+        if requested and self._yield_batch != batch_id and batch_id == self.current_batch_id:
+            self._yield_batch = batch_id
+            self.log(f"batch {batch_id}: asked to yield to urgent work after the current test")
 
     def _loop(self) -> None:
         failures = 0
@@ -581,6 +601,7 @@ class Agent:
         )
         self._batch_lost.clear()
         self._cancelled = set()
+        self._yield_batch = None
         self._unsent_install = False
         self._unsent_results = []
         self._last_progress_at = None  # a batch's first start is always told
@@ -598,6 +619,9 @@ class Agent:
                     break
                 if self._batch_lost.is_set():
                     self._lease_lost(batch_id, None, "the heartbeat was refused")
+                if self._yield_batch == batch_id:
+                    self.log(f"batch {batch_id}: yielding: {len(jobs) - ran} job(s) handed back")
+                    break
                 if job.job_id in self._cancelled:
                     tag = self._tag(job.job_id)
                     self.log(f"job {job.job_id} {job.test_path} cancelled: skipped{tag}")
@@ -609,6 +633,8 @@ class Agent:
             lost = True
         except _StoppedNow:
             self.log(f"batch {batch_id}: {len(jobs) - ran} job(s) left to be requeued")
+        except _Yielded:
+            self.log(f"batch {batch_id}: yielding: {len(jobs) - ran} job(s) handed back")
         except AuthError as error:
             raise _Fatal(f"refused during batch {batch_id}: {error}", EXIT_INFRA) from None
         except ApiError as error:
@@ -716,6 +742,10 @@ class Agent:
                 self.log(f"job {job_id} {test_path} cancelled: skipped{self._tag(job_id)}")
                 return
             self._record("start", batch_id, job_id=job_id, status="running", accepted=True)
+            if self._yield_batch == batch_id:
+                # Told with this start's answer: at a test boundary already. Completing
+                # the batch hands this job back too, counting no attempt (nothing ran).
+                raise _Yielded(job_id)
         self.current_job_id = job_id
         self._test_interrupted = False
         if self._stop_now:
@@ -813,6 +843,7 @@ class Agent:
         self._unsent_results = []
         self._last_progress_at = self._clock()
         self._note_cancelled(answer.cancelled_job_ids)
+        self._note_yield(batch_id, answer.yield_requested)
         if request.installed:
             accepted = answer.installed is True
             self._record("install", batch_id, status="installed", accepted=accepted)

@@ -38,6 +38,9 @@ TOKEN_ENV = "QGJOB_TOKEN"  # noqa: S105 - the name of an env var
 # The same values as qgjob.schema.Target (a unit test keeps them in step); spelled out
 # here so `--help` does not need pydantic.
 TARGETS = ("emulator", "device", "browserstack")
+# schema.Overflow's values, and the targets that may overflow (schema.OVERFLOW_FROM): kept
+# here so that --help does not import pydantic; a test holds them equal to the schema's.
+OVERFLOW_POOLS = ("browserstack",)
 DEFAULT_WAIT_TIMEOUT_S = 3600.0
 MAX_JUNIT_OUTPUTS = 200
 EXIT_INTERRUPTED = 130
@@ -279,6 +282,8 @@ Examples:
   qgjob submit --org-id acme --app-version-id v1.4.2 --target device --priority 2 \\
       --test tests/login.spec.ts --test tests/checkout.spec.ts \\
       --wait --wait-timeout 1800 --junit report.xml
+  qgjob submit --org-id acme --app-version-id v1.4.2 --test tests/login.spec.ts \\
+      --overflow browserstack
 
 \b
 With --wait the exit code is 0 when every test passed, 1 when one failed, errored,
@@ -303,6 +308,15 @@ timed out or was cancelled, 3 when --wait-timeout passed first."""
     help="1 is the most urgent.",
 )
 @click.option("--target", type=click.Choice(TARGETS), default="emulator", show_default=True)
+@click.option(
+    "--overflow",
+    type=click.Choice(OVERFLOW_POOLS),
+    help=(
+        "Let waiting tests move to the browserstack pool when it would finish them "
+        "sooner, counting its upload time and its own queue (emulator and device runs "
+        "only; default: they never move). `qgjob status` says which moved."
+    ),
+)
 @click.option(
     "--idempotency-key",
     metavar="KEY",
@@ -357,6 +371,7 @@ def submit(
     tests: tuple[str, ...],
     priority: int,
     target: str,
+    overflow: str | None,
     idempotency_key: str | None,
     timeout_s: int | None,
     retries: int | None,
@@ -391,6 +406,8 @@ def submit(
         fields["failure_retries"] = retries
     if infra_retries is not None:
         fields["retries"] = infra_retries
+    if overflow is not None:
+        fields["overflow"] = overflow
     payload = _validated_suite(fields)
     client = state.client()
     answer = client.submit_run(payload)

@@ -108,7 +108,9 @@ def run_table(run: Json) -> str:
         rows.append(
             [
                 str(job.get("job_id")),
-                str(job.get("status")) + (" (flaky)" if job.get("flaky") else ""),
+                str(job.get("status"))
+                + (" (flaky)" if job.get("flaky") else "")
+                + (f" (moved from {job['moved_from']})" if job.get("moved_from") else ""),
                 duration_text(job.get("duration_s")),
                 str(job.get("test_path")),
                 _one_line(message),
@@ -124,6 +126,9 @@ def run_summary(run: Json) -> str:
         verdict = ": PASSED" if run_passed(run) else ": FAILED"
     flaky = run.get("flaky")
     flaky_text = f"; {flaky} flaky" if isinstance(flaky, int) and flaky else ""
+    moved = run.get("moved")
+    if isinstance(moved, int) and moved:
+        flaky_text += f"; {moved} moved to {run.get('overflow')}"
     return (
         f"{run_header(run)} {state}{verdict} "
         f"({counts_text(run_counts(run))}{flaky_text}; {run_total(run)} total)"
@@ -241,6 +246,12 @@ def job_text(job: Json) -> str:
         ("duration", duration_text(job.get("duration_s"))),
         ("message", job.get("message")),
         ("flaky", "yes: passed after a failed try" if job.get("flaky") else None),
+        (
+            "moved",
+            f"from {job.get('moved_from')} to {job.get('target')} (overflow)"
+            if job.get("moved_from")
+            else None,
+        ),
         *[
             (
                 f"try {t.get('attempt')}",

@@ -241,6 +241,14 @@ class AgentView(BaseModel):
             "are not applied."
         ),
     )
+    yield_requested: bool = Field(
+        default=False,
+        description=(
+            "The dispatcher needs this agent for urgent work: it finishes and reports the "
+            "test it runs, then completes its batch (the jobs it did not start go back, "
+            "counting no attempt) and leases again."
+        ),
+    )
 
 
 class BatchJob(BaseModel):
@@ -316,4 +324,11 @@ class ProgressResponse(BaseModel):
     cancelled_job_ids: list[str] = Field(
         default_factory=list,
         description="Jobs of this batch that were cancelled: stop and skip them.",
+    )
+    yield_requested: bool = Field(
+        default=False,
+        description=(
+            "Set while the batch is asked to yield to urgent work: complete it after the "
+            "test that runs now (see AgentView.yield_requested)."
+        ),
     )

@@ -96,6 +96,13 @@ class StateStore(Protocol):
         """Admitted queued jobs of a target (every group): the most urgent first, then the
         oldest; at most ``limit`` of them."""
 
+    def move_job(self, job: Job, to: Target, now: float) -> Job | None:
+        """Overflow: the waiting ``job`` moves to the ``to`` pool (its target, group and
+        backlog entry; ``moved_from`` its submitted target; its run's ``moved`` count in the
+        same write), only while it is queued in the backlog, allowed to move to ``to`` and
+        never moved before. The moved job, or None when not (nothing written): a repeat
+        moves nothing twice."""
+
     def overdue_job_ids(self, due_before: float) -> list[str]:
         """Running jobs whose started_at + timeout_s is before ``due_before``, earliest
         first (from a sparse index of running jobs: never a read of every batch)."""
@@ -215,6 +222,11 @@ class StateStore(Protocol):
 
     def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
         """Frees the agent from this batch: idle again, or offline."""
+
+    def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
+        """Asks the agent to end ``batch_id`` after its current test and hand back the rest
+        (``Agent.yield_requested``), only while it holds that batch: False otherwise
+        (it finished or lost it meanwhile). Repeating it changes nothing."""
 
     def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:
         """An idle agent silent since before silent_since -> offline."""

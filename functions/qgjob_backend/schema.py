@@ -10,7 +10,15 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 MAX_TESTS_PER_SUITE = 1000
@@ -29,6 +37,16 @@ class Target(StrEnum):
     EMULATOR = "emulator"
     DEVICE = "device"
     BROWSERSTACK = "browserstack"
+
+
+class Overflow(StrEnum):
+    """Another pool a run's waiting jobs may move to when it would finish them sooner."""
+
+    BROWSERSTACK = "browserstack"
+
+
+# The targets whose runs may overflow (BrowserStack itself may not).
+OVERFLOW_FROM = (Target.EMULATOR, Target.DEVICE)
 
 
 class JobStatus(StrEnum):
@@ -117,6 +135,26 @@ class _Submission(BaseModel):
             "Infrastructure errors are retried without spending these."
         ),
     )
+    overflow: Overflow | None = Field(
+        default=None,
+        description=(
+            "Lets the run's waiting jobs move to the BrowserStack pool when it would finish "
+            "them sooner, counting its upload (install) time and its own queue (the CLI's "
+            "--overflow). Only for emulator and device runs; absent: they never move."
+        ),
+    )
+
+    @field_validator("overflow")
+    @classmethod
+    def _overflow_from(cls, value: Overflow | None, info: ValidationInfo) -> Overflow | None:
+        target = info.data.get("target")
+        if value is not None and target is not None and target not in OVERFLOW_FROM:
+            raise ValueError(
+                f"a {Target(target).value} run cannot overflow; only "
+                + " and ".join(t.value for t in OVERFLOW_FROM)
+                + " runs may"
+            )
+        return value
 
 
 class JobPayload(_Submission):

@@ -987,6 +987,29 @@ def test_release_frees_the_agent_only_from_its_batch(store: StateStore) -> None:
     assert (two.status, two.batch_id) == (AgentStatus.OFFLINE, None)
 
 
+def test_a_yield_is_asked_only_of_the_agent_holding_that_batch(store: StateStore) -> None:
+    assigned(store, "j1", "j2", batch_id="b1", agent_id="a-1")
+    agent(store, "a-2")
+
+    assert get_agent(store, "a-1").yield_requested is False
+    assert store.request_yield("a-1", "b-other", T0) is False
+    assert store.request_yield("a-2", "b1", T0) is False  # idle: it holds no batch
+    assert store.request_yield("unknown", "b1", T0) is False
+    assert store.request_yield("a-1", "b1", T0 + 1) is True
+    assert store.request_yield("a-1", "b1", T0 + 2) is True  # a repeat changes nothing
+
+    held = get_agent(store, "a-1")
+    assert (held.yield_requested, held.batch_id, held.status) == (True, "b1", AgentStatus.BUSY)
+    assert get_agent(store, "a-2").yield_requested is False
+    # Released (the agent handed the rest back): the mark means nothing for its next batch.
+    assert store.release_agent("a-1", "b1", offline=False, now=T0 + 3)
+    assert get_agent(store, "a-1").yield_requested is False
+    assert store.request_yield("a-1", "b1", T0 + 4) is False
+    queued(store, "j3")
+    assert store.commit_batch(make_batch("b2", "a-1", ["j3"]), T0 + 5)
+    assert get_agent(store, "a-1").yield_requested is False
+
+
 def test_only_a_silent_idle_agent_is_marked_offline(store: StateStore) -> None:
     agent(store, "a-idle", now=T0)
     assigned(store, "j1", agent_id="a-busy")
@@ -1497,3 +1520,87 @@ def test_a_heartbeat_writes_no_index_key_and_a_sweep_moves_it_once(
     assert check_at() == T0 + LEASE + 30
     assert store.lapsed_batches(T0 + LEASE + 2) == []
     assert check_at() == T0 + LEASE + 30
+
+
+# ------------------------------------------------------------------ overflow (move_job)
+def test_a_waiting_job_moves_to_the_pool_its_run_allows_once(store: StateStore) -> None:
+    first, second = queued(store, "j1", "j2", overflow=Target.BROWSERSTACK)
+
+    moved = store.move_job(first, Target.BROWSERSTACK, T0 + 5)
+
+    assert moved is not None
+    assert (moved.target, moved.moved_from, moved.updated_at) == (
+        Target.BROWSERSTACK,
+        Target.EMULATOR,
+        T0 + 5,
+    )
+    assert moved.group_key == group_key_for("acme", "v1", Target.BROWSERSTACK)
+    assert get_job(store, "j1") == moved
+    assert backlog_ids(store) == ["j2"]
+    assert backlog_ids(store, Target.BROWSERSTACK) == ["j1"]
+    # Replayed (from the old read or the new one): nothing moves or counts twice.
+    assert store.move_job(first, Target.BROWSERSTACK, T0 + 6) is None
+    assert store.move_job(moved, Target.BROWSERSTACK, T0 + 6) is None
+    run = store.get_run("run-1")
+    assert run is not None
+    assert run.moved == 1
+    assert run.counts == {counter_of(JobStatus.QUEUED): 2}  # still two queued jobs
+    # A moved job is committed, run and finished in its new pool like any other.
+    agent(store, "browserstack-b1", target=Target.BROWSERSTACK)
+    batch = make_batch(
+        "b1",
+        "browserstack-b1",
+        ["j1"],
+        group_key=moved.group_key,
+        target=Target.BROWSERSTACK,
+    )
+    assert store.commit_batch(batch, T0 + 7)
+    assert get_job(store, "j1").status is JobStatus.ASSIGNED
+    assert store.move_job(second, Target.BROWSERSTACK, T0 + 8) is not None
+    run = store.get_run("run-1")
+    assert run is not None
+    assert run.moved == 2
+
+
+def test_a_job_moves_only_while_queued_and_allowed(store: StateStore) -> None:
+    (plain,) = queued(store, "plain")
+    assert store.move_job(plain, Target.BROWSERSTACK, T0) is None  # its run did not allow it
+    write_jobs(store, [make_job("waits", overflow=Target.BROWSERSTACK, position=9)])
+    unadmitted = get_job(store, "waits")
+    assert store.move_job(unadmitted, Target.BROWSERSTACK, T0) is None  # not in a backlog
+    (busy,) = queued(store, "busy", overflow=Target.BROWSERSTACK)
+    assert store.move_job(busy, Target.DEVICE, T0) is None  # not where its run allows
+    agent(store, "a-9")
+    assert store.commit_batch(make_batch("b9", "a-9", ["busy"]), T0)
+    assert store.move_job(busy, Target.BROWSERSTACK, T0) is None  # assigned since the read
+    assert get_job(store, "busy").target is Target.EMULATOR
+    run = store.get_run("run-1")
+    assert run is not None
+    assert run.moved == 0
+    assert backlog_ids(store, Target.BROWSERSTACK) == []
+    assert backlog_ids(store) == ["plain"]
+
+
+def test_a_run_keeps_its_overflow_and_jobs_their_moves_when_read_back(store: StateStore) -> None:
+    run = Run(
+        "run-o", "acme", "v1", Target.DEVICE, 5, run_job_ids("run-o", 1), "fp", T0,
+        overflow=Target.BROWSERSTACK,
+    )  # fmt: skip
+    assert store.create_run(run)
+    job = make_job(
+        run_job_ids("run-o", 1)[0], run_id="run-o", target=Target.DEVICE,
+        overflow=Target.BROWSERSTACK,
+    )  # fmt: skip
+    store.create_jobs([job])
+    admitted = store.admit_job(job, T0)
+    assert admitted is not None
+    assert store.move_job(admitted, Target.BROWSERSTACK, T0) is not None
+    read = store.get_run("run-o")
+    assert read is not None
+    assert (read.overflow, read.moved) == (Target.BROWSERSTACK, 1)
+    stored = get_job(store, job.job_id)
+    assert (stored.overflow, stored.moved_from, stored.target) == (
+        Target.BROWSERSTACK,
+        Target.DEVICE,
+        Target.BROWSERSTACK,
+    )

@@ -250,6 +250,26 @@ class MemoryStateStore:
         entries = sorted((key, job_id) for job_id, (t, key) in self._backlog.items() if t is target)
         return [_copy(self.jobs[job_id]) for _, job_id in entries[:limit]]
 
+    def move_job(self, job: Job, to: Target, now: float) -> Job | None:
+        self._maybe_fail("move_job")
+        stored = self.jobs.get(job.job_id)
+        if (
+            stored is None
+            or stored.status is not JobStatus.QUEUED
+            or job.job_id not in self._backlog
+            or stored.overflow is not to
+            or stored.moved_from is not None
+            or stored.target is to
+            or not self._runs_exist([stored.run_id])
+        ):
+            return None
+        stored.moved_from = stored.target
+        stored.target = to
+        stored.updated_at = now
+        self._backlog[job.job_id] = (to, backlog_sort_key(stored))
+        self.runs[stored.run_id].moved += 1  # in the same write, as in the adapter
+        return _copy(stored)
+
     def overdue_job_ids(self, due_before: float) -> list[str]:
         found = [
             (j.started_at + j.timeout_s, j.job_id)
@@ -568,6 +588,13 @@ class MemoryStateStore:
         agent.batch_group = None
         agent.cancel_marks = frozenset()
         agent.batch_expected_free_at = None
+        return True
+
+    def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.batch_id != batch_id:
+            return False
+        agent.yield_batch_id = batch_id
         return True
 
     def mark_agent_offline(self, agent_id: str, silent_since: float, now: float) -> bool:

@@ -24,6 +24,7 @@ from bench.simulator import (
     Schedule,
     Segment,
     SimulationStalled,
+    Yield,
     schedule_from_json,
     schedule_to_json,
     simulate,
@@ -31,6 +32,7 @@ from bench.simulator import (
 )
 from bench.trace import Family, Trace, parse_trace
 from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.domain.preemption import PreemptionPolicy
 
 A = Family("acme", "v1", "emulator")
 B = Family("acme", "v2", "emulator")
@@ -389,3 +391,153 @@ def test_a_time_independent_policy_is_not_asked_again_without_a_change() -> None
     with pytest.raises(SimulationStalled):
         simulate(make_trace(1, [("a1", A, 40.0, 0.0)]), policy, tick_s=60.0)
     assert policy.calls == [0.0]
+
+
+# ------------------------------------------------------------------ yields (preemption)
+class Yielding:
+    """Urgent work first: an idle agent takes every waiting job of the most urgent family
+    (priority, then arrival); while priority-1 work waits, ``victim`` is asked to yield."""
+
+    name = "yielding"
+    time_dependent = False
+
+    def __init__(self, victim: str = "e1") -> None:
+        self.victim = victim
+        self.seen: list[PlanningState] = []
+
+    def plan(self, state: PlanningState) -> list[Assignment]:
+        out = []
+        waiting = sorted(state.backlog, key=lambda j: (j.priority, j.arrival_s, j.position))
+        for agent in state.idle:
+            if not waiting:
+                break
+            family = waiting[0].family
+            ids = tuple(j.job_id for j in waiting if j.family == family)
+            waiting = [j for j in waiting if j.family != family]
+            out.append(Assignment(agent.agent_id, family, ids))
+        return out
+
+    def yields(self, state: PlanningState) -> list[Yield]:
+        self.seen.append(state)
+        if any(j.priority == 1 for j in state.backlog):
+            return [Yield(self.victim)]
+        return []
+
+
+# e1: install 0-10, a1 10-50, a2 50-80, a3 80-100, a4 100-110; u1 (priority 1) at 45.
+URGENT_AT_45 = [*SMALL_JOBS[:4], ("u1", B, 5.0, 45.0)]
+
+
+def test_a_yield_ends_the_batch_at_the_next_test_boundary() -> None:
+    trace = make_trace(1, URGENT_AT_45, priorities={"u1": 1})
+
+    result = simulate(trace, Yielding())
+
+    # a1 began before the yield and finishes; a2..a4 wait again (from their arrival at 0)
+    # and run after u1, with a reinstall of v1.
+    assert lanes(result.schedule) == {
+        "e1": [
+            ("install", "v1", 0, 10),
+            ("test", "a1", 10, 50),
+            ("install", "v2", 50, 60),
+            ("test", "u1", 60, 65),
+            ("install", "v1", 65, 75),
+            ("test", "a2", 75, 105),
+            ("test", "a3", 105, 125),
+            ("test", "a4", 125, 135),
+        ]
+    }
+    assert validate_schedule(trace, result.schedule) == []
+    assert (result.yields, result.handed_back) == (1, 3)
+    waits = compute_metrics(trace, result.schedule).p95_wait_s_by_priority
+    assert waits[1] == 15.0  # u1 waited for a1's end and its install, not for a2..a4
+
+
+def test_the_yield_state_shows_the_current_test_and_what_is_left() -> None:
+    trace = make_trace(1, URGENT_AT_45, priorities={"u1": 1})
+    policy = Yielding()
+
+    simulate(trace, policy)
+
+    at_45 = next(s for s in policy.seen if s.now == 45.0)
+    [view] = at_45.busy
+    assert (view.current_job_id, view.current_end_s) == ("a1", 50.0)  # began 10, estimate 40
+    assert view.remaining_job_ids == ("a2", "a3", "a4")
+    assert not view.yielding
+    assert [j.job_id for j in at_45.backlog] == ["u1"]
+
+
+def test_a_yield_during_the_install_hands_back_every_test_and_keeps_the_app() -> None:
+    trace = make_trace(1, [*SMALL_JOBS[:2], ("u1", A, 5.0, 4.0)], priorities={"u1": 1})
+
+    result = simulate(trace, Yielding())
+
+    # At 4 e1 installs v1 (until 10): it yields there; u1 (same app) runs first, no install.
+    assert lanes(result.schedule) == {
+        "e1": [
+            ("install", "v1", 0, 10),
+            ("test", "u1", 10, 15),
+            ("test", "a1", 15, 55),
+            ("test", "a2", 55, 85),
+        ]
+    }
+    assert validate_schedule(trace, result.schedule) == []
+    assert (result.yields, result.handed_back) == (1, 2)
+
+
+def test_yielding_an_agent_on_its_last_test_changes_nothing() -> None:
+    trace = make_trace(1, [("a1", A, 40.0, 0.0), ("u1", B, 5.0, 20.0)], priorities={"u1": 1})
+
+    result = simulate(trace, Yielding())
+
+    assert lanes(result.schedule)["e1"][:2] == [("install", "v1", 0, 10), ("test", "a1", 10, 50)]
+    assert result.yields == 0
+
+
+def test_yielding_an_idle_agent_is_a_policy_error() -> None:
+    class YieldsIdle(Scripted):
+        time_dependent = False  # without the error it stalls rather than ticks for ever
+
+        def yields(self, state: PlanningState) -> list[Yield]:
+            return [Yield("e2")]
+
+    trace = make_trace(2, SMALL_JOBS[:2])
+
+    with pytest.raises(PolicyError, match="'e2' is not busy"):
+        simulate(trace, YieldsIdle(Assignment("e1", A, ("a1",))))  # a2 waits, e2 idles
+
+
+def urgent_day() -> Trace:
+    """Two agents busy with long priority-5 batches when a priority-1 job arrives."""
+    long_a = [(f"a{i}", A, 100.0, 0.0) for i in range(6)]
+    long_b = [(f"b{i}", B, 100.0, 0.0) for i in range(6)]
+    urgent = Family("acme", "hotfix", "emulator")
+    return make_trace(2, [*long_a, *long_b, ("u1", urgent, 20.0, 150.0)], priorities={"u1": 1})
+
+
+def test_ours_shortens_a_running_batch_for_priority_1_work() -> None:
+    trace = urgent_day()
+
+    on = simulate(trace, QgjobPolicy())
+    off = simulate(trace, QgjobPolicy(preemption=PreemptionPolicy(enabled=False)))
+
+    def u1_start(result: Any) -> float:
+        return next(
+            s.start_s for segs in result.schedule.values() for s in segs if s.job_id == "u1"
+        )
+
+    assert validate_schedule(trace, on.schedule) == []
+    assert on.yields == 1
+    # The yielding agent's test that began at 110 ends at 210; u1 installs (10 s) and starts.
+    assert u1_start(on) == 220.0
+    assert u1_start(off) > 500.0  # without it, u1 waits for a whole batch to end
+
+
+def test_ours_without_priority_1_work_is_unchanged_by_preemption() -> None:
+    trace = make_trace(2, [*SMALL_JOBS, ("c1", A, 30.0, 25.0), ("c2", B, 30.0, 35.0)])
+
+    on = simulate(trace, QgjobPolicy())
+    off = simulate(trace, QgjobPolicy(preemption=PreemptionPolicy(enabled=False)))
+
+    assert on.yields == 0
+    assert lanes(on.schedule) == lanes(off.schedule)

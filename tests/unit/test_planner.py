@@ -198,6 +198,19 @@ def test_a_split_that_gains_less_than_the_split_gain_buys_no_install() -> None:
     assert agents_per_group(plan(backlog, agents, eager)) == {"big": 4, "small": 1}
 
 
+def test_a_pool_with_nothing_queued_still_ends_with_its_running_batches() -> None:
+    # 8 x 60 s on 4 idle emulators ends soonest split 4 ways (180 s, 4 installs). A device
+    # batch runs for 2,000 s more with no device work queued: the fleet ends then anyway,
+    # so the emulators spend the slack on installs: one agent, one install, ends at 540 s.
+    suite = jobs("acme", "v1", 8)
+    emulators = [agent(f"e{i}") for i in range(4)]
+    device_batch = busy("d1", group_key_for("globex", "v9", "device"), 2_000.0, "device")
+
+    assert len(plan(suite, emulators)) == 4
+    (batch,) = plan(suite, emulators, running=[device_batch])
+    assert batch.job_ids == tuple(j.job_id for j in suite[: POLICY.max_batch_jobs])
+
+
 def test_a_split_gain_above_what_the_splits_buy_keeps_every_group_whole() -> None:
     # Two groups of 20 x 100 s on 4 agents, 60 s installs: each split over 2 agents ends at
     # 1,060 s; either kept on one agent ends at 2,060 s, far more than 300 s later.

@@ -53,6 +53,10 @@ class Run:
     # none (agents install only what they already hold), None when not known (builds
     # not deployed, or a run older than builds).
     build_sha256: str | None = None
+    # The pool its waiting jobs may move to (SuiteSubmission.overflow), and how many did
+    # (counted in the write that moved each one).
+    overflow: Target | None = None
+    moved: int = 0
 
 
 @dataclass
@@ -101,6 +105,10 @@ class Job:
     # The agent this job last ran on before it was put back in the queue (a failed try,
     # an infrastructure error, a lapsed lease): the planner prefers another one for it.
     last_agent_id: str | None = None
+    # The pool it may move to while it waits (its run's overflow), and, once the
+    # dispatcher moved it there (domain.overflow), the target it was submitted for.
+    overflow: Target | None = None
+    moved_from: Target | None = None
 
     @property
     def flaky(self) -> bool:
@@ -167,6 +175,14 @@ class Agent:
     # Set by an operator (infra.admin agents drain): the agent finishes the batch it holds
     # and is given no other, across restarts, until it is undrained.
     drained_at: float | None = None
+    # The dispatcher asked it to end this batch after its current test and hand back the
+    # rest, for urgent work (domain.preemption). Only meant while it still holds that batch.
+    yield_batch_id: str | None = None
+
+    @property
+    def yield_requested(self) -> bool:
+        """Whether it was asked to yield the batch it holds now."""
+        return self.batch_id is not None and self.yield_batch_id == self.batch_id
 
     @property
     def cancelled_job_ids(self) -> list[str]:

@@ -534,6 +534,7 @@ def batch_progress(agent_id: str, batch_id: str, request: ProgressRequest) -> Pr
         completed=done.completed,
         requeued=done.requeued,
         cancelled_job_ids=done.cancelled,
+        yield_requested=done.yield_requested,
     )
 
 

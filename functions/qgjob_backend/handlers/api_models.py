@@ -74,6 +74,13 @@ class JobView(BaseModel):
     duration_s: float | None
     message: str | None
     flaky: bool = Field(default=False, description="It passed after a failed try.")
+    moved_from: Target | None = Field(
+        default=None,
+        description=(
+            "Set when the dispatcher moved it, while it waited, from this target to "
+            "``target`` (overflow to BrowserStack: its run allowed it)."
+        ),
+    )
     tries: list[TryView] = Field(
         default_factory=list,
         description="Earlier tries that failed, in order (the job's own fields are its last).",
@@ -100,6 +107,7 @@ class JobView(BaseModel):
             duration_s=job.duration_s,
             message=job.message,
             flaky=job.flaky,
+            moved_from=job.moved_from,
             tries=[TryView.model_validate(t) for t in job.tries],
         )
 
@@ -201,6 +209,17 @@ class RunView(BaseModel):
     finished: bool = Field(description="Every job is in a final state.")
     passed: bool = Field(description="Every job passed.")
     flaky: int = Field(default=0, description="Jobs that passed after a failed try.")
+    overflow: Target | None = Field(
+        default=None,
+        description="The pool its waiting jobs may move to (submitted with overflow).",
+    )
+    moved: int = Field(
+        default=0,
+        description=(
+            "Jobs the dispatcher moved to the overflow pool (each says moved_from at "
+            "GET /runs/{run_id}/jobs)."
+        ),
+    )
     build_sha256: str | None = Field(default=None, description=BUILD_SHA_DESCRIPTION)
     build_note: str | None = Field(default=None, description="Set when there was no build.")
     queue: QueueView | None = Field(
@@ -228,6 +247,8 @@ class RunView(BaseModel):
             finished=finished,
             passed=finished and progress.passed(total, run.counts),
             flaky=run.flaky,
+            overflow=run.overflow,
+            moved=run.moved,
             build_sha256=run.build_sha256 or None,
             build_note=build_note(run),
             queue=QueueView.of(queue) if queue is not None else None,
@@ -387,6 +408,7 @@ def agent_view(
         lab_org_id=agent.lab_org_id,
         credential=credential,
         cancelled_job_ids=agent.cancelled_job_ids,
+        yield_requested=agent.yield_requested,
     )
 
 

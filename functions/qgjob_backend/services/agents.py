@@ -113,6 +113,8 @@ class Progress:
     requeued: int | None = None
     # Jobs of the batch cancelled since it was committed: the agent stops and skips them.
     cancelled: list[str] = field(default_factory=list)
+    # The batch is asked to yield to urgent work: complete it after the current test.
+    yield_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -570,6 +572,7 @@ class AgentService:
         progress = Progress()
         if agent.batch_id == batch_id:
             progress.cancelled = agent.cancelled_job_ids
+            progress.yield_requested = agent.yield_requested
         refused: str | None = None
         if installed:
             try:

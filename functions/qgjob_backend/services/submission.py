@@ -16,7 +16,7 @@ from qgjob_backend.domain.progress import run_job_ids
 from qgjob_backend.domain.queue import RunQueue
 from qgjob_backend.observability import correlate
 from qgjob_backend.ports import JobQueue, OrgMetrics, StateStore
-from qgjob_backend.schema import JobPayload, JobStatus, SuiteSubmission
+from qgjob_backend.schema import JobPayload, JobStatus, SuiteSubmission, Target
 from qgjob_backend.services.errors import Conflict, Forbidden, NotFound, ServiceError
 from qgjob_backend.services.estimates import EstimateService
 
@@ -120,7 +120,10 @@ class SubmissionService:
         """
         if suite.org_id != org_id:
             raise Forbidden(f"org_id: token belongs to org '{org_id}', not '{suite.org_id}'")
-        fingerprint = _digest(suite.model_dump_json(exclude={"idempotency_key"}))
+        # A submission without overflow hashes as it did before the field existed.
+        unhashed = {"idempotency_key"} | ({"overflow"} if suite.overflow is None else set())
+        fingerprint = _digest(suite.model_dump_json(exclude=unhashed))
+        overflow = None if suite.overflow is None else Target(suite.overflow.value)
         if suite.idempotency_key:
             run_id = "run-" + _digest(org_id, suite.idempotency_key)[:20]
         else:
@@ -137,6 +140,7 @@ class SubmissionService:
             fingerprint=fingerprint,
             created_at=now,
             build_sha256=self._build_of(org_id, suite.app_version_id),
+            overflow=overflow,
         )
         created = self._store.create_run(run)
         if not created:
@@ -164,6 +168,7 @@ class SubmissionService:
                 timeout_s=suite.timeout_s,
                 max_attempts=1 + suite.retries,
                 failure_retries=suite.failure_retries,
+                overflow=overflow,
                 position=position,
                 # Written into the backlog: no admission step (one write and one SQS
                 # message per job fewer than admitting them through jobs.fifo).

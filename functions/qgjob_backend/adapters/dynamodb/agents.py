@@ -55,6 +55,7 @@ def agent_from_item(item: Item) -> Agent:
         connection_id=item.get("connection_id") or None,
         cancel_marks=frozenset(item.get("cancel_marks") or ()),
         drained_at=optional_float(item.get("drained_at")),
+        yield_batch_id=item.get("yield_batch_id") or None,
     )
 
 
@@ -262,6 +263,18 @@ class AgentStore(CountingTables):
             ConditionExpression="batch_id = :b",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=values,
+        )
+        return item is not None
+
+    def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
+        # Keyed by the batch: a mark left from an earlier batch means nothing (see
+        # Agent.yield_requested), so release_agent need not clear it.
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET yield_batch_id = :b, updated_at = :now",
+            ConditionExpression="batch_id = :b",
+            ExpressionAttributeValues=expression_values(b=batch_id, now=now),
         )
         return item is not None
 

@@ -43,6 +43,7 @@ from qgjob_backend.adapters.dynamodb.shards import (
     shard_key,
 )
 from qgjob_backend.domain.models import Job, Run
+from qgjob_backend.domain.overflow import MOVED_COUNTER
 from qgjob_backend.domain.progress import FLAKY, moved, nonzero, run_job_id, run_job_ids
 from qgjob_backend.ports import Finish, JobOutcome, JobPage
 from qgjob_backend.schema import JobStatus, Target
@@ -105,6 +106,8 @@ def job_to_item(job: Job) -> Item:
         "failure_retries": job.failure_retries or None,
         "tries": job.tries or None,
         "last_agent_id": job.last_agent_id,
+        "overflow": job.overflow.value if job.overflow else None,
+        "moved_from": job.moved_from.value if job.moved_from else None,
     }
     if job.status is JobStatus.QUEUED and not job.admitted:
         item["unadmitted_shard"] = unadmitted_shard(job.job_id)
@@ -147,6 +150,8 @@ def job_from_item(item: Item) -> Job:
         failure_retries=int(item.get("failure_retries") or 0),
         tries=list(item.get("tries") or []),
         last_agent_id=item.get("last_agent_id"),
+        overflow=Target(item["overflow"]) if item.get("overflow") else None,
+        moved_from=Target(item["moved_from"]) if item.get("moved_from") else None,
     )
 
 
@@ -167,6 +172,7 @@ def run_to_item(run: Run) -> Item:
         "fingerprint": run.fingerprint,
         "created_at": run.created_at,
         "build_sha256": run.build_sha256,
+        "overflow": run.overflow.value if run.overflow else None,
     }
 
 
@@ -188,6 +194,8 @@ def run_from_item(item: Item) -> Run | None:
         counts=nonzero(counts_of(item)),
         build_sha256=item.get("build_sha256"),
         flaky=int(item.get(counter_attribute(FLAKY), 0)),
+        overflow=Target(item["overflow"]) if item.get("overflow") else None,
+        moved=int(item.get(counter_attribute(MOVED_COUNTER), 0)),
     )
 
 
