@@ -175,7 +175,8 @@ class DispatchService:
         asked; the planner still sees every pool with waiting jobs, because pools are
         planned to end together (see ``plan_batches``), so a batch may go to an idle agent
         of another pool. Reads are bounded: the head of each backlog (``backlog_window``
-        jobs) and the agents of the targets with waiting work.
+        jobs) and the agents of each pool (of a pool with nothing waiting, for when its
+        running batches end; none at all when nothing waits anywhere).
         """
         wanted = set(targets) if targets is not None else set(Target)
         window = self._settings.backlog_window
@@ -197,6 +198,14 @@ class DispatchService:
         pools: dict[Target, list[Agent]] = {}
         for target, backlog in backlogs.items():
             if not backlog and not (overflowing and target is Target.BROWSERSTACK):
+                # Nothing to plan here, but its running batches still end when they end:
+                # the planner plans the other pools to end no sooner (plan_batches).
+                for agent in self._store.list_agents(target):
+                    if agent.batch_id and agent.batch_group:
+                        free_at = agent.batch_expected_free_at or now
+                        busy.setdefault(agent.lab_org_id, []).append(
+                            BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at)
+                        )
                 continue
             # A drained agent is no capacity for waiting work: no new batch, no work held
             # back for it while busy, not online for the metrics and the run ETAs.
