@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.domain.preemption import PreemptionPolicy
 from qgjob_backend.schema import Target
 
 
@@ -79,6 +80,10 @@ class Config:
     split_gain_seconds_by_target: tuple[tuple[str, float], ...] = ()
     # What a test without any reported duration is assumed to take.
     unknown_estimate_seconds: float = 90.0
+    # Priority-1 work waits at most about this long for a busy pool before a running batch
+    # yields to it at its next test boundary (PreemptionPolicy.max_wait_s); env
+    # PREEMPT_WAIT_SECONDS, "off": no batch ever yields.
+    preempt_wait_seconds: float | None = PreemptionPolicy.max_wait_s
     # An app install on each target until agents have reported installs there.
     default_install_seconds_emulator: float = 60.0
     default_install_seconds_device: float = 120.0
@@ -163,6 +168,9 @@ class Config:
                 if env.get(name := f"MIN_SPLIT_GAIN_SECONDS_{target.name}", "").strip()
             ),
             unknown_estimate_seconds=_number(env, "UNKNOWN_ESTIMATE_SECONDS", 90.0, 0.1),
+            preempt_wait_seconds=None
+            if env.get("PREEMPT_WAIT_SECONDS", "").strip().lower() == "off"
+            else _number(env, "PREEMPT_WAIT_SECONDS", PreemptionPolicy.max_wait_s, 0.0),
             default_install_seconds_emulator=_number(
                 env, "DEFAULT_INSTALL_SECONDS_EMULATOR", 60.0, 0.0
             ),

@@ -26,6 +26,7 @@ from qgjob_backend.adapters.s3_uploads import S3UploadStore
 from qgjob_backend.adapters.sqs import SqsJobQueue, SqsVaultQueue
 from qgjob_backend.config import Config
 from qgjob_backend.domain.planner import PlanningPolicy
+from qgjob_backend.domain.preemption import PreemptionPolicy
 from qgjob_backend.observability import NO_METRICS, MetricsPort
 from qgjob_backend.ports import (
     AgentNotifier,
@@ -153,6 +154,11 @@ def assemble_services(
                 unknown_estimate_s=config.unknown_estimate_seconds,
             ),
             backlog_window=config.plan_backlog_window,
+            preemption=PreemptionPolicy(
+                max_wait_s=config.preempt_wait_seconds or 0.0,
+                unknown_estimate_s=config.unknown_estimate_seconds,
+                enabled=config.preempt_wait_seconds is not None,
+            ),
         ),
         estimates,
         on_assigned=push.batches_assigned,

@@ -5,53 +5,31 @@ that slack on fewer installs (domain.planner.plan_batches)."""
 from __future__ import annotations
 
 from qgjob_backend.schema import SuiteSubmission, Target
-from qgjob_backend.wiring import assemble_services
-from tests.unit.fakes import (
-    CountingStore,
-    FakeClock,
-    MemoryArtifactStore,
-    MemoryEstimateStore,
-    MemoryJobQueue,
-    MemoryPoolSnapshotStore,
-    MemoryTokenStore,
-    SequentialIds,
-    fake_config,
-)
+from tests.unit.fakes import build_memory_services
 
 
 def plan_suite(device_busy_for_s: float | None) -> int:
     """Batches a plan gives 4 idle emulators for an 8-test suite (90 s each, no history),
     with one device agent running a batch for ``device_busy_for_s`` (None: no device)."""
-    clock = FakeClock()
-    store = CountingStore()
-    services = assemble_services(
-        fake_config(),
-        store=store,
-        queue=MemoryJobQueue(),
-        artifacts=MemoryArtifactStore(),
-        token_store=MemoryTokenStore(),
-        estimate_store=MemoryEstimateStore(),
-        snapshot_store=MemoryPoolSnapshotStore(),
-        clock=clock,
-        new_id=SequentialIds(),
-    )
+    svc = build_memory_services()
+    store, now = svc.store, svc.clock()
     for index in range(4):
         store.register_agent(
-            f"emu-{index}", Target.EMULATOR, f"e{index}", None, clock(), credential_hash="x"
+            f"emu-{index}", Target.EMULATOR, f"e{index}", None, now, credential_hash="x"
         )
     if device_busy_for_s is not None:
-        store.register_agent("dev-0", Target.DEVICE, "d0", None, clock(), credential_hash="x")
+        store.register_agent("dev-0", Target.DEVICE, "d0", None, now, credential_hash="x")
         device = store.agents["dev-0"]
         device.batch_id, device.batch_group = "batch-other", "globex/v9/device"
-        device.batch_expected_free_at = clock() + device_busy_for_s
+        device.batch_expected_free_at = now + device_busy_for_s
     suite = SuiteSubmission(
         org_id="acme",
         app_version_id="v1",
         target="emulator",
         test_paths=[f"tests/t{i}.spec.js" for i in range(8)],
     )
-    services.submissions.submit("acme", suite)
-    return len(services.dispatcher.plan())
+    svc.submissions.submit("acme", suite)
+    return len(svc.dispatcher.plan())
 
 
 def test_a_long_batch_in_a_pool_with_nothing_queued_saves_the_other_pools_installs() -> None:

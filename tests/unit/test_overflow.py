@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
 import pytest
 
-from qgjob_backend.domain.models import AppRef, group_key_for
+from qgjob_backend.domain.models import AppRef
 from qgjob_backend.domain.overflow import (
     OverflowPolicy,
     apply_moves,
@@ -15,37 +16,14 @@ from qgjob_backend.domain.overflow import (
     plan_overflow,
 )
 from qgjob_backend.domain.planner import BacklogJob, BusyAgent, IdleAgent
+from tests.unit.backlog import backlog_jobs
 
 NOW = 10_000.0
 INSTALL = {"emulator": 60.0, "device": 120.0, "browserstack": 90.0}
 POLICY = OverflowPolicy()
 
 
-def jobs(
-    org: str,
-    app: str,
-    count: int,
-    *,
-    target: str = "emulator",
-    priority: int = 5,
-    enqueued_at: float = NOW,
-    estimate_s: float | None = 60.0,
-    start: int = 0,
-) -> list[BacklogJob]:
-    return [
-        BacklogJob(
-            job_id=f"{org}-{app}-{target}-{i:03d}",
-            group_key=group_key_for(org, app, target),
-            org_id=org,
-            app_version_id=app,
-            target=target,
-            priority=priority,
-            enqueued_at=enqueued_at,
-            position=i,
-            estimate_s=estimate_s,
-        )
-        for i in range(start, start + count)
-    ]
+jobs = functools.partial(backlog_jobs, enqueued_at=NOW)
 
 
 def busy_emulators(count: int, free_in: float, group: str = "acme/v1/emulator") -> list[BusyAgent]:

@@ -16,6 +16,7 @@ from qgjob_backend.domain.planner import (
     PlanningPolicy,
     plan_batches,
 )
+from tests.unit.backlog import backlog_jobs
 
 NOW = 10_000.0
 POLICY = PlanningPolicy(max_batch_jobs=5, aging_seconds=100.0)
@@ -34,22 +35,16 @@ def jobs(
     estimate_s: float | None = 60.0,
 ) -> list[BacklogJob]:
     """``count`` jobs of one group, positions 0..count-1 (suite order)."""
-    name = prefix or f"{org}-{app}-{target}"
-    return [
-        BacklogJob(
-            job_id=f"{name}-{i:03d}",
-            group_key=group_key_for(org, app, target),
-            org_id=org,
-            app_version_id=app,
-            target=target,
-            priority=priority,
-            enqueued_at=enqueued_at,
-            position=i,
-            estimate_s=estimate_s,
-            test_path=f"tests/t{i}.spec.ts",
-        )
-        for i in range(count)
-    ]
+    return backlog_jobs(
+        org,
+        app,
+        count,
+        target=target,
+        priority=priority,
+        enqueued_at=enqueued_at,
+        prefix=prefix,
+        estimate_s=estimate_s,
+    )
 
 
 def agent(agent_id: str, target: str = "emulator", installed: AppRef | None = None) -> IdleAgent:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from qgjob_backend.config import Config
 from qgjob_backend.domain.models import AppRef, group_key_for
 from qgjob_backend.domain.planner import BacklogJob, IdleAgent, PlanningPolicy
 from qgjob_backend.domain.preemption import (
@@ -18,6 +19,7 @@ from qgjob_backend.domain.preemption import (
 )
 from qgjob_backend.schema import JobStatus, SuiteSubmission, Target
 from qgjob_backend.services.agents import LeasedBatch, ReportedResult
+from tests.unit.backlog import backlog_jobs
 from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
 
 NOW = 50_000.0
@@ -34,20 +36,16 @@ def jobs(
     estimate_s: float | None = 60.0,
     org: str = "acme",
 ) -> list[BacklogJob]:
-    return [
-        BacklogJob(
-            job_id=f"{app}-{target}-{i}",
-            group_key=group_key_for(org, app, target),
-            org_id=org,
-            app_version_id=app,
-            target=target,
-            priority=priority,
-            enqueued_at=NOW - 5.0,
-            position=i,
-            estimate_s=estimate_s,
-        )
-        for i in range(count)
-    ]
+    return backlog_jobs(
+        org,
+        app,
+        count,
+        target=target,
+        priority=priority,
+        enqueued_at=NOW - 5.0,
+        estimate_s=estimate_s,
+        prefix=f"{app}-{target}",
+    )
 
 
 def running(
@@ -246,9 +244,9 @@ def test_deterministic_whatever_the_input_order() -> None:
 SVC_SETTINGS = fake_config(lease_seconds=600.0, batch_max_jobs=25, agent_offline_seconds=900.0)
 
 
-def busy_pool() -> tuple[MemoryServices, dict[str, LeasedBatch]]:
+def busy_pool(settings: Config = SVC_SETTINGS) -> tuple[MemoryServices, dict[str, LeasedBatch]]:
     """Two emulators, each on the first test of a six-test priority-5 batch."""
-    svc = build_memory_services(SVC_SETTINGS, FakeClock(1_000_000.0))
+    svc = build_memory_services(settings, FakeClock(1_000_000.0))
     for org in ("acme", "beta"):
         paths = [f"tests/{org}{i}.spec.js" for i in range(6)]
         svc.submissions.submit(
@@ -342,10 +340,7 @@ def test_no_yield_without_urgent_work_or_when_disabled() -> None:
     svc.dispatcher.plan()
     assert not any(svc.as_agent.heartbeat(a).agent.yield_requested for a in leased)
 
-    off, leased_off = busy_pool()
-    off.dispatcher._settings = replace(
-        off.dispatcher._settings, preemption=PreemptionPolicy(enabled=False)
-    )
+    off, leased_off = busy_pool(replace(SVC_SETTINGS, preempt_wait_seconds=None))
     urgent(off)
     off.dispatcher.plan()
     assert not any(off.as_agent.heartbeat(a).agent.yield_requested for a in leased_off)

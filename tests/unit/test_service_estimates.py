@@ -18,7 +18,7 @@ from qgjob_backend.domain.planner import BusyAgent
 from qgjob_backend.ports import EstimateConflict
 from qgjob_backend.schema import JobStatus, SuiteSubmission, Target
 from qgjob_backend.services.agents import LeasedBatch
-from qgjob_backend.services.dispatch import backlog_view
+from qgjob_backend.services.backlog_views import backlog_view
 from tests.unit.fakes import (
     FakeClock,
     MemoryServices,
@@ -404,6 +404,19 @@ def test_the_split_gain_knob_comes_from_the_environment_per_target() -> None:
     assert config.split_gain_seconds_by_target == (("device", 900.0),)
     with pytest.raises(ConfigError, match="MIN_SPLIT_GAIN_SECONDS_EMULATOR"):
         Config.from_env({**REQUIRED_ENV, "MIN_SPLIT_GAIN_SECONDS_EMULATOR": "-1"})
+
+
+def test_the_preemption_wait_comes_from_the_environment_and_can_be_turned_off() -> None:
+    assert Config.from_env(REQUIRED_ENV).preempt_wait_seconds == 120.0
+    assert (
+        Config.from_env({**REQUIRED_ENV, "PREEMPT_WAIT_SECONDS": "30"}).preempt_wait_seconds == 30
+    )
+    assert (
+        Config.from_env({**REQUIRED_ENV, "PREEMPT_WAIT_SECONDS": "Off"}).preempt_wait_seconds
+        is None
+    )
+    with pytest.raises(ConfigError, match="PREEMPT_WAIT_SECONDS"):
+        Config.from_env({**REQUIRED_ENV, "PREEMPT_WAIT_SECONDS": "soon"})
 
 
 def test_the_estimates_table_is_required() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import Agent, AgentStatus, Batch, BatchState, Job
-from qgjob_backend.domain.overflow import OverflowPolicy, plan_overflow
+from qgjob_backend.domain.overflow import OverflowPolicy
 from qgjob_backend.domain.planner import (
     BacklogJob,
     BusyAgent,
@@ -16,15 +16,8 @@ from qgjob_backend.domain.planner import (
     PlannedBatch,
     PlanningPolicy,
     plan_batches,
-    usable_estimate,
 )
-from qgjob_backend.domain.preemption import (
-    PreemptionPolicy,
-    RunningBatch,
-    YieldRequest,
-    plan_yields,
-    urgent_need,
-)
+from qgjob_backend.domain.preemption import PreemptionPolicy
 from qgjob_backend.observability import (
     NO_METRICS,
     MetricsPort,
@@ -34,32 +27,13 @@ from qgjob_backend.observability import (
 )
 from qgjob_backend.ports import StateStore
 from qgjob_backend.schema import JobStatus, Target
+from qgjob_backend.services.backlog_views import backlog_view
 from qgjob_backend.services.estimates import EstimateService
+from qgjob_backend.services.overflow_moves import OverflowMoves, may_overflow
 from qgjob_backend.services.pool_snapshots import PoolSnapshotService
+from qgjob_backend.services.urgent_yields import UrgentYields
 
 logger = Logger(child=True)
-
-
-def backlog_view(job: Job) -> BacklogJob:
-    return BacklogJob(
-        job_id=job.job_id,
-        group_key=job.group_key,
-        org_id=job.org_id,
-        app_version_id=job.app_version_id,
-        target=job.target.value,
-        priority=job.priority,
-        enqueued_at=job.created_at,
-        position=job.position,
-        estimate_s=job.estimate_s,
-        test_path=job.test_path,
-        avoid_agent_id=job.last_agent_id,
-        retried_at=job.updated_at if job.last_agent_id else 0.0,
-    )
-
-
-def _may_overflow(job: Job) -> bool:
-    """Its run allowed it to move and it has not moved yet."""
-    return job.overflow is not None and job.moved_from is None and job.target is not job.overflow
 
 
 def batch_of(plan: PlannedBatch, batch_id: str, now: float, lease_seconds: float) -> Batch:
@@ -128,6 +102,8 @@ class DispatchService:
         self._snapshots = snapshots
         # Queue depth, oldest queued age and agents per pool, from the reads a plan makes.
         self._metrics = metrics
+        self._overflow = OverflowMoves(store, settings.overflow)
+        self._yields = UrgentYields(store, settings.preemption, settings.preempt_reads)
 
     def prefetch(self, job_ids: Sequence[str]) -> AdmissionReads:
         """Reads the jobs of many messages and their tests' estimates in two batch reads.
@@ -183,7 +159,7 @@ class DispatchService:
         backlogs = {target: self._store.backlog(target, window) for target in Target}
         # Jobs that may still overflow: BrowserStack's agents count, even with no work of
         # its own waiting.
-        overflowing = any(_may_overflow(job) for backlog in backlogs.values() for job in backlog)
+        overflowing = any(may_overflow(job) for backlog in backlogs.values() for job in backlog)
         if overflowing:
             wanted.add(Target.BROWSERSTACK)
         if not any(backlogs[target] for target in wanted) and not overflowing:
@@ -226,12 +202,12 @@ class DispatchService:
                     )
             install_s[target.value] = self._estimates.install_seconds(target)
         if overflowing:
-            self._overflow(backlogs, idle.get(None, []), busy.get(None, []), install_s, now)
+            self._overflow.move(backlogs, idle.get(None, []), busy.get(None, []), install_s, now)
         if self._snapshots is not None:
             self._snapshots.observe(backlogs, pools, install_s, now, window)
         report_pools(self._metrics, backlogs, pools, now, fresh_after)
         if not any(Target(a.target) in wanted for agents in idle.values() for a in agents):
-            self.preempt(backlogs, pools, idle, [], now, install_s)
+            self._yields.ask(backlogs, pools, idle, [], now, install_s)
             return []
         waiting = [backlog_view(job) for backlog in backlogs.values() for job in backlog]
         planned: list[PlannedBatch] = []
@@ -283,160 +259,8 @@ class DispatchService:
                 self._on_assigned(committed)
             except Exception:  # a wake-up is an optimisation: the agent's safety poll remains
                 logger.warning("could not notify agents of their batches", exc_info=True)
-        self.preempt(backlogs, pools, idle, committed, now, install_s)
+        self._yields.ask(backlogs, pools, idle, committed, now, install_s)
         return committed
-
-    def preempt(
-        self,
-        backlogs: dict[Target, list[Job]],
-        pools: dict[Target, list[Agent]],
-        idle: dict[str | None, list[IdleAgent]],
-        committed: Sequence[Batch],
-        now: float,
-        install_s: dict[str, float],
-    ) -> list[YieldRequest]:
-        """The step after planning: asks running batches to yield at their next test
-        boundary for priority-1 work still waiting (``domain.preemption.plan_yields``).
-
-        Reads nothing unless priority-1 work waits in a pool whose idle agents are too few
-        for it; then at most ``preempt_reads`` running batches and their jobs. Each ask is
-        a conditional write on the agent (it still holds that batch); asking twice changes
-        nothing. Returns the yields asked.
-        """
-        policy = self._settings.preemption
-        taken = {job_id for batch in committed for job_id in batch.job_ids}
-        given = {batch.agent_id for batch in committed}
-        waiting = [
-            backlog_view(job)
-            for backlog in backlogs.values()
-            for job in backlog
-            if job.job_id not in taken
-        ]
-        if not policy.enabled or all(j.priority > policy.urgent_priority for j in waiting):
-            return []
-        reads = self._settings.preempt_reads
-        asked: list[YieldRequest] = []
-        labs = sorted({a.lab_org_id or "" for agents in pools.values() for a in agents})
-        for lab_key in labs:
-            lab = lab_key or None
-            jobs = waiting if lab is None else [j for j in waiting if j.org_id == lab]
-            free = [a for a in idle.get(lab, []) if a.agent_id not in given]
-            urgent = {(j.target, j.group_key) for j in jobs if j.priority <= policy.urgent_priority}
-            held = {
-                (a.target.value, a.batch_group)
-                for agents in pools.values()
-                for a in agents
-                if a.batch_id and a.lab_org_id == lab
-            }
-            # Batches are read only where they may yield: an urgent group's app is on a
-            # busy agent, or the need (an upper bound, before reading) exceeds the idle.
-            short = {
-                Target(target)
-                for target, key in urgent
-                if (target, key) in held
-                or urgent_need(jobs, target, policy) > sum(a.target == target for a in free)
-            }
-            running: list[RunningBatch] = []
-            for target in sorted(short):
-                for agent in pools.get(target, []):
-                    if agent.lab_org_id != lab or not agent.batch_id or agent.agent_id in given:
-                        continue
-                    seen = self._running_batch(agent, now, install_s, read=reads > 0)
-                    reads -= 1
-                    if seen is not None:
-                        running.append(seen)
-            if running:
-                asked += plan_yields(jobs, free, running, now, policy, install_s)
-        done = []
-        for request in asked:
-            if self._store.request_yield(request.agent_id, request.batch_id, now):
-                done.append(request)
-                logger.info(
-                    "batch asked to yield to urgent work",
-                    extra={
-                        "agent_id": request.agent_id,
-                        "batch_id": request.batch_id,
-                        "at": request.at,
-                        "handed_back": len(request.job_ids),
-                    },
-                )
-        return done
-
-    def _running_batch(
-        self, agent: Agent, now: float, install_s: dict[str, float], *, read: bool
-    ) -> RunningBatch | None:
-        """A busy agent's batch as the preemption core sees it. Without ``read`` (the
-        plan's reads are spent) only its expected free time is known: it cannot yield."""
-        assert agent.batch_id is not None
-        group = agent.batch_group or ""
-        free_at = agent.batch_expected_free_at or now
-        unread = RunningBatch(agent.agent_id, agent.target.value, group, 10, (), (), free_at)
-        if not read:
-            return unread
-        batch = self._store.get_batch(agent.batch_id)
-        if batch is None or batch.state is not BatchState.ACTIVE:
-            return None
-        own = {j.job_id: j for j in self._store.get_jobs(batch.job_ids)}
-        jobs = [own[i] for i in batch.job_ids if i in own and own[i].batch_id == batch.batch_id]
-        started = [j for j in jobs if j.status is JobStatus.RUNNING]
-        rest = [j for j in jobs if j.status is JobStatus.ASSIGNED]
-        if not started and not rest:
-            return None
-        unknown = self._settings.preemption.unknown_estimate_s
-        if started:
-            current = started[-1]
-            ends = (current.started_at or now) + usable_estimate(current.estimate_s, unknown)
-        elif batch.install_required and batch.installed_at is None:
-            ends = batch.created_at + install_s.get(batch.target.value, 0.0)
-        else:
-            ends = now  # between two tests (or its start untold yet)
-        return RunningBatch(
-            agent_id=agent.agent_id,
-            target=batch.target.value,
-            group_key=batch.group_key,
-            priority=min(j.priority for j in started + rest),
-            remaining_job_ids=tuple(j.job_id for j in rest),
-            remaining_estimates_s=tuple(j.estimate_s for j in rest),
-            current_ends_at=max(now, ends),
-            batch_id=batch.batch_id,
-            yielding=agent.yield_requested,
-            planned_free_at=agent.batch_expected_free_at,  # what plan() tells the planner
-        )
-
-    def _overflow(
-        self,
-        backlogs: dict[Target, list[Job]],
-        idle: list[IdleAgent],
-        busy: list[BusyAgent],
-        install_s: dict[str, float],
-        now: float,
-    ) -> None:
-        """Moves the waiting jobs that may overflow to BrowserStack when it would finish
-        them sooner (domain.overflow), before planning, and ``backlogs`` with them. Only
-        the shared fleet counts: a private lab runs only its org's jobs. Each move is a
-        conditional write: a job assigned, cancelled or moved since the read stays put."""
-        jobs = {job.job_id: job for backlog in backlogs.values() for job in backlog}
-        allowed = {job_id for job_id, job in jobs.items() if _may_overflow(job)}
-        views = [backlog_view(job) for job in jobs.values()]
-        moves = plan_overflow(views, allowed, idle, now, self._settings.overflow, busy, install_s)
-        for move in moves:
-            job = jobs[move.job_id]
-            done = self._store.move_job(job, Target(move.to_target), now)
-            if done is None:
-                continue
-            backlogs[job.target] = [j for j in backlogs[job.target] if j.job_id != job.job_id]
-            backlogs[done.target].append(done)
-            with correlated(job.run_id):
-                logger.info(
-                    "job moved to another pool (overflow)",
-                    extra={
-                        "job_id": job.job_id,
-                        "from": job.target.value,
-                        "to": done.target.value,
-                        "home_finish_at": move.home_finish_at,
-                        "remote_finish_at": move.remote_finish_at,
-                    },
-                )
 
     def _plan(
         self,

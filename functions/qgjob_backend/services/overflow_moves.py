@@ -1,0 +1,62 @@
+"""The dispatcher's step before planning: waiting jobs of runs submitted with overflow move
+to BrowserStack when it would finish them sooner (``domain.overflow`` decides which)."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger
+
+from qgjob_backend.domain.models import Job
+from qgjob_backend.domain.overflow import OverflowPolicy, plan_overflow
+from qgjob_backend.domain.planner import BusyAgent, IdleAgent
+from qgjob_backend.observability import correlated
+from qgjob_backend.ports import StateStore
+from qgjob_backend.schema import Target
+from qgjob_backend.services.backlog_views import backlog_view
+
+logger = Logger(child=True)
+
+
+def may_overflow(job: Job) -> bool:
+    """Its run allowed it to move and it has not moved yet."""
+    return job.overflow is not None and job.moved_from is None and job.target is not job.overflow
+
+
+class OverflowMoves:
+    def __init__(self, store: StateStore, policy: OverflowPolicy) -> None:
+        self._store = store
+        self._policy = policy
+
+    def move(
+        self,
+        backlogs: dict[Target, list[Job]],
+        idle: list[IdleAgent],
+        busy: list[BusyAgent],
+        install_s: dict[str, float],
+        now: float,
+    ) -> None:
+        """Moves the waiting jobs that may overflow to BrowserStack when it would finish
+        them sooner (domain.overflow), before planning, and ``backlogs`` with them. Only
+        the shared fleet counts: a private lab runs only its org's jobs. Each move is a
+        conditional write: a job assigned, cancelled or moved since the read stays put."""
+        jobs = {job.job_id: job for backlog in backlogs.values() for job in backlog}
+        allowed = {job_id for job_id, job in jobs.items() if may_overflow(job)}
+        views = [backlog_view(job) for job in jobs.values()]
+        moves = plan_overflow(views, allowed, idle, now, self._policy, busy, install_s)
+        for move in moves:
+            job = jobs[move.job_id]
+            done = self._store.move_job(job, Target(move.to_target), now)
+            if done is None:
+                continue
+            backlogs[job.target] = [j for j in backlogs[job.target] if j.job_id != job.job_id]
+            backlogs[done.target].append(done)
+            with correlated(job.run_id):
+                logger.info(
+                    "job moved to another pool (overflow)",
+                    extra={
+                        "job_id": job.job_id,
+                        "from": job.target.value,
+                        "to": done.target.value,
+                        "home_finish_at": move.home_finish_at,
+                        "remote_finish_at": move.remote_finish_at,
+                    },
+                )
