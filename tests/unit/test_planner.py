@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import replace
 
@@ -23,28 +24,8 @@ POLICY = PlanningPolicy(max_batch_jobs=5, aging_seconds=100.0)
 INSTALL = {"emulator": 60.0, "device": 120.0, "browserstack": 90.0}
 
 
-def jobs(
-    org: str,
-    app: str,
-    count: int,
-    *,
-    target: str = "emulator",
-    priority: int = 5,
-    enqueued_at: float = NOW,
-    prefix: str | None = None,
-    estimate_s: float | None = 60.0,
-) -> list[BacklogJob]:
-    """``count`` jobs of one group, positions 0..count-1 (suite order)."""
-    return backlog_jobs(
-        org,
-        app,
-        count,
-        target=target,
-        priority=priority,
-        enqueued_at=enqueued_at,
-        prefix=prefix,
-        estimate_s=estimate_s,
-    )
+# ``count`` jobs of one group, positions 0..count-1 (suite order), waiting since NOW.
+jobs = functools.partial(backlog_jobs, enqueued_at=NOW)
 
 
 def agent(agent_id: str, target: str = "emulator", installed: AppRef | None = None) -> IdleAgent:

@@ -43,7 +43,7 @@ class UrgentYields:
         boundary for priority-1 work still waiting (``domain.preemption.plan_yields``).
 
         Reads nothing unless priority-1 work waits in a pool whose idle agents are too few
-        for it; then at most ``preempt_reads`` running batches and their jobs. Each ask is
+        for it; then at most ``max_reads`` running batches and their jobs. Each ask is
         a conditional write on the agent (it still holds that batch); asking twice changes
         nothing. Returns the yields asked.
         """
