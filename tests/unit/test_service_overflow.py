@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from qgjob_backend.schema import JobStatus, Overflow, SuiteSubmission, Target
+from qgjob_backend.services.auth import Principal, TokenKind
 from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
 
 SETTINGS = fake_config(lease_seconds=60.0, agent_offline_seconds=180.0)
@@ -68,6 +69,35 @@ def test_an_overflow_run_moves_waiting_jobs_to_an_idle_browserstack_agent(
     assert run.overflow is Target.BROWSERSTACK
     assert run.moved == len(moved)
     assert sum(run.counts.values()) == 30  # the state counters still add up to the suite
+
+
+def test_an_org_s_own_browserstack_lab_takes_its_overflow_and_no_other_org_s(
+    svc: MemoryServices,
+) -> None:
+    # BrowserStack agents are usually scoped to one org (its credentials): acme's lab
+    # takes acme's overflow; globex's overflow has no BrowserStack agent it may use.
+    busy_emulator(svc)
+    acme_jobs = submit(svc, "v1", 30, overflow="browserstack")
+    globex = SuiteSubmission(
+        org_id="globex",
+        app_version_id="g1",
+        test_paths=[f"tests/g{i}.spec.ts" for i in range(30)],
+        overflow="browserstack",
+    )
+    globex_jobs = [j.job_id for j in svc.submissions.submit("globex", globex).jobs]
+    acme_lab = Principal(TokenKind.AGENT, "acme", Target.BROWSERSTACK, "acme-bs-fleet")
+    bs = svc.as_agent.register(Target.BROWSERSTACK, "bs-1", None, fleet=acme_lab).agent_id
+
+    leased = svc.as_agent.lease(bs)
+
+    assert leased is not None
+    assert leased.batch.org_id == "acme"
+    moved = [svc.store.get_job(j) for j in acme_jobs]
+    assert any(j is not None and j.moved_from is Target.EMULATOR for j in moved)
+    assert all(
+        (j := svc.store.get_job(job_id)) is not None and j.target is Target.EMULATOR
+        for job_id in globex_jobs
+    )
 
 
 def test_a_move_is_conditional_and_counted_once(svc: MemoryServices) -> None:

@@ -202,7 +202,7 @@ class DispatchService:
                     )
             install_s[target.value] = self._estimates.install_seconds(target)
         if overflowing:
-            self._overflow.move(backlogs, idle.get(None, []), busy.get(None, []), install_s, now)
+            self._overflow.move(backlogs, idle, busy, install_s, now)
         if self._snapshots is not None:
             self._snapshots.observe(backlogs, pools, install_s, now, window)
         report_pools(self._metrics, backlogs, pools, now, fresh_after)

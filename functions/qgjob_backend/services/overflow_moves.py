@@ -3,6 +3,8 @@ to BrowserStack when it would finish them sooner (``domain.overflow`` decides wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import Job
@@ -29,17 +31,43 @@ class OverflowMoves:
     def move(
         self,
         backlogs: dict[Target, list[Job]],
-        idle: list[IdleAgent],
-        busy: list[BusyAgent],
+        idle: Mapping[str | None, Sequence[IdleAgent]],
+        busy: Mapping[str | None, Sequence[BusyAgent]],
         install_s: dict[str, float],
         now: float,
     ) -> None:
         """Moves the waiting jobs that may overflow to BrowserStack when it would finish
-        them sooner (domain.overflow), before planning, and ``backlogs`` with them. Only
-        the shared fleet counts: a private lab runs only its org's jobs. Each move is a
-        conditional write: a job assigned, cancelled or moved since the read stays put."""
+        them sooner (domain.overflow), before planning, and ``backlogs`` with them.
+
+        ``idle`` and ``busy`` are the agents by lab (None: the shared fleet). An org with
+        a private lab runs its jobs on the lab's agents and the shared fleet, so its jobs
+        are estimated against both (every waiting job counted against them: a pessimistic
+        guess for the lab's lanes); the other orgs' jobs against the shared fleet only.
+        Each move is a conditional write: a job assigned, cancelled or moved since the
+        read stays put."""
         jobs = {job.job_id: job for backlog in backlogs.values() for job in backlog}
         allowed = {job_id for job_id, job in jobs.items() if may_overflow(job)}
+        shared_idle, shared_busy = list(idle.get(None, ())), list(busy.get(None, ()))
+        for lab in sorted(lab for lab in {*idle, *busy} if lab is not None):
+            own = {job_id for job_id in allowed if jobs[job_id].org_id == lab}
+            if own:
+                lab_idle = shared_idle + list(idle.get(lab, ()))
+                lab_busy = shared_busy + list(busy.get(lab, ()))
+                self._move(backlogs, jobs, own, lab_idle, lab_busy, install_s, now)
+                allowed -= own
+        if allowed:
+            self._move(backlogs, jobs, allowed, shared_idle, shared_busy, install_s, now)
+
+    def _move(
+        self,
+        backlogs: dict[Target, list[Job]],
+        jobs: dict[str, Job],
+        allowed: set[str],
+        idle: Sequence[IdleAgent],
+        busy: Sequence[BusyAgent],
+        install_s: dict[str, float],
+        now: float,
+    ) -> None:
         views = [backlog_view(job) for job in jobs.values()]
         moves = plan_overflow(views, allowed, idle, now, self._policy, busy, install_s)
         for move in moves:
@@ -47,6 +75,7 @@ class OverflowMoves:
             done = self._store.move_job(job, Target(move.to_target), now)
             if done is None:
                 continue
+            jobs[job.job_id] = done
             backlogs[job.target] = [j for j in backlogs[job.target] if j.job_id != job.job_id]
             backlogs[done.target].append(done)
             with correlated(job.run_id):
