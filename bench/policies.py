@@ -127,17 +127,10 @@ class QgjobPolicy:
         if self._overflow is not None:
             self._move(state)
         waiting = {self.backlog_job(j).target for j in state.backlog}
-        idle = [
-            IdleAgent(a.agent_id, a.target, _app_ref(a.installed))
-            for a in state.idle
-            if a.target in waiting
-        ]
+        idle = [a for a in _idle_agents(state) if a.target in waiting]
         if not idle:
             return []
-        busy = [
-            BusyAgent(b.agent_id, b.target, group_key_for(*b.family), b.expected_free_s)
-            for b in state.busy
-        ]
+        busy = _busy_agents(state)
         backlog = [self.backlog_job(j) for j in state.backlog]
         planned = self._planner(
             backlog, idle, state.now, self._planning, busy, dict(state.install_s)
@@ -173,7 +166,7 @@ class QgjobPolicy:
                     planned_free_at=b.expected_free_s,  # as plan() tells the planner
                 )
             )
-        idle = [IdleAgent(a.agent_id, a.target, _app_ref(a.installed)) for a in state.idle]
+        idle = _idle_agents(state)
         backlog = [self.backlog_job(j) for j in state.backlog]
         yields = plan_yields(backlog, idle, running, state.now, policy, dict(state.install_s))
         return [Yield(y.agent_id) for y in yields]
@@ -186,17 +179,30 @@ class QgjobPolicy:
         allowed = {j.job_id for j in state.backlog if j.overflow and j.job_id not in moved}
         if not allowed:
             return
-        agents = [IdleAgent(a.agent_id, a.target, _app_ref(a.installed)) for a in state.idle]
-        busy = [
-            BusyAgent(b.agent_id, b.target, group_key_for(*b.family), b.expected_free_s)
-            for b in state.busy
-        ]
         moves = plan_overflow(
-            backlog, allowed, agents, state.now, self._overflow, busy, dict(state.install_s)
+            backlog,
+            allowed,
+            _idle_agents(state),
+            state.now,
+            self._overflow,
+            _busy_agents(state),
+            dict(state.install_s),
         )
         for view in apply_moves([self._views[m.job_id] for m in moves], moves):
             self._views[view.job_id] = view
         self.moves.extend(moves)
+
+
+def _idle_agents(state: PlanningState) -> list[IdleAgent]:
+    return [IdleAgent(a.agent_id, a.target, _app_ref(a.installed)) for a in state.idle]
+
+
+def _busy_agents(state: PlanningState) -> list[BusyAgent]:
+    """Busy agents as the dispatcher tells the planner: free when their batch should end."""
+    return [
+        BusyAgent(b.agent_id, b.target, group_key_for(*b.family), b.expected_free_s)
+        for b in state.busy
+    ]
 
 
 def _app_ref(app: App | None) -> AppRef | None:

@@ -424,9 +424,7 @@ class _Simulation:
         lane = self.result.schedule[agent.agent_id]
         del lane[len(lane) - len(rest) :]
         for job, _, _ in rest:
-            self.pending[job.job_id] = job
-            self.waiting_by_target[job.target] += 1
-            self.waiting_overflow += job.overflow
+            self._arrive(job)
         agent.tests = begun
         expected = begun[-1][1] + _estimate(begun[-1][0]) if begun else agent.install_end_s
         agent.busy = replace(

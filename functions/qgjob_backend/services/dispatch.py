@@ -36,6 +36,15 @@ from qgjob_backend.services.urgent_yields import UrgentYields
 logger = Logger(child=True)
 
 
+def _running(agent: Agent, now: float) -> BusyAgent | None:
+    """A busy agent as the planner sees it: it holds its group's app and is free again
+    when its batch should end (None: it runs no batch)."""
+    if not (agent.batch_id and agent.batch_group):
+        return None
+    free_at = agent.batch_expected_free_at or now
+    return BusyAgent(agent.agent_id, agent.target.value, agent.batch_group, free_at)
+
+
 def batch_of(plan: PlannedBatch, batch_id: str, now: float, lease_seconds: float) -> Batch:
     """A planned batch as it is committed: active, leased from now."""
     return Batch(
@@ -174,14 +183,6 @@ class DispatchService:
         pools: dict[Target, list[Agent]] = {}
         for target, backlog in backlogs.items():
             if not backlog and not (overflowing and target is Target.BROWSERSTACK):
-                # Nothing to plan here, but its running batches still end when they end:
-                # the planner plans the other pools to end no sooner (plan_batches).
-                for agent in self._store.list_agents(target):
-                    if agent.batch_id and agent.batch_group:
-                        free_at = agent.batch_expected_free_at or now
-                        busy.setdefault(agent.lab_org_id, []).append(
-                            BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at)
-                        )
                 continue
             # A drained agent is no capacity for waiting work: no new batch, no work held
             # back for it while busy, not online for the metrics and the run ETAs.
@@ -194,12 +195,8 @@ class DispatchService:
                     idle.setdefault(lab, []).append(
                         IdleAgent(agent.agent_id, target.value, agent.installed)
                     )
-                elif agent.batch_id and agent.batch_group:
-                    # It holds its group's app and is free again when its batch should end.
-                    free_at = agent.batch_expected_free_at or now
-                    busy.setdefault(lab, []).append(
-                        BusyAgent(agent.agent_id, target.value, agent.batch_group, free_at)
-                    )
+                elif (running := _running(agent, now)) is not None:
+                    busy.setdefault(lab, []).append(running)
             install_s[target.value] = self._estimates.install_seconds(target)
         if overflowing:
             self._overflow.move(backlogs, idle, busy, install_s, now)
@@ -209,6 +206,14 @@ class DispatchService:
         if not any(Target(a.target) in wanted for agents in idle.values() for a in agents):
             self._yields.ask(backlogs, pools, idle, [], now, install_s)
             return []
+        # A pool with nothing to plan still ends when its running batches do: the planner
+        # plans the other pools to end no sooner (plan_batches). Read only now that there
+        # is something to plan.
+        for target in Target:
+            if target not in pools:
+                for agent in self._store.list_agents(target):
+                    if (running := _running(agent, now)) is not None:
+                        busy.setdefault(agent.lab_org_id, []).append(running)
         waiting = [backlog_view(job) for backlog in backlogs.values() for job in backlog]
         planned: list[PlannedBatch] = []
         # A private lab runs only its org's jobs: plan those first, then the shared fleet
