@@ -38,9 +38,9 @@ TOKEN_ENV = "QGJOB_TOKEN"  # noqa: S105 - the name of an env var
 # The same values as qgjob.schema.Target (a unit test keeps them in step); spelled out
 # here so `--help` does not need pydantic.
 TARGETS = ("emulator", "device", "browserstack")
-# schema.Overflow's values, and the targets that may overflow (schema.OVERFLOW_FROM): kept
-# here so that --help does not import pydantic; a test holds them equal to the schema's.
-OVERFLOW_POOLS = ("browserstack",)
+# schema.Overflow's values (the pools, and 'none': opt out of the org's default), kept here
+# so that --help does not import pydantic; a test holds them equal to the schema's.
+OVERFLOW_CHOICES = ("browserstack", "none")
 DEFAULT_WAIT_TIMEOUT_S = 3600.0
 MAX_JUNIT_OUTPUTS = 200
 EXIT_INTERRUPTED = 130
@@ -284,6 +284,8 @@ Examples:
       --wait --wait-timeout 1800 --junit report.xml
   qgjob submit --org-id acme --app-version-id v1.4.2 --test tests/login.spec.ts \\
       --overflow browserstack
+  qgjob submit --org-id acme --app-version-id v1.4.2 --test tests/login.spec.ts \\
+      --overflow none
 
 \b
 With --wait the exit code is 0 when every test passed, 1 when one failed, errored,
@@ -310,11 +312,12 @@ timed out or was cancelled, 3 when --wait-timeout passed first."""
 @click.option("--target", type=click.Choice(TARGETS), default="emulator", show_default=True)
 @click.option(
     "--overflow",
-    type=click.Choice(OVERFLOW_POOLS),
+    type=click.Choice(OVERFLOW_CHOICES),
     help=(
-        "Let waiting tests move to the browserstack pool when it would finish them "
-        "sooner, counting its upload time and its own queue (emulator and device runs "
-        "only; default: they never move). `qgjob status` says which moved."
+        "browserstack: let waiting tests move to the browserstack pool when it would "
+        "finish them sooner, counting its upload time and its own queue (emulator and "
+        "device runs only). none: they never move. Default: your org's setting (an "
+        "operator's; none unless set). `qgjob status` says which moved."
     ),
 )
 @click.option(

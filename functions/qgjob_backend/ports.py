@@ -470,3 +470,30 @@ class PoolSnapshotStore(Protocol):
 
     def get_snapshot(self, target: Target) -> PoolSnapshot | None:
         """The pool's latest snapshot (one eventually consistent read of one item)."""
+
+
+# ---------------------------------------------------------- org settings
+@dataclass(frozen=True)
+class OrgSettings:
+    """What an operator set for one org (``infra.admin orgs set``); an org that never set
+    anything has the defaults, at version 0."""
+
+    org_id: str
+    # The pool the org's emulator and device runs overflow to when their submission does
+    # not say (SuiteSubmission.overflow absent); None: they never move.
+    overflow: Target | None = None
+    updated_at: float | None = None
+    version: int = 0  # one more on every write; each write names the one it replaces
+
+
+class OrgSettingsStore(Protocol):
+    """One item per org: a submission reads at most one, an operator writes one."""
+
+    def get(self, org_id: str, *, consistent: bool = True) -> OrgSettings | None:
+        """The org's stored settings (one GetItem), None when it never set any.
+        ``consistent=False`` (half the cost) may miss a write of the last moment."""
+
+    def put(self, settings: OrgSettings, expected_version: int | None) -> bool:
+        """Writes ``settings`` (one conditional PutItem) only if the stored ones still have
+        ``expected_version`` (None: only if there are none); False (nothing written) when
+        someone wrote in between."""

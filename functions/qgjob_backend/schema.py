@@ -43,6 +43,13 @@ class Overflow(StrEnum):
     """Another pool a run's waiting jobs may move to when it would finish them sooner."""
 
     BROWSERSTACK = "browserstack"
+    # Never move, whatever the org's default (``infra.admin orgs set``).
+    NONE = "none"
+
+    @property
+    def pool(self) -> Target | None:
+        """The pool it names; None for ``none``."""
+        return None if self is Overflow.NONE else Target(self.value)
 
 
 # The targets whose runs may overflow (BrowserStack itself may not).
@@ -140,7 +147,8 @@ class _Submission(BaseModel):
         description=(
             "Lets the run's waiting jobs move to the BrowserStack pool when it would finish "
             "them sooner, counting its upload (install) time and its own queue (the CLI's "
-            "--overflow). Only for emulator and device runs; absent: they never move."
+            "--overflow). Only for emulator and device runs. 'none': they never move. "
+            "Absent: the org's default (none unless an operator set one)."
         ),
     )
 
@@ -148,7 +156,8 @@ class _Submission(BaseModel):
     @classmethod
     def _overflow_from(cls, value: Overflow | None, info: ValidationInfo) -> Overflow | None:
         target = info.data.get("target")
-        if value is not None and target is not None and target not in OVERFLOW_FROM:
+        # Opting out ('none') is harmless on any target; only moving needs a home pool.
+        if value is not None and value.pool is not None and target not in (None, *OVERFLOW_FROM):
             raise ValueError(
                 f"a {Target(target).value} run cannot overflow; only "
                 + " and ".join(t.value for t in OVERFLOW_FROM)

@@ -19,6 +19,7 @@ from qgjob_backend.adapters.dynamodb import (
 )
 from qgjob_backend.adapters.dynamodb.audit import DynamoAuditStore
 from qgjob_backend.adapters.dynamodb.builds import DynamoBuildStore
+from qgjob_backend.adapters.dynamodb.org_settings import DynamoOrgSettingsStore
 from qgjob_backend.adapters.dynamodb.snapshots import DynamoPoolSnapshotStore
 from qgjob_backend.adapters.push import ApiGatewayNotifier
 from qgjob_backend.adapters.s3 import S3ArtifactStore, S3VaultStore
@@ -34,6 +35,7 @@ from qgjob_backend.ports import (
     BuildStore,
     EstimateStore,
     JobQueue,
+    OrgSettingsStore,
     PoolSnapshotStore,
     StateStore,
     TokenStore,
@@ -45,6 +47,7 @@ from qgjob_backend.services.auth import TokenService
 from qgjob_backend.services.builds import BuildService
 from qgjob_backend.services.dispatch import DispatchService, DispatchSettings
 from qgjob_backend.services.estimates import EstimateService
+from qgjob_backend.services.org_settings import OrgSettingsService
 from qgjob_backend.services.pool_snapshots import PoolSnapshotService, SnapshotSettings
 from qgjob_backend.services.push import PushService
 from qgjob_backend.services.reaper import ReaperService, ReaperSettings
@@ -87,6 +90,8 @@ class Services:
     vault: VaultService | None = None
     # Pools' queue snapshots: runs' queue positions and ETAs; None: runs show none.
     snapshots: PoolSnapshotService | None = None
+    # Org settings (the default overflow a submission takes); None: no org has any.
+    org_settings: OrgSettingsService | None = None
 
 
 def _client(name: str, session: Any | None) -> Any:
@@ -115,6 +120,7 @@ def assemble_services(
     build_store: BuildStore | None = None,
     uploads: UploadStore | None = None,
     snapshot_store: PoolSnapshotStore | None = None,
+    org_settings_store: OrgSettingsStore | None = None,
     metrics: MetricsPort = NO_METRICS,
 ) -> Services:
     """Wires the services over any implementation of the ports (boto3 adapters or fakes)."""
@@ -125,6 +131,9 @@ def assemble_services(
         else None
     )
     push = PushService(store, notifier, clock)
+    org_settings = (
+        OrgSettingsService(org_settings_store, clock) if org_settings_store is not None else None
+    )
     snapshots = (
         PoolSnapshotService(
             snapshot_store,
@@ -177,6 +186,7 @@ def assemble_services(
             build_sha256=builds.ready_sha256 if builds else None,
             estimates=estimates,
             queue_of=snapshots.run_queue if snapshots is not None else None,
+            org_overflow=org_settings.default_overflow if org_settings is not None else None,
         ),
         dispatcher=dispatcher,
         agents=AgentService(
@@ -206,6 +216,7 @@ def assemble_services(
         vault=vault,
         builds=builds,
         snapshots=snapshots,
+        org_settings=org_settings,
     )
 
 
@@ -232,6 +243,7 @@ def build_services(
         token_store=DynamoTokenStore(dynamodb, config.tokens_table),
         estimate_store=DynamoEstimateStore(dynamodb, config.estimates_table),
         snapshot_store=DynamoPoolSnapshotStore(dynamodb, config.runs_table),
+        org_settings_store=DynamoOrgSettingsStore(dynamodb, config.runs_table),
         clock=clock,
         metrics=metrics,
         notifier=_notifier(config, session),

@@ -1,5 +1,5 @@
 """The admin commands: argument parsing, output, exit codes. The work is in the services
-(tokens), ``infra.admin.agents`` (drain) and ``infra.admin.dlq`` (redrive)."""
+(tokens, org settings), ``infra.admin.agents`` (drain) and ``infra.admin.dlq`` (redrive)."""
 
 from __future__ import annotations
 
@@ -33,15 +33,15 @@ from infra.admin.stack import (
     tokens_table_from_stack,
 )
 from infra.admin.tokens import list_tokens
-from qgjob_backend.schema import ID_PATTERN, Target
+from qgjob_backend.schema import ID_PATTERN, OVERFLOW_FROM, Overflow, Target
 from qgjob_backend.services.auth import TOKEN_CACHE_SECONDS
 
 PROG = "python -m infra.admin"
 TTL = f"{TOKEN_CACHE_SECONDS:g}"
 
 DESCRIPTION = f"""\
-Administration of a qgjob stack: API tokens, device agents, the dead-letter queues and
-BrowserStack credentials. Run from the repository root with the dev virtualenv:
+Administration of a qgjob stack: API tokens, device agents, org settings, the dead-letter
+queues and BrowserStack credentials. Run from the repository root with the dev virtualenv:
 
     PYTHONPATH=functions:. .venv/bin/python -m infra.admin tokens list --stack-name qgjob
 
@@ -86,6 +86,21 @@ wait for "safe to stop" before you stop the process.
   {PROG} agents drain --agent-id lab3-pixel7 --agent-id lab3-pixel8
   {PROG} agents drain --lab acme        # every agent of org acme's private lab
   {PROG} agents undrain --agent-id lab3-pixel7
+"""
+
+_HOMES = " and ".join(t.value for t in OVERFLOW_FROM)
+ORGS_HELP = f"""\
+Org settings, one item per org (each submission of the org reads it: one GetItem).
+`--overflow browserstack` makes the org's {_HOMES} runs
+overflow to BrowserStack by default: their waiting tests may move there when it would
+finish them sooner (as with `qgjob submit --overflow browserstack`). A submission that
+says `--overflow none` (API: "overflow": "none") opts out; BrowserStack runs never
+overflow. Runs submitted before a change keep what they had, and a submission may miss
+a change of the last second (it reads the setting eventually consistently).
+
+  {PROG} orgs set --org-id acme --overflow browserstack
+  {PROG} orgs set --org-id acme --overflow none     # back to the default: never
+  {PROG} orgs show --org-id acme --json
 """
 
 DLQ_HELP = f"""\
@@ -137,6 +152,14 @@ examples:
   {PROG} agents drain --lab acme --target device""",
     "agents undrain": f"""examples:
   {PROG} agents undrain --lab acme""",
+    "orgs set": f"""Setting what is set already changes nothing (exit 0).
+
+examples:
+  {PROG} orgs set --org-id acme --overflow browserstack
+  {PROG} orgs set --org-id acme --overflow none --local""",
+    "orgs show": f"""examples:
+  {PROG} orgs show --org-id acme
+  {PROG} orgs show --org-id acme --json | jq -r .overflow""",
     "dlq inspect": f"""examples:
   {PROG} dlq inspect --queue jobs --json | jq '.messages[] | {{kind, job_id, verdict}}'""",
     "dlq redrive": f"""examples:
@@ -269,6 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
             "--agent-id", action="append", default=[], help="an agent id (repeatable)"
         )
         _agent_filters(command)
+
+    # --------------------------------------------------------------- orgs
+    orgs = groups.add_parser(
+        "orgs",
+        help="set and show an org's settings (its default overflow)",
+        description=ORGS_HELP,
+        formatter_class=_Formatter,
+    )
+    org_commands = orgs.add_subparsers(dest="command", required=True, metavar="ACTION")
+    setting = sub("orgs", org_commands, "set", "set the pool an org's runs overflow to by default")
+    setting.add_argument("--org-id", type=_id("--org-id"), required=True, help="the org")
+    setting.add_argument(
+        "--overflow",
+        choices=[o.value for o in Overflow],
+        required=True,
+        help=f"the pool its {_HOMES} runs overflow to when their submission does not say; "
+        "none: never",
+    )
+    showing = sub("orgs", org_commands, "show", "show an org's settings")
+    showing.add_argument("--org-id", type=_id("--org-id"), required=True, help="the org")
 
     # ---------------------------------------------------------------- dlq
     dlq = groups.add_parser(
@@ -444,6 +487,8 @@ def _run(
         return _TOKEN_COMMANDS[command](args, service)
     if args.group == "agents":
         return _agents(args, stack, clock)
+    if args.group == "orgs":
+        return _orgs(args, stack, clock)
     return _dlq(args, stack)
 
 
@@ -667,6 +712,56 @@ def _drain_line(command: str, result: Any) -> str:
         f"{agent.agent_id}: draining{already}: it finishes batch {agent.batch_id}, then gets "
         "no new work; `agents list` says when it is safe to stop"
     )
+
+
+# ------------------------------------------------------------------- orgs
+
+
+def _org_settings_json(settings: Any) -> dict[str, Any]:
+    return {
+        "org_id": settings.org_id,
+        "overflow": settings.overflow.value if settings.overflow else None,
+        "updated_at": settings.updated_at,
+        "version": settings.version,
+    }
+
+
+def _overflow_text(settings: Any) -> str:
+    if settings.overflow is None:
+        return f"org {settings.org_id}: its runs never overflow unless submitted with --overflow"
+    return (
+        f"org {settings.org_id}: its {_HOMES} runs overflow to {settings.overflow.value} "
+        "unless submitted with --overflow none"
+    )
+
+
+def _orgs(
+    args: argparse.Namespace, stack: StackResources, clock: Callable[[], float]
+) -> tuple[str, Any]:
+    from qgjob_backend.adapters.dynamodb.org_settings import DynamoOrgSettingsStore
+    from qgjob_backend.services.errors import ServiceError
+    from qgjob_backend.services.org_settings import OrgSettingsService
+
+    store = DynamoOrgSettingsStore(stack.client("dynamodb"), stack.name(STATE_TABLES["runs_table"]))
+    service = OrgSettingsService(store, clock)
+    try:
+        if args.command == "show":
+            settings = service.settings(args.org_id)
+            when = (
+                f" (set {_when(settings.updated_at)}, version {settings.version})"
+                if settings.version
+                else " (never set: the default)"
+            )
+            return _overflow_text(settings) + when, _org_settings_json(settings)
+        change = service.set_overflow(args.org_id, Overflow(args.overflow).pool)
+    except ServiceError as exc:
+        raise AdminError(exc.message) from None
+    settings = change.settings
+    if change.changed:
+        text = f"{_overflow_text(settings)} (from now on; runs already submitted keep theirs)"
+    else:
+        text = f"{_overflow_text(settings)} (already so: nothing changed)"
+    return text, {"settings": _org_settings_json(settings), "changed": change.changed}
 
 
 # -------------------------------------------------------------------- dlq

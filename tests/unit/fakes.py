@@ -53,12 +53,14 @@ from qgjob_backend.ports import (
     JobOutcome,
     JobPage,
     OrgMetrics,
+    OrgSettings,
     TokenRecord,
 )
 from qgjob_backend.schema import JobStatus, Target
 from qgjob_backend.services.agents import AgentCredential, AgentService, Heartbeat, LeasedBatch
 from qgjob_backend.services.auth import Principal, TokenKind, TokenService
 from qgjob_backend.services.dispatch import DispatchService
+from qgjob_backend.services.org_settings import OrgSettingsService
 from qgjob_backend.services.reaper import ReaperService
 from qgjob_backend.services.submission import SubmissionService
 from qgjob_backend.wiring import assemble_services
@@ -908,6 +910,8 @@ class MemoryServices:
     reaper: ReaperService
     fleet: Principal = SHARED_FLEET
     vault_queue: MemoryVaultQueue | None = None
+    org_settings_store: MemoryOrgSettingsStore | None = None
+    org_settings: OrgSettingsService | None = None
 
     def __post_init__(self) -> None:
         self.as_agent = ActingAgents(self.agents, self.fleet, self.plan_pending)
@@ -928,6 +932,7 @@ def build_memory_services(
     store: MemoryStateStore | None = None,
     vault_queue: MemoryVaultQueue | None = None,
     metrics: MetricsPort = NO_METRICS,
+    org_settings_store: MemoryOrgSettingsStore | None = None,
 ) -> MemoryServices:
     """The real services over the in-memory fakes, through the production wiring."""
     settings = settings or fake_config()
@@ -948,6 +953,7 @@ def build_memory_services(
         new_id=SequentialIds(),
         vault_queue=vault_queue,
         metrics=metrics,
+        org_settings_store=org_settings_store,
     )
     return MemoryServices(
         settings=settings,
@@ -963,6 +969,8 @@ def build_memory_services(
         agents=services.agents,
         reaper=services.reaper,
         vault_queue=vault_queue,
+        org_settings_store=org_settings_store,
+        org_settings=services.org_settings,
     )
 
 
@@ -1292,3 +1300,34 @@ class MemoryPoolSnapshotStore:
         if self.fail:
             raise RuntimeError("snapshot store down")
         return self.snapshots.get(target)
+
+
+# ------------------------------------------------------------------ org settings
+class MemoryOrgSettingsStore:
+    """The OrgSettingsStore port in memory, with the adapter's version condition; counts
+    its reads (``reads``, and ``eventual_reads`` of them not strongly consistent)."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, OrgSettings] = {}
+        self.reads = 0
+        self.eventual_reads = 0
+        self.writes = 0
+        # Runs once just before the next put (a concurrent writer), then is cleared.
+        self.before_put: Callable[[], object] | None = None
+
+    def get(self, org_id: str, *, consistent: bool = True) -> OrgSettings | None:
+        self.reads += 1
+        self.eventual_reads += 0 if consistent else 1
+        return self.settings.get(org_id)
+
+    def put(self, settings: OrgSettings, expected_version: int | None) -> bool:
+        if self.before_put is not None:
+            hook, self.before_put = self.before_put, None
+            hook()
+        current = self.settings.get(settings.org_id)
+        stored_version = None if current is None else current.version
+        if stored_version != expected_version:
+            return False
+        self.writes += 1
+        self.settings[settings.org_id] = settings
+        return True

@@ -98,6 +98,7 @@ class SubmissionService:
         build_sha256: Callable[[str, str], str | None] | None = None,
         estimates: EstimateService | None = None,
         queue_of: Callable[[Run], RunQueue | None] | None = None,
+        org_overflow: Callable[[str, Target], Target | None] | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -110,6 +111,9 @@ class SubmissionService:
         self._estimates = estimates
         # A run's place in its pool's queue (PoolSnapshotService); None: not known.
         self._queue_of = queue_of
+        # The pool an org's runs of a target overflow to when the submission does not say
+        # (OrgSettingsService.default_overflow: at most one read); None: never.
+        self._org_overflow = org_overflow
 
     def submit(self, org_id: str, suite: SuiteSubmission) -> SubmitResult:
         """Writes a run and its jobs straight into their group's backlog, then asks the
@@ -120,10 +124,11 @@ class SubmissionService:
         """
         if suite.org_id != org_id:
             raise Forbidden(f"org_id: token belongs to org '{org_id}', not '{suite.org_id}'")
-        # A submission without overflow hashes as it did before the field existed.
+        # A submission without overflow hashes as it did before the field existed; the
+        # org's default overflow is not part of the request and never enters the hash.
         unhashed = {"idempotency_key"} | ({"overflow"} if suite.overflow is None else set())
         fingerprint = _digest(suite.model_dump_json(exclude=unhashed))
-        overflow = None if suite.overflow is None else Target(suite.overflow.value)
+        overflow = self._overflow_of(org_id, suite)
         if suite.idempotency_key:
             run_id = "run-" + _digest(org_id, suite.idempotency_key)[:20]
         else:
@@ -168,7 +173,9 @@ class SubmissionService:
                 timeout_s=suite.timeout_s,
                 max_attempts=1 + suite.retries,
                 failure_retries=suite.failure_retries,
-                overflow=overflow,
+                # The run's, as first written: a replay heals its jobs with the overflow it
+                # had then, even if the org's default changed since.
+                overflow=run.overflow,
                 position=position,
                 # Written into the backlog: no admission step (one write and one SQS
                 # message per job fewer than admitting them through jobs.fifo).
@@ -188,6 +195,15 @@ class SubmissionService:
             extra={"run_id": run.run_id, "org_id": org_id, "jobs": len(jobs)},
         )
         return SubmitResult(run, stored, created)
+
+    def _overflow_of(self, org_id: str, suite: SuiteSubmission) -> Target | None:
+        """What the submission says ('none': never), else its org's default. The default is
+        not part of the request (nor of its fingerprint): a replay keeps its run's."""
+        if suite.overflow is not None:
+            return suite.overflow.pool
+        if self._org_overflow is None:
+            return None
+        return self._org_overflow(org_id, suite.target)
 
     def _build_of(self, org_id: str, app_version_id: str) -> str | None:
         """The run's note of its build: accepted without one (an agent may hold it)."""

@@ -1,10 +1,11 @@
-"""`qgjob submit --overflow browserstack` and what `qgjob status` says of moved jobs."""
+"""`qgjob submit --overflow browserstack|none` and what `qgjob status` says of moved jobs."""
 
 from __future__ import annotations
 
+import pytest
 import responses
 
-from qgjob.cli import OVERFLOW_POOLS
+from qgjob.cli import OVERFLOW_CHOICES
 from qgjob.schema import OVERFLOW_FROM, Overflow, Target
 from tests.unit.cli.test_cli_commands import (
     BASE,
@@ -19,7 +20,7 @@ from tests.unit.cli.test_cli_commands import (
 
 
 def test_the_clis_overflow_choices_are_the_schemas() -> None:
-    assert set(OVERFLOW_POOLS) == {o.value for o in Overflow}
+    assert set(OVERFLOW_CHOICES) == {o.value for o in Overflow}
     assert Target.BROWSERSTACK not in OVERFLOW_FROM
 
 
@@ -31,6 +32,26 @@ def test_submit_with_overflow_sends_it() -> None:
 
     assert result.exit_code == 0, result.stderr
     assert sent_body()["overflow"] == "browserstack"
+
+
+@responses.activate
+def test_submit_with_overflow_none_sends_it_to_opt_out_of_the_org_default() -> None:
+    responses.post(f"{BASE}/runs", json=submitted(["j1"]), status=201)
+
+    result = invoke([*SUBMIT, "--test", "a.spec.ts", "--overflow", "none"])
+
+    assert result.exit_code == 0, result.stderr
+    assert sent_body()["overflow"] == "none"
+
+
+@responses.activate
+def test_a_browserstack_run_may_say_overflow_none() -> None:
+    responses.post(f"{BASE}/runs", json=submitted(["j1"]), status=201)
+    result = invoke(
+        [*SUBMIT, "--test", "a.spec.ts", "--target", "browserstack", "--overflow", "none"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert sent_body()["overflow"] == "none"
 
 
 @responses.activate
@@ -51,17 +72,21 @@ def test_a_browserstack_run_cannot_overflow_exit_2_naming_the_option() -> None:
     assert len(responses.calls) == 0  # rejected before anything is sent
 
 
-def test_overflow_to_another_pool_is_a_usage_error() -> None:
-    result = invoke([*SUBMIT, "--test", "a.spec.ts", "--overflow", "device"])
+@pytest.mark.parametrize("value", ["device", "None", "never", ""])
+@responses.activate
+def test_overflow_to_another_pool_is_a_usage_error(value: str) -> None:
+    result = invoke([*SUBMIT, "--test", "a.spec.ts", "--overflow", value])
     assert result.exit_code == 2
     assert "--overflow" in result.stderr
+    assert len(responses.calls) == 0
 
 
 def test_submit_help_shows_the_flag() -> None:
     result = invoke(["submit", "--help"])
     assert result.exit_code == 0
-    assert "--overflow [browserstack]" in result.stdout
-    assert "--overflow browserstack" in result.stdout  # the example
+    assert "--overflow [browserstack|none]" in result.stdout
+    assert "--overflow browserstack" in result.stdout  # the examples
+    assert "--overflow none" in result.stdout
 
 
 @responses.activate
