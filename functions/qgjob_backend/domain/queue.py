@@ -23,7 +23,7 @@ import hashlib
 import heapq
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qgjob_backend.domain.models import Agent, AgentStatus, Job, Run, group_key_for
 from qgjob_backend.domain.planner import usable_estimate
@@ -367,3 +367,47 @@ def _content(snapshot: PoolSnapshot) -> tuple[object, ...]:
         snapshot.unlisted_ahead,
         tuple((g, second(t)) for g, t in snapshot.groups_free_at.items()),
     )
+
+
+def moved_run_queue(
+    run: Run, home: PoolSnapshot | None, overflow: PoolSnapshot | None, now: float
+) -> RunQueue | None:
+    """The queue place of a run whose jobs partly moved to its overflow pool: its place in
+    each pool a snapshot lists it in, ending when the later one ends.
+
+    A run listed only in the overflow pool's snapshot (its home snapshot would only say
+    "behind everything", the home pool's drain) is placed there, and still ends no sooner
+    than its home group's running batches. A run listed in neither keeps its home answer.
+    """
+    here = run_queue(run, home, now)
+    if run.overflow is None or run.moved <= 0 or overflow is None or here is None:
+        return here
+    there = run_queue(replace(run, target=run.overflow), overflow, now)
+    listed_here = home is not None and home.place_of(run.run_id) is not None
+    if there is None or overflow.place_of(run.run_id) is None:
+        # Its moved jobs wait nowhere the snapshot sees; those on agents still count.
+        there_end = overflow.groups_free_at.get(
+            group_digest(group_key_for(run.org_id, run.app_version_id, run.overflow))
+        )
+        return _ending_no_sooner(here, there_end, now)
+    if not listed_here:
+        home_end = None
+        if home is not None:
+            home_end = home.groups_free_at.get(
+                group_digest(group_key_for(run.org_id, run.app_version_id, run.target))
+            )
+        return _ending_no_sooner(there, home_end, now)
+    starts = [t for t in (here.estimated_start_at, there.estimated_start_at) if t is not None]
+    return _ending_no_sooner(
+        replace(here, estimated_start_at=min(starts) if starts else None),
+        there.estimated_finish_at,
+        now,
+    )
+
+
+def _ending_no_sooner(queue: RunQueue, end: float | None, now: float) -> RunQueue:
+    """``queue``, finishing no sooner than ``end`` (a run with no agent stays without)."""
+    if end is None or queue.no_agent or queue.estimated_finish_at is None:
+        return queue
+    finish = max(queue.estimated_finish_at, end)
+    return replace(queue, estimated_finish_at=finish, eta_seconds=max(0.0, finish - now))

@@ -5,7 +5,8 @@ agents) and this service keeps one small snapshot per pool (domain.queue) in the
 at most one write per pool every ``min_interval_s``, and none while it would say the
 same as the last one (refreshed every ``refresh_s`` all the same, so its ``as_of`` tells
 a reader it is alive). A run poll reads the run's pool's snapshot, one more read of one
-item whatever the fleet and the backlog, and answers the run's place in it.
+item whatever the fleet and the backlog, and answers the run's place in it (a run that
+moved jobs to its overflow pool reads that pool's snapshot too).
 
 Every failure is logged and swallowed: a missing snapshot only leaves a run poll
 without an ETA, while a failed plan or poll would hold up work.
@@ -20,7 +21,13 @@ from aws_lambda_powertools import Logger
 
 from qgjob_backend.domain.models import Agent, Job, Run
 from qgjob_backend.domain.planner import PlanningPolicy
-from qgjob_backend.domain.queue import PoolSnapshot, RunQueue, pool_snapshot, run_queue
+from qgjob_backend.domain.queue import (
+    PoolSnapshot,
+    RunQueue,
+    moved_run_queue,
+    pool_snapshot,
+    run_queue,
+)
 from qgjob_backend.ports import PoolSnapshotStore
 from qgjob_backend.schema import Target
 
@@ -108,7 +115,10 @@ class PoolSnapshotService:
         logger.debug("pool snapshot", extra={"target": target.value, "written": written})
 
     def run_queue(self, run: Run) -> RunQueue | None:
-        """The run's queue place; None when it has nothing waiting or no snapshot says."""
+        """The run's queue place; None when it has nothing waiting or no snapshot says.
+
+        One snapshot read; two for a run some of whose jobs moved to its overflow pool
+        (its place there counts too)."""
         if run.counts.get("queued", 0) <= 0 and run.counts.get("active", 0) <= 0:
             return None  # finished: no read at all
         try:
@@ -116,4 +126,13 @@ class PoolSnapshotService:
         except Exception:
             logger.warning("pool snapshot unavailable", extra={"run_id": run.run_id}, exc_info=True)
             return None
-        return run_queue(run, snapshot, self._clock())
+        if run.overflow is None or run.moved <= 0:
+            return run_queue(run, snapshot, self._clock())
+        try:
+            overflow = self._store.get_snapshot(run.overflow)
+        except Exception:
+            logger.warning(
+                "overflow pool snapshot unavailable", extra={"run_id": run.run_id}, exc_info=True
+            )
+            overflow = None
+        return moved_run_queue(run, snapshot, overflow, self._clock())
