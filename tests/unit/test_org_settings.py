@@ -100,6 +100,19 @@ def test_a_browserstack_run_ignores_the_default_and_reads_nothing(
     assert settings_store.reads == reads
 
 
+def test_an_unreadable_setting_does_not_fail_the_submission(
+    svc: MemoryServices, settings_store: MemoryOrgSettingsStore
+) -> None:
+    org_settings(svc).set_overflow("acme", Target.BROWSERSTACK)
+
+    def down(org_id: str, *, consistent: bool = True) -> OrgSettings | None:
+        raise RuntimeError("settings read throttled")
+
+    settings_store.get = down  # type: ignore[method-assign]
+    # Written, without the default it could not read (overflow only makes runs sooner).
+    assert submitted_overflow(svc) is None
+
+
 def test_a_submission_reads_the_setting_once_eventually_consistent(
     svc: MemoryServices, settings_store: MemoryOrgSettingsStore
 ) -> None:

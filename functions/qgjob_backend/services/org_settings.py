@@ -11,9 +11,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from aws_lambda_powertools import Logger
+
 from qgjob_backend.ports import OrgSettings, OrgSettingsStore
 from qgjob_backend.schema import ID_PATTERN, OVERFLOW_FROM, Overflow, Target
 from qgjob_backend.services.errors import Conflict, ServiceError
+
+logger = Logger(child=True)
 
 # The pools an org's runs may overflow to (Overflow's values other than 'none').
 OVERFLOW_POOLS = tuple(pool for o in Overflow if (pool := o.pool) is not None)
@@ -64,7 +68,17 @@ class OrgSettingsService:
         last moment may be missed), None for the others without reading anything."""
         if target not in OVERFLOW_FROM:
             return None
-        stored = self._store.get(org_id, consistent=False)
+        try:
+            stored = self._store.get(org_id, consistent=False)
+        except Exception:
+            # Overflow only makes a run sooner: a submission must not fail because its
+            # org's default could not be read. The run is written without it.
+            logger.warning(
+                "org settings unavailable: the run does not overflow",
+                extra={"org_id": org_id},
+                exc_info=True,
+            )
+            return None
         return stored.overflow if stored is not None else None
 
 
