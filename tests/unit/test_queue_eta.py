@@ -77,9 +77,11 @@ def busy(agent_id: str, group: str, free_at: float, **extra: object) -> Agent:
     )
 
 
-def snapshot(backlog: list[Job], agents: list[Agent], **options: object) -> PoolSnapshot:
+def snapshot(
+    backlog: list[Job], agents: list[Agent], target: Target = Target.EMULATOR, **options: object
+) -> PoolSnapshot:
     return pool_snapshot(
-        Target.EMULATOR,
+        target,
         backlog,
         agents,
         NOW,

@@ -10,13 +10,12 @@ from qgjob_backend.domain.models import Agent, Job, Run
 from qgjob_backend.domain.queue import (
     PoolSnapshot,
     moved_run_queue,
-    pool_snapshot,
     run_queue,
 )
 from qgjob_backend.schema import Target
 from qgjob_backend.services.pool_snapshots import PoolSnapshotService, SnapshotSettings
 from tests.unit.fakes import FakeClock, MemoryPoolSnapshotStore
-from tests.unit.test_queue_eta import INSTALL, NOW, UNKNOWN, busy, idle, job, run_of, snapshot
+from tests.unit.test_queue_eta import NOW, UNKNOWN, busy, idle, job, run_of, snapshot
 
 BS = Target.BROWSERSTACK
 
@@ -30,15 +29,7 @@ def bs_agent(agent_id: str, **extra: object) -> Agent:
 
 
 def bs_snapshot(backlog: list[Job], agents: list[Agent]) -> PoolSnapshot:
-    return pool_snapshot(
-        BS,
-        backlog,
-        agents,
-        NOW,
-        online_after=NOW - 360,
-        install_s=INSTALL,
-        unknown_estimate_s=UNKNOWN,
-    )
+    return snapshot(backlog, agents, BS)
 
 
 def moved_run(counts: dict[str, int], moved: int) -> Run:
