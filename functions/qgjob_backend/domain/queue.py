@@ -297,9 +297,7 @@ def run_queue(run: Run, snapshot: PoolSnapshot | None, now: float) -> RunQueue |
     if snapshot is None or (queued <= 0 and active <= 0):
         return None
     no_agent = not snapshot.serves(run.org_id)
-    group_end = snapshot.groups_free_at.get(
-        group_digest(group_key_for(run.org_id, run.app_version_id, run.target))
-    )
+    group_end = _group_free_at(snapshot, run, run.target)
     approximate = False
     if queued <= 0:
         # Every job of the run is on an agent: done when its group's batches end, or as
@@ -386,22 +384,22 @@ def moved_run_queue(
     listed_here = home is not None and home.place_of(run.run_id) is not None
     if there is None or overflow.place_of(run.run_id) is None:
         # Its moved jobs wait nowhere the snapshot sees; those on agents still count.
-        there_end = overflow.groups_free_at.get(
-            group_digest(group_key_for(run.org_id, run.app_version_id, run.overflow))
-        )
-        return _ending_no_sooner(here, there_end, now)
+        return _ending_no_sooner(here, _group_free_at(overflow, run, run.overflow), now)
     if not listed_here:
-        home_end = None
-        if home is not None:
-            home_end = home.groups_free_at.get(
-                group_digest(group_key_for(run.org_id, run.app_version_id, run.target))
-            )
+        home_end = None if home is None else _group_free_at(home, run, run.target)
         return _ending_no_sooner(there, home_end, now)
     starts = [t for t in (here.estimated_start_at, there.estimated_start_at) if t is not None]
     return _ending_no_sooner(
         replace(here, estimated_start_at=min(starts) if starts else None),
         there.estimated_finish_at,
         now,
+    )
+
+
+def _group_free_at(snapshot: PoolSnapshot, run: Run, target: Target) -> float | None:
+    """When the busy agents running the run's app version on ``target`` should be free."""
+    return snapshot.groups_free_at.get(
+        group_digest(group_key_for(run.org_id, run.app_version_id, target))
     )
 
 

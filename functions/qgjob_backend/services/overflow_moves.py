@@ -70,13 +70,14 @@ class OverflowMoves:
     ) -> None:
         views = [backlog_view(job) for job in jobs.values()]
         moves = plan_overflow(views, allowed, idle, now, self._policy, busy, install_s)
+        moved_from: dict[Target, set[str]] = {}
         for move in moves:
             job = jobs[move.job_id]
             done = self._store.move_job(job, Target(move.to_target), now)
             if done is None:
                 continue
             jobs[job.job_id] = done
-            backlogs[job.target] = [j for j in backlogs[job.target] if j.job_id != job.job_id]
+            moved_from.setdefault(job.target, set()).add(job.job_id)
             backlogs[done.target].append(done)
             with correlated(job.run_id):
                 logger.info(
@@ -89,3 +90,6 @@ class OverflowMoves:
                         "remote_finish_at": move.remote_finish_at,
                     },
                 )
+        # Out of their home pools' backlogs in one pass per pool, however many moved.
+        for home, moved in moved_from.items():
+            backlogs[home] = [j for j in backlogs[home] if j.job_id not in moved]
