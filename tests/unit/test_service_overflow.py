@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from qgjob_backend.domain.overflow import OverflowPolicy
+from qgjob_backend.domain.planner import BusyAgent, IdleAgent
 from qgjob_backend.schema import JobStatus, Overflow, SuiteSubmission, Target
 from qgjob_backend.services.auth import Principal, TokenKind
+from qgjob_backend.services.overflow_moves import OverflowMoves
 from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
 
 SETTINGS = fake_config(lease_seconds=60.0, agent_offline_seconds=180.0)
@@ -197,3 +200,29 @@ def test_only_emulator_and_device_runs_may_overflow_to_browserstack(
         overflow=Overflow.BROWSERSTACK,
     )
     assert device.jobs()[0].overflow == "browserstack"
+
+
+def test_moved_jobs_leave_the_home_backlog_the_plan_reads_and_join_browserstack_s(
+    svc: MemoryServices,
+) -> None:
+    # The plan that follows the moves uses these backlogs: a moved job left in its home
+    # backlog could be given to a home agent in the same plan.
+    job_ids = submit(svc, "v1", 30, overflow="browserstack")
+    backlogs = {target: svc.store.backlog(target, 2000) for target in Target}
+    now = svc.clock()
+    home_group = "acme/other/emulator"
+    moves = OverflowMoves(svc.store, OverflowPolicy())
+
+    moves.move(
+        backlogs,
+        {None: [IdleAgent("bs-1", Target.BROWSERSTACK.value, None)]},
+        {None: [BusyAgent("emu-1", Target.EMULATOR.value, home_group, now + 3600)]},
+        {"emulator": 60.0, "browserstack": 60.0},
+        now,
+    )
+
+    moved = {j for j in job_ids if (job := svc.store.get_job(j)) and job.moved_from}
+    assert moved
+    assert not moved & {j.job_id for j in backlogs[Target.EMULATOR]}
+    assert moved == {j.job_id for j in backlogs[Target.BROWSERSTACK]}
+    assert len(backlogs[Target.EMULATOR]) == 30 - len(moved)
