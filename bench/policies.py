@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from bench.simulator import (
     UNKNOWN_ESTIMATE_S,
     Assignment,
+    BusyAgentView,
     IdleAgentView,
     PlanningState,
     Policy,
@@ -45,6 +46,7 @@ from bench.simulator import (
     Yield,
 )
 from bench.trace import App, Family
+from qgjob_backend.domain.batch_end import renewed_free_at
 from qgjob_backend.domain.models import AppRef, group_key_for
 from qgjob_backend.domain.overflow import OverflowMove, OverflowPolicy, apply_moves, plan_overflow
 from qgjob_backend.domain.planner import (
@@ -98,6 +100,11 @@ class QgjobPolicy:
         self._preemption = preemption
         self._planner: Planner = planner if planner is not None else plan_batches
         self._views: dict[str, BacklogJob] = {}
+        # What the dispatcher keeps for running batches: each job's rest of batch (from
+        # its PlannedBatch.rests_s) and each batch's expected end, renewed at its starts
+        # as the agents service does (domain.batch_end), by (agent id, batch start).
+        self._rests: dict[str, float] = {}
+        self._free_at: dict[tuple[str, float], float] = {}
         self._overflow = overflow  # None: no job overflows
         self.moves: list[OverflowMove] = []  # every job moved to browserstack, in order
 
@@ -130,11 +137,13 @@ class QgjobPolicy:
         idle = [a for a in _idle_agents(state) if a.target in waiting]
         if not idle:
             return []
-        busy = _busy_agents(state)
+        busy = self._busy_agents(state)
         backlog = [self.backlog_job(j) for j in state.backlog]
         planned = self._planner(
             backlog, idle, state.now, self._planning, busy, dict(state.install_s)
         )
+        for p in planned:
+            self._rests.update(zip(p.job_ids, p.rests_s, strict=False))
         return [
             Assignment(p.agent_id, Family(p.org_id, p.app_version_id, p.target), p.job_ids)
             for p in planned
@@ -163,13 +172,37 @@ class QgjobPolicy:
                     ),
                     current_ends_at=b.current_end_s,
                     yielding=b.yielding,
-                    planned_free_at=b.expected_free_s,  # as plan() tells the planner
+                    planned_free_at=self._expected_free_at(b),  # as plan() tells the planner
                 )
             )
         idle = _idle_agents(state)
         backlog = [self.backlog_job(j) for j in state.backlog]
         yields = plan_yields(backlog, idle, running, state.now, policy, dict(state.install_s))
         return [Yield(y.agent_id) for y in yields]
+
+    def _busy_agents(self, state: PlanningState) -> list[BusyAgent]:
+        """Busy agents as the dispatcher tells the planner: free when their batch is
+        expected to end, as renewed by their starts."""
+        return [
+            BusyAgent(b.agent_id, b.target, group_key_for(*b.family), self._expected_free_at(b))
+            for b in state.busy
+        ]
+
+    def _expected_free_at(self, busy: BusyAgentView) -> float:
+        """The batch's expected end as the agent item holds it: the commit's, renewed at
+        the start of its current test when that moved it by more than the drift (the
+        agents service on a start). A yielding batch ends at its current test's end."""
+        if busy.yielding:
+            return busy.expected_free_s
+        key = (busy.agent_id, busy.started_s)
+        stored = self._free_at.get(key, busy.expected_free_s)
+        if busy.current_job_id is not None and busy.current_started_s is not None:
+            renewed = renewed_free_at(
+                stored, busy.current_started_s, self._rests.get(busy.current_job_id)
+            )
+            if renewed is not None:
+                stored = self._free_at[key] = renewed
+        return stored
 
     def _move(self, state: PlanningState) -> None:
         """Moves waiting overflow jobs to browserstack (their views stay moved)."""
@@ -185,7 +218,7 @@ class QgjobPolicy:
             _idle_agents(state),
             state.now,
             self._overflow,
-            _busy_agents(state),
+            self._busy_agents(state),
             dict(state.install_s),
         )
         for view in apply_moves([self._views[m.job_id] for m in moves], moves):
@@ -195,14 +228,6 @@ class QgjobPolicy:
 
 def _idle_agents(state: PlanningState) -> list[IdleAgent]:
     return [IdleAgent(a.agent_id, a.target, _app_ref(a.installed)) for a in state.idle]
-
-
-def _busy_agents(state: PlanningState) -> list[BusyAgent]:
-    """Busy agents as the dispatcher tells the planner: free when their batch should end."""
-    return [
-        BusyAgent(b.agent_id, b.target, group_key_for(*b.family), b.expected_free_s)
-        for b in state.busy
-    ]
 
 
 def _app_ref(app: App | None) -> AppRef | None:

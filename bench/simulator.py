@@ -102,12 +102,14 @@ class BusyAgentView:
     job_ids: tuple[str, ...]
     started_s: float
     expected_free_s: float  # from install_s and the estimates (UNKNOWN_ESTIMATE_S if none)
-    # Only in the state a policy's ``yields`` sees (see Policy), as of that call's ``now``:
-    # the test it is on (None: installing), when that is expected to end (its start plus
-    # its estimate, or now when it runs over), and the jobs it has not started, in order.
+    # What its agent reported, as of the call's ``now`` (the agent reports each start):
+    # the test it is on (None: installing) and when it started, when that is expected to
+    # end (its start plus its estimate, or now when it runs over), and the jobs it has
+    # not started, in order.
     current_job_id: str | None = None
     current_end_s: float | None = None
     remaining_job_ids: tuple[str, ...] = ()
+    current_started_s: float | None = None
     yielding: bool = False  # it was asked to yield: it stops after its current test
 
 
@@ -151,8 +153,8 @@ class Policy(Protocol):
 
 
 # Optional, beside ``plan``: ``yields(state) -> Sequence[Yield]``, asked after every event
-# while jobs wait (after ``plan``; its state's busy views carry the current test and the
-# jobs not started). A yielded agent's batch ends at its next test boundary: the tests
+# while jobs wait (after ``plan``; as in ``plan``'s state, its busy views carry the current
+# test and the jobs not started). A yielded agent's batch ends at its next test boundary: the tests
 # that began finish, the others go back to waiting (with their own arrival time) and the
 # agent is free at that boundary. A policy without it (every baseline) never yields.
 
@@ -313,7 +315,7 @@ class _Simulation:
             now=now,
             backlog=list(self.pending.values()),
             idle=[IdleAgentView(a.agent_id, a.target, a.installed) for a in ordered if not a.busy],
-            busy=[a.busy for a in ordered if a.busy is not None],
+            busy=[self._running_view(a, now) for a in ordered if a.busy is not None],
             install_s=self.trace.install_s,
         )
         started = time.perf_counter()
@@ -379,10 +381,11 @@ class _Simulation:
         view = agent.busy
         started = [(job, start) for job, start, _ in agent.tests if start <= now + _TOLERANCE]
         rest = tuple(job.job_id for job, start, _ in agent.tests if start > now + _TOLERANCE)
+        current_start: float | None = None
         if started:
-            job, start = started[-1]
+            job, current_start = started[-1]
             current: str | None = job.job_id
-            expected_end = start + _estimate(job)
+            expected_end = current_start + _estimate(job)
         else:  # still installing (an install takes its target's install_s exactly)
             current = None
             expected_end = agent.install_end_s
@@ -391,6 +394,7 @@ class _Simulation:
             current_job_id=current,
             current_end_s=max(now, expected_end),
             remaining_job_ids=rest,
+            current_started_s=current_start,
         )
 
     def _ask_yields(self, now: float) -> None:

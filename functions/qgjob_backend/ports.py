@@ -223,6 +223,10 @@ class StateStore(Protocol):
     def release_agent(self, agent_id: str, batch_id: str, *, offline: bool, now: float) -> bool:
         """Frees the agent from this batch: idle again, or offline."""
 
+    def renew_batch_free_at(self, agent_id: str, batch_id: str, free_at: float) -> bool:
+        """Sets when the agent's batch is now expected to end (``batch_expected_free_at``),
+        only while it holds ``batch_id``: False otherwise. Moves no index."""
+
     def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
         """Asks the agent to end ``batch_id`` after its current test and hand back the rest
         (``Agent.yield_requested``), only while it holds that batch: False otherwise

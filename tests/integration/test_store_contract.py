@@ -1218,6 +1218,40 @@ def test_a_batch_without_an_expected_end_leaves_none_on_the_agent(store: StateSt
     assert get_agent(store, "a-1").batch_expected_free_at is None
 
 
+def test_a_commit_gives_each_job_its_rest_of_batch_and_a_recommit_replaces_it(
+    store: StateStore,
+) -> None:
+    queued(store, "j1", "j2")
+    agent(store, "a-1")
+    assert store.commit_batch(make_batch("b1", "a-1", ["j1", "j2"], rests_s=[30.0, 10.0]), T0)
+
+    assert [get_job(store, j).rest_of_batch_s for j in ("j1", "j2")] == [30.0, 10.0]
+    assert get_batch(store, "b1").rests_s == []  # kept on the jobs only
+    # Put back and committed again without rests: the first batch's must not stay.
+    assert store.requeue_job(get_job(store, "j1"), "b1", T0 + 1, count_attempt=False, reason="x")
+    agent(store, "a-2")
+    assert store.commit_batch(make_batch("b2", "a-2", ["j1"]), T0 + 2)
+    assert get_job(store, "j1").rest_of_batch_s is None
+
+
+def test_renewing_an_agents_expected_end_holds_only_for_the_batch_it_holds(
+    store: StateStore,
+) -> None:
+    queued(store, "j1")
+    agent(store, "a-1")
+    assert store.commit_batch(make_batch("b1", "a-1", ["j1"], expected_end_at=T0 + 300), T0)
+
+    assert store.renew_batch_free_at("a-1", "b1", T0 + 500)
+    assert get_agent(store, "a-1").batch_expected_free_at == T0 + 500
+    assert [a.batch_expected_free_at for a in store.list_agents(Target.EMULATOR)] == [T0 + 500]
+    assert not store.renew_batch_free_at("a-1", "b-other", T0 + 900)
+    assert get_agent(store, "a-1").batch_expected_free_at == T0 + 500
+    assert store.release_agent("a-1", "b1", offline=False, now=T0 + 1)
+    assert not store.renew_batch_free_at("a-1", "b1", T0 + 900)  # a start after release
+    assert get_agent(store, "a-1").batch_expected_free_at is None
+    assert not store.renew_batch_free_at("a-missing", "b1", T0 + 900)
+
+
 # ================================================================== counters
 def true_counts(store: StateStore, job_ids: list[str]) -> dict[str, int]:
     """The jobs' real states, counted as the run counts them (assigned, running: active)."""

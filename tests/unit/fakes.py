@@ -33,6 +33,7 @@ from qgjob_backend.domain.models import (
     Run,
     cancel_mark,
     cancel_message,
+    rests_by_job,
 )
 from qgjob_backend.domain.planner import (
     BacklogJob,
@@ -592,6 +593,14 @@ class MemoryStateStore:
         agent.batch_expected_free_at = None
         return True
 
+    def renew_batch_free_at(self, agent_id: str, batch_id: str, free_at: float) -> bool:
+        self._maybe_fail("renew_batch_free_at")
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.batch_id != batch_id:
+            return False
+        agent.batch_expected_free_at = free_at
+        return True
+
     def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
         agent = self.agents.get(agent_id)
         if agent is None or agent.batch_id != batch_id:
@@ -644,15 +653,18 @@ class MemoryStateStore:
         agent.batch_id = batch.batch_id
         agent.batch_group = batch.group_key
         agent.batch_expected_free_at = batch.expected_end_at
-        self.batches[batch.batch_id] = _copy(replace(batch, requeued=[]))
+        # As the adapter: the batch item keeps no rests (they are on its jobs).
+        self.batches[batch.batch_id] = _copy(replace(batch, requeued=[], rests_s=[]))
         if batch.state is BatchState.ACTIVE:
             self._leased.add(batch.batch_id)
+        rests = rests_by_job(batch)
         for job_id in batch.job_ids:
             job = self.jobs[job_id]
             self._move(job, JobStatus.ASSIGNED)
             job.status = JobStatus.ASSIGNED
             job.batch_id = batch.batch_id
             job.agent_id = batch.agent_id
+            job.rest_of_batch_s = rests.get(job_id)
             job.updated_at = now
             del self._backlog[job_id]
         self._total(batch.org_id, "batches")

@@ -33,6 +33,7 @@ from bench.simulator import (
 from bench.trace import Family, Trace, parse_trace
 from qgjob_backend.domain.planner import PlanningPolicy
 from qgjob_backend.domain.preemption import PreemptionPolicy
+from tests.unit.fakes import PlanSpy
 
 A = Family("acme", "v1", "emulator")
 B = Family("acme", "v2", "emulator")
@@ -318,6 +319,44 @@ def test_busy_agents_expose_their_family_and_expected_free_time() -> None:
     assert [(a.agent_id, a.installed) for a in later.idle] == [("e1", ("acme", "v1"))]
     assert [(b.agent_id, b.family, b.job_ids) for b in later.busy] == [("e2", B, ("b1",))]
     assert later.busy[0].expected_free_s == 60.0  # install 10 + estimate 50
+
+
+def late_trace(a1_true_s: float) -> Trace:
+    """e1 runs A (a1, a2, a3: 100 s estimated each, install 10 s) while e2 idles; b1
+    arrives at 350, while e1 still runs A, so the policy plans again with e1 busy."""
+    base = make_trace(
+        2,
+        [
+            ("a1", A, a1_true_s, 0.0),
+            ("a2", A, 100.0, 0.0),
+            ("a3", A, 200.0, 0.0),
+            ("b1", B, 50.0, 350.0),
+        ],
+    )
+    jobs = [j.model_copy(update={"estimate_s": 100.0}) for j in base.jobs]
+    return base.model_copy(update={"jobs": jobs})
+
+
+@pytest.mark.parametrize(
+    ("a1_true_s", "free_at"),
+    [
+        (300.0, 310.0 + 200.0),  # a2 starts 200 s late at 310: renewed to 310 + a2, a3
+        (130.0, 310.0),  # a2 and a3 start 30 s late: within the drift, 10 + 300 stands
+    ],
+)
+def test_qgjob_tells_the_planner_a_batchs_end_renewed_by_its_starts(
+    a1_true_s: float, free_at: float
+) -> None:
+    spy = PlanSpy()
+
+    result = simulate(late_trace(a1_true_s), QgjobPolicy(planner=spy), tick_s=None)
+
+    assert lanes(result.schedule)["e1"][:2] == [
+        ("install", "v1", 0.0, 10.0),
+        ("test", "a1", 10.0, 10.0 + a1_true_s),
+    ]
+    at_b1 = next(c for c in spy.calls if c["now"] == 350.0)
+    assert [(b.agent_id, b.expected_free_at) for b in at_b1["busy"]] == [("e1", free_at)]
 
 
 # ------------------------------------------------------------------ validate_schedule

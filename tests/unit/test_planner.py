@@ -58,6 +58,22 @@ def test_no_agents_plans_nothing() -> None:
     assert plan(jobs("acme", "v1", 3), []) == []
 
 
+def test_each_batch_job_carries_the_estimated_tests_from_its_start_to_the_batchs_end() -> None:
+    # Run order: longest first within the group; a test without an estimate counts the
+    # policy's unknown_estimate_s. What a start renews the agent's expected end from.
+    backlog = [
+        replace(j, estimate_s=e)
+        for j, e in zip(jobs("acme", "v1", 3), [20.0, None, 50.0], strict=True)
+    ]
+
+    (batch,) = plan(backlog, [agent("a1")])
+
+    unknown = POLICY.unknown_estimate_s
+    assert batch.job_ids == (backlog[1].job_id, backlog[2].job_id, backlog[0].job_id)
+    assert batch.rests_s == (unknown + 70.0, 70.0, 20.0)
+    assert batch.expected_s == INSTALL["emulator"] + batch.rests_s[0]
+
+
 def test_a_small_group_goes_to_one_agent_with_one_install() -> None:
     # Splitting 3 one-minute tests would save a minute and cost an install per agent.
     backlog = jobs("acme", "v1", 3)

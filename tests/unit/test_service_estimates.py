@@ -482,3 +482,60 @@ def test_a_warm_tests_results_are_sampled_by_job_id_and_a_cold_tests_all_recorde
     for job in skipped:  # the same jobs, now much slower than their estimate
         service.record_test(_finished(job.job_id, 18.1, 12.0))
     assert store.recorded == [j.job_id for j in skipped]
+
+
+# ============================================================ renewed at each start
+def started_late(
+    svc: MemoryServices, clock: FakeClock, spy: PlanSpy, late_s: float
+) -> tuple[LeasedBatch, float]:
+    """d1 leases the suite, installs on time, and starts its first test ``late_s`` late;
+    returns the batch and that job's rest of batch as the planner planned it."""
+    submit_and_admit(svc)
+    leased = lease(svc)
+    (planned,) = spy.calls[-1]["result"]
+    assert planned.install_required
+    assert len(planned.rests_s) == len(planned.job_ids)
+    clock.advance(61.0 + late_s)  # SETTINGS' install, then the delay
+    first = leased.batch.job_ids[0]
+    assert svc.as_agent.start("emulator-d1", first, leased.batch.batch_id).status is (
+        JobStatus.RUNNING
+    )
+    assert svc.store.jobs[first].rest_of_batch_s == planned.rests_s[0]
+    return leased, planned.rests_s[0]
+
+
+def test_a_late_start_renews_the_expected_end_the_planner_reads(
+    svc: MemoryServices, clock: FakeClock, spy: PlanSpy
+) -> None:
+    leased, rest = started_late(svc, clock, spy, late_s=300.0)
+
+    renewed = clock.now + rest
+    assert renewed == leased.batch.expected_end_at + 300.0
+    assert svc.store.agents["emulator-d1"].batch_expected_free_at == renewed
+    submit_and_admit(svc, app_version_id="v2")
+    try_lease(svc, "d2")  # whether d2 gets work is the planner's call
+    assert spy.calls[-1]["busy"] == [
+        BusyAgent("emulator-d1", "emulator", leased.batch.group_key, renewed)
+    ]
+
+
+def test_a_start_within_the_drift_writes_nothing(
+    svc: MemoryServices, clock: FakeClock, spy: PlanSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewals: list[Any] = []
+    monkeypatch.setattr(svc.store, "renew_batch_free_at", lambda *a: renewals.append(a))
+
+    leased, _ = started_late(svc, clock, spy, late_s=30.0)
+
+    assert renewals == []
+    assert svc.store.agents["emulator-d1"].batch_expected_free_at == leased.batch.expected_end_at
+
+
+def test_a_failed_renewal_does_not_fail_the_start(
+    svc: MemoryServices, clock: FakeClock, spy: PlanSpy
+) -> None:
+    svc.store.fail_next("renew_batch_free_at", ConnectionError("DynamoDB throttled"))
+
+    leased, _ = started_late(svc, clock, spy, late_s=300.0)  # asserts the start ran
+
+    assert svc.store.agents["emulator-d1"].batch_expected_free_at == leased.batch.expected_end_at

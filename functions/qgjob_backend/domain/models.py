@@ -92,6 +92,9 @@ class Job:
     # What history said this test takes on this target when the job was admitted (None:
     # no history yet); stamped at admission so planning needs no extra reads.
     estimate_s: float | None = None
+    # Set when it joins a batch: the batch's estimated tests from this job's start to the
+    # batch's end (domain.batch_end; None: committed before batches carried it).
+    rest_of_batch_s: float | None = None
     # The attachments of its last result (screenshots, videos, traces) the agent uploaded:
     # dicts of build_protocol.ReportedArtifact (name, key, content_type, size).
     artifacts: list[dict[str, Any]] = field(default_factory=list)
@@ -258,7 +261,18 @@ class Batch:
     # now + the planner's estimate (install when required, plus the tests) at commit.
     expected_end_at: float | None = None
     requeued: list[str] = field(default_factory=list)
+    # Per job, in job_ids' order: what each job's rest_of_batch_s is set to at commit
+    # (the planner's PlannedBatch.rests_s; empty: none known). Kept on the jobs only.
+    rests_s: list[float] = field(default_factory=list)
 
     @property
     def app(self) -> AppRef:
         return AppRef(self.org_id, self.app_version_id)
+
+
+def rests_by_job(batch: Batch) -> dict[str, float]:
+    """Each job's rest_of_batch_s as the batch's commit sets it (none when the batch
+    carries no rests, or not one per job)."""
+    if len(batch.rests_s) != len(batch.job_ids):
+        return {}
+    return dict(zip(batch.job_ids, batch.rests_s, strict=True))

@@ -59,6 +59,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from qgjob_backend.domain.batch_end import rests_of_batch
 from qgjob_backend.domain.models import AppRef, group_key_for
 
 _EPS = 1e-9
@@ -104,7 +105,9 @@ class IdleAgent:
 
 @dataclass(frozen=True)
 class BusyAgent:
-    """An agent running a batch: it holds ``group_key``'s app when it is free again."""
+    """An agent running a batch: it holds ``group_key``'s app when it is free again.
+    ``expected_free_at`` is the commit's estimate, renewed at its tests' starts when the
+    batch drifts (domain.batch_end)."""
 
     agent_id: str
     target: str
@@ -122,6 +125,9 @@ class PlannedBatch:
     job_ids: tuple[str, ...]
     install_required: bool
     expected_s: float = 0.0  # estimated install (when required) plus tests
+    # Per job, in run order: the estimated tests from its start to the batch's end
+    # (domain.batch_end: what renews the agent's expected free time at each start).
+    rests_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -790,6 +796,7 @@ class _Pool:
             job_ids=job_ids,
             install_required=install,
             expected_s=estimated + (self.install_s if install else 0.0),
+            rests_s=rests_of_batch([group.estimates[j] for j in job_ids]),
         )
 
     def _retries_elsewhere(self, planned: list[PlannedBatch]) -> list[PlannedBatch]:

@@ -11,6 +11,7 @@ from aws_lambda_powertools import Logger
 
 from qgjob_backend.agent_protocol import OUTPUT_EXCERPT_CHARS, agent_id_for, format_credential
 from qgjob_backend.build_protocol import ReportedArtifact
+from qgjob_backend.domain.batch_end import renewed_free_at
 from qgjob_backend.domain.models import (
     Agent,
     AgentStatus,
@@ -302,10 +303,14 @@ class AgentService:
         logger.info("app installed", extra={"agent_id": agent_id, "group": batch.group_key})
 
     def start(self, credential: AgentCredential, job_id: str, batch_id: str) -> Job:
-        return self._start(self._authorized(credential).agent_id, job_id, batch_id)
+        return self._start(self._authorized(credential), job_id, batch_id)
 
-    def _start(self, agent_id: str, job_id: str, batch_id: str) -> Job:
-        job = self._store.start_job(job_id, agent_id, batch_id, self._clock())
+    def _start(self, agent: Agent, job_id: str, batch_id: str) -> Job:
+        agent_id = agent.agent_id
+        now = self._clock()
+        job = self._store.start_job(job_id, agent_id, batch_id, now)
+        if job is not None:
+            self._renew_free_at(agent, batch_id, job, now)
         if job is None:
             current = self._store.get_job(job_id)
             if _cancelled_in(current, agent_id, batch_id):
@@ -316,6 +321,23 @@ class AgentService:
                 "(lease lost or job cancelled): skip it"
             )
         return job
+
+    def _renew_free_at(self, agent: Agent, batch_id: str, job: Job, now: float) -> None:
+        """The agent's batch is now expected to end at this start plus the job's rest of
+        batch (domain.batch_end): written when that moved by more than the drift. Advisory
+        (the planner then reads the older figure), so a failed write never fails the start."""
+        stored = agent.batch_expected_free_at if agent.batch_id == batch_id else None
+        renewed = renewed_free_at(stored, now, job.rest_of_batch_s)
+        if renewed is None:
+            return
+        try:
+            self._store.renew_batch_free_at(agent.agent_id, batch_id, renewed)
+        except Exception:
+            logger.warning(
+                "could not renew the batch's expected end; the planner keeps the older one",
+                extra={"agent_id": agent.agent_id, "batch_id": batch_id},
+                exc_info=True,
+            )
 
     def report(
         self,
@@ -635,7 +657,7 @@ class AgentService:
                 progress.started = Step(start, None, _not_applied(refused))
             else:
                 try:
-                    progress.started = Step(start, self._start(agent_id, start, batch_id).status)
+                    progress.started = Step(start, self._start(agent, start, batch_id).status)
                 except (Conflict, NotFound) as error:
                     refused = error.message
                     progress.started = Step(start, None, refused)

@@ -60,6 +60,7 @@ def batch_of(plan: PlannedBatch, batch_id: str, now: float, lease_seconds: float
         lease_expires_at=now + lease_seconds,
         install_required=plan.install_required,
         expected_end_at=now + plan.expected_s,
+        rests_s=list(plan.rests_s),
     )
 
 

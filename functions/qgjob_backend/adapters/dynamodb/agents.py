@@ -266,6 +266,18 @@ class AgentStore(CountingTables):
         )
         return item is not None
 
+    def renew_batch_free_at(self, agent_id: str, batch_id: str, free_at: float) -> bool:
+        # Only while it holds the batch: a start reported after a release (or a new batch)
+        # must not give the agent another batch's end.
+        item = self._update(
+            self._agents,
+            {"agent_id": agent_id},
+            UpdateExpression="SET batch_expected_free_at = :free",
+            ConditionExpression="batch_id = :b",
+            ExpressionAttributeValues=expression_values(free=free_at, b=batch_id),
+        )
+        return item is not None
+
     def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
         # Keyed by the batch: a mark left from an earlier batch means nothing (see
         # Agent.yield_requested), so release_agent need not clear it.

@@ -37,7 +37,7 @@ from qgjob_backend.adapters.dynamodb.shards import (
     shard_key,
 )
 from qgjob_backend.config import MAX_BATCH_JOBS
-from qgjob_backend.domain.models import AgentStatus, Batch, BatchState, Job
+from qgjob_backend.domain.models import AgentStatus, Batch, BatchState, Job, rests_by_job
 from qgjob_backend.domain.progress import METRIC_SHARDS, moved, nonzero
 from qgjob_backend.ports import OrgMetrics
 from qgjob_backend.schema import JobStatus, Target
@@ -247,25 +247,32 @@ class BatchStore(CountingTables):
                 }
             },
         ]
+        rests = rests_by_job(batch)
         for job_id in batch.job_ids:
+            job_values: dict[str, Any] = {
+                "assigned": JobStatus.ASSIGNED.value,
+                "queued": JobStatus.QUEUED.value,
+                "b": batch.batch_id,
+                "a": batch.agent_id,
+                "now": now,
+            }
+            # Always set or removed: a requeued job must not keep its last batch's rest.
+            rest = " REMOVE rest_of_batch_s,"
+            if job_id in rests:
+                rest = ", rest_of_batch_s = :rest REMOVE"
+                job_values["rest"] = rests[job_id]
             items.append(
                 {
                     "Update": {
                         "TableName": self._jobs,
                         "Key": serialize({"job_id": job_id}),
                         "UpdateExpression": (
-                            "SET #s = :assigned, batch_id = :b, agent_id = :a, updated_at = :now "
-                            "REMOVE backlog_target, backlog_key"
+                            "SET #s = :assigned, batch_id = :b, agent_id = :a, updated_at = :now"
+                            f"{rest} backlog_target, backlog_key"
                         ),
                         "ConditionExpression": "#s = :queued AND attribute_exists(backlog_target)",
                         "ExpressionAttributeNames": {"#s": "status"},
-                        "ExpressionAttributeValues": expression_values(
-                            assigned=JobStatus.ASSIGNED.value,
-                            queued=JobStatus.QUEUED.value,
-                            b=batch.batch_id,
-                            a=batch.agent_id,
-                            now=now,
-                        ),
+                        "ExpressionAttributeValues": expression_values(**job_values),
                     }
                 }
             )
