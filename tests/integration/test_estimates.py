@@ -185,3 +185,32 @@ def test_an_estimates_outage_never_fails_a_report_or_an_admission(
     # Planning goes on with the default install time: the new work goes to an agent.
     leased = [_try_lease(agent_client, device) for device in ("b", "a")]
     assert any(batch and batch["jobs"] for batch in leased)
+
+
+def test_a_start_renews_a_late_batchs_expected_end_on_the_agent(
+    client: ApiCaller,
+    agent_client: ApiCaller,
+    aws_session: boto3.Session,
+    config: Config,
+) -> None:
+    client.post("/runs", SUITE)
+    dispatch_queue(aws_session, config)
+    batch = _lease(agent_client, "a")
+    state = _state(aws_session, config)
+    # As if the batch was committed long ago and ran late: its expected end has passed.
+    assert state.renew_batch_free_at("emulator-a", batch["batch_id"], 1_000.0)
+    first = batch["jobs"][0]["job_id"]
+
+    started = agent_client.post(
+        f"/agents/emulator-a/jobs/{first}/start", {"batch_id": batch["batch_id"]}
+    )
+
+    assert started.status == 200
+    job = state.get_job(first)
+    assert job is not None
+    assert job.started_at is not None
+    assert job.rest_of_batch_s is not None
+    assert job.rest_of_batch_s > 0
+    agent = state.get_agent("emulator-a")
+    assert agent is not None
+    assert agent.batch_expected_free_at == job.started_at + job.rest_of_batch_s

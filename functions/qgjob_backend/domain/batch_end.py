@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # A renewed expected free time is written only when it differs from the stored one by
-# more than this. Measured on the held-out traces (bench/README.md): 60 s keeps the
-# gain of renewing at every start; 120 s loses most of it on burst3.
+# more than this. Renewing at every start (0 s) gains a little more makespan on the
+# held-out traces but costs a write per test; 60 s and 120 s are within noise of each
+# other (bench/README.md, "Renewed batch ends").
 PROGRESS_DRIFT_S = 60.0
 
 
