@@ -269,24 +269,25 @@ class AgentStore(CountingTables):
     def renew_batch_free_at(self, agent_id: str, batch_id: str, free_at: float) -> bool:
         # Only while it holds the batch: a start reported after a release (or a new batch)
         # must not give the agent another batch's end.
-        item = self._update(
-            self._agents,
-            {"agent_id": agent_id},
-            UpdateExpression="SET batch_expected_free_at = :free",
-            ConditionExpression="batch_id = :b",
-            ExpressionAttributeValues=expression_values(free=free_at, b=batch_id),
+        return self._update_holding(
+            agent_id, batch_id, "SET batch_expected_free_at = :free", free=free_at
         )
-        return item is not None
 
     def request_yield(self, agent_id: str, batch_id: str, now: float) -> bool:
         # Keyed by the batch: a mark left from an earlier batch means nothing (see
         # Agent.yield_requested), so release_agent need not clear it.
+        return self._update_holding(
+            agent_id, batch_id, "SET yield_batch_id = :b, updated_at = :now", now=now
+        )
+
+    def _update_holding(self, agent_id: str, batch_id: str, update: str, **values: Any) -> bool:
+        """Applies ``update`` (``:b`` is the batch id) only while the agent holds the batch."""
         item = self._update(
             self._agents,
             {"agent_id": agent_id},
-            UpdateExpression="SET yield_batch_id = :b, updated_at = :now",
+            UpdateExpression=update,
             ConditionExpression="batch_id = :b",
-            ExpressionAttributeValues=expression_values(b=batch_id, now=now),
+            ExpressionAttributeValues=expression_values(b=batch_id, **values),
         )
         return item is not None
 
