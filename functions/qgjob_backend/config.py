@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class Config:
     # yields to it at its next test boundary (PreemptionPolicy.max_wait_s); env
     # PREEMPT_WAIT_SECONDS, "off": no batch ever yields.
     preempt_wait_seconds: float | None = PreemptionPolicy.max_wait_s
+    # Priority-1 work that arrives while older work waits runs in pieces of at most this
+    # many estimated seconds, each on its own agent (PlanningPolicy.urgent_piece_s); env
+    # URGENT_PIECE_SECONDS, "off": an urgent suite is never cut for its wait.
+    urgent_piece_seconds: float = PlanningPolicy.urgent_piece_s
     # An app install on each target until agents have reported installs there.
     default_install_seconds_emulator: float = 60.0
     default_install_seconds_device: float = 120.0
@@ -171,6 +176,9 @@ class Config:
             preempt_wait_seconds=None
             if env.get("PREEMPT_WAIT_SECONDS", "").strip().lower() == "off"
             else _number(env, "PREEMPT_WAIT_SECONDS", PreemptionPolicy.max_wait_s, 0.0),
+            urgent_piece_seconds=math.inf
+            if env.get("URGENT_PIECE_SECONDS", "").strip().lower() == "off"
+            else _number(env, "URGENT_PIECE_SECONDS", PlanningPolicy.urgent_piece_s, 1.0),
             default_install_seconds_emulator=_number(
                 env, "DEFAULT_INSTALL_SECONDS_EMULATOR", 60.0, 0.0
             ),

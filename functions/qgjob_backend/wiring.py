@@ -161,10 +161,12 @@ def assemble_services(
                 min_split_gain_s=config.min_split_gain_seconds,
                 split_gain_by_target=config.split_gain_seconds_by_target,
                 unknown_estimate_s=config.unknown_estimate_seconds,
+                urgent_piece_s=config.urgent_piece_seconds,
             ),
             backlog_window=config.plan_backlog_window,
             preemption=PreemptionPolicy(
                 max_wait_s=config.preempt_wait_seconds or 0.0,
+                urgent_piece_s=config.urgent_piece_seconds,
                 unknown_estimate_s=config.unknown_estimate_seconds,
                 enabled=config.preempt_wait_seconds is not None,
             ),

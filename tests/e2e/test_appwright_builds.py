@@ -151,12 +151,14 @@ def test_upload_submit_and_run_appwright_agents_from_the_build_cache(
     assert {(c["app_build_path"], c["build_sha256"]) for c in calls} == {(str(cached), SHA)}
     assert {c["argv"][2] for c in calls} == set(tests)
     assert first_agent.log().count(" downloaded: ") == 1
-    # Installed once per batch: one accepted install event for each batch that ran tests.
+    # Installed once: one agent, one app version. A later batch of the same group on this
+    # agent (the flaky test's re-run, when it is planned after the first batch was cut)
+    # holds the app already and installs nothing.
     events = first_agent.events()
     batches = {e["batch_id"] for e in events if e["event"] == "result" and e["accepted"]}
     installs = Counter(e["batch_id"] for e in events if e["event"] == "install" and e["accepted"])
-    assert set(installs) == batches
-    assert set(installs.values()) == {1}
+    assert set(installs) <= batches
+    assert sum(installs.values()) == 1
 
     # 3. `qgjob result` shows each test's parsed result and its attachments.
     failed_id = by_test["tests/checkout-fail.spec.js"]["job_id"]

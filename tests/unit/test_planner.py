@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from qgjob_backend.domain.planner import (
     IdleAgent,
     PlannedBatch,
     PlanningPolicy,
+    late_groups,
     plan_batches,
 )
 from tests.unit.backlog import backlog_jobs
@@ -464,6 +466,72 @@ def test_an_org_far_above_its_fair_share_yields_to_an_org_without_agents() -> No
     assert [b.org_id for b in fair] == ["globex"]
     assert [b.org_id for b in unfair] == ["acme"]  # largest first
     assert [b.org_id for b in within_share] == ["acme"]  # 4 < 5 / 2 + 2: no yielding
+
+
+URGENT_POLICY = PlanningPolicy(max_batch_jobs=25, aging_seconds=100.0, urgent_piece_s=300.0)
+
+
+def test_late_groups_are_those_that_arrived_after_the_pools_oldest_waiting_job() -> None:
+    early = backlog_jobs("acme", "v1", 2, enqueued_at=NOW - 600.0)
+    late = jobs("acme", "v2", 2)
+    assert late_groups(early + late) == {"acme/v2/emulator"}
+    assert late_groups(late) == frozenset()
+    assert late_groups([]) == frozenset()
+
+
+@pytest.mark.parametrize(("older_work", "urgent_agents"), [(True, 2), (False, 1)])
+def test_urgent_work_arriving_into_a_queue_runs_in_pieces_on_several_agents(
+    older_work: bool, urgent_agents: int
+) -> None:
+    # 10 x 50 s = 500 s of priority 1: on one agent its last test waits 450 s. Cut into
+    # 300 s pieces it takes both agents, but only when it arrived after waiting work; a
+    # split over both would gain 250 s, less than min_split_gain_s, so else it stays whole.
+    urgent = jobs("acme", "urgent", 10, priority=1, estimate_s=50.0)
+    older = backlog_jobs("acme", "old", 1, priority=9, enqueued_at=NOW - 60.0)
+    backlog = urgent + (older if older_work else [])
+    agents = [agent("a0"), agent("a1")]
+
+    batches = plan(backlog, agents, URGENT_POLICY)
+
+    on_urgent = [b for b in batches if b.group_key == urgent[0].group_key]
+    assert len(on_urgent) == urgent_agents
+    assert all(b.install_required for b in on_urgent)
+    if older_work:
+        assert all(b.expected_s - INSTALL["emulator"] <= 300.0 for b in on_urgent)
+    without_pieces = replace(URGENT_POLICY, urgent_piece_s=math.inf)
+    whole = plan(backlog, agents, without_pieces)
+    assert len([b for b in whole if b.group_key == urgent[0].group_key]) == 1
+
+
+def test_a_long_urgent_arrival_in_a_long_plan_still_runs_in_pieces() -> None:
+    # 6,000 s of older work keep the plan's horizon far beyond a piece: 80 x 50 s of
+    # priority 1 still goes to every agent in pieces of at most 300 s, not in slices of
+    # an agent's whole room.
+    older = backlog_jobs("acme", "old", 20, priority=9, enqueued_at=NOW - 60.0, estimate_s=300.0)
+    urgent = jobs("acme", "urgent", 80, priority=1, estimate_s=50.0)
+    agents = [agent(f"a{i}") for i in range(4)]
+
+    batches = plan(older + urgent, agents, URGENT_POLICY)
+
+    on_urgent = [b for b in batches if b.group_key == urgent[0].group_key]
+    assert len(on_urgent) == 4
+    assert all(b.expected_s - INSTALL["emulator"] <= 300.0 for b in on_urgent)
+
+
+def test_urgent_pieces_do_not_count_against_the_installs_the_plan_may_spend() -> None:
+    # The device pool ends late, so the emulator pool has slack to spend on installs. Its
+    # urgent pieces (3 x 300 s) are bought by the urgency: the older group is still kept
+    # whole on one agent, as if no pieces were cut.
+    older = backlog_jobs("acme", "old", 10, priority=9, enqueued_at=NOW - 60.0, estimate_s=50.0)
+    urgent = jobs("acme", "urgent", 18, priority=1, estimate_s=50.0)
+    slow = jobs("globex", "slow", 50, target="device", estimate_s=100.0)
+    agents = [agent(f"a{i}") for i in range(4)] + [agent("d0", "device")]
+
+    batches = plan(older + urgent + slow, agents, URGENT_POLICY)
+
+    assert len([b for b in batches if b.group_key == urgent[0].group_key]) == 3
+    (on_older,) = [b for b in batches if b.group_key == older[0].group_key]
+    assert len(on_older.job_ids) == len(older)  # the whole group: it is not split
 
 
 # ------------------------------------------------------------------ order and determinism

@@ -23,8 +23,9 @@ from tests.unit.backlog import backlog_jobs
 from tests.unit.fakes import FakeClock, MemoryServices, build_memory_services, fake_config
 
 NOW = 50_000.0
-POLICY = PreemptionPolicy()  # max_wait_s 120, one agent per urgent group
+POLICY = PreemptionPolicy()  # max_wait_s 120, urgent pieces of 600 s once work waits
 PIECES = PreemptionPolicy(urgent_piece_s=900.0)  # one agent per 900 s of an urgent group
+WHOLE = PreemptionPolicy(urgent_piece_s=float("inf"))  # one agent per urgent group
 
 
 def jobs(
@@ -164,11 +165,24 @@ def test_one_yield_per_urgent_group_not_per_job() -> None:
     assert yielded(urgent, busy) == ["a0", "a1"]
 
 
-def test_a_long_urgent_group_needs_one_agent_per_piece() -> None:
-    # 20 x 100 s = 2000 s of urgent work: ceil(2000 / 900) = 3 agents (by default 1).
+def older_work() -> list[BacklogJob]:
+    """A less urgent job that was waiting before the urgent work arrived."""
+    return backlog_jobs("acme", "old", 1, priority=5, enqueued_at=NOW - 600.0, prefix="old")
+
+
+def test_a_long_urgent_group_that_arrived_into_a_queue_needs_one_agent_per_piece() -> None:
+    # 20 x 100 s = 2000 s of urgent work: ceil(2000 / 900) = 3 agents, ceil(2000 / 600) = 4.
     busy = [running(f"a{i}", ends_in=10.0 + i) for i in range(5)]
-    assert yielded(jobs("v", 20, estimate_s=100.0), busy, policy=PIECES) == ["a0", "a1", "a2"]
-    assert yielded(jobs("v", 20, estimate_s=100.0), busy) == ["a0"]
+    urgent = older_work() + jobs("v", 20, estimate_s=100.0)
+    assert yielded(urgent, busy, policy=PIECES) == ["a0", "a1", "a2"]
+    assert yielded(urgent, busy) == ["a0", "a1", "a2", "a3"]
+    assert yielded(urgent, busy, policy=WHOLE) == ["a0"]
+
+
+def test_urgent_work_that_was_waiting_all_along_needs_one_agent_per_group() -> None:
+    # Nothing older waits (a burst at once): the planner keeps the group whole, so one.
+    busy = [running(f"a{i}", ends_in=10.0 + i) for i in range(5)]
+    assert yielded(jobs("v", 20, estimate_s=100.0), busy, policy=PIECES) == ["a0"]
 
 
 def test_the_need_is_met_first_by_idle_agents_then_by_batches_ending_soon() -> None:
@@ -193,9 +207,11 @@ def test_urgent_need_counts_unknown_estimates_as_the_planner_does() -> None:
     policy = PreemptionPolicy(urgent_piece_s=100.0)
     assert policy.unknown_estimate_s == PlanningPolicy().unknown_estimate_s
     # 3 jobs without estimates count 90 s each: 270 s, ceil(270 / 100) = 3 pieces.
-    assert urgent_need(jobs("v", 3, estimate_s=None), "emulator", policy) == 3
+    assert urgent_need(older_work() + jobs("v", 3, estimate_s=None), "emulator", policy) == 3
     # never more pieces than jobs, at least one per group
-    assert urgent_need(jobs("v", 1, estimate_s=5000.0), "emulator", policy) == 1
+    assert urgent_need(older_work() + jobs("v", 1, estimate_s=5000.0), "emulator", policy) == 1
+    # pieces only for work that arrived after older work of the pool: one agent otherwise
+    assert urgent_need(jobs("v", 3, estimate_s=None), "emulator", policy) == 1
     assert urgent_need(jobs("v", 2, priority=2), "emulator", policy) == 0
 
 
@@ -375,8 +391,10 @@ def test_a_batch_running_the_urgent_group_serves_its_rest() -> None:
     assert yielded(jobs("v", 3), busy) == []
     # ... but a second urgent group still gets an agent.
     assert yielded(jobs("v", 3) + jobs("w", 1), busy) == ["a"]
-    assert urgent_need(jobs("v", 20, estimate_s=100.0), "emulator", PIECES, [holder]) == 2
-    assert urgent_need(jobs("v", 20, estimate_s=100.0), "emulator", POLICY, [holder]) == 0
+    late = older_work() + jobs("v", 20, estimate_s=100.0)
+    assert urgent_need(late, "emulator", PIECES, [holder]) == 2
+    assert urgent_need(late, "emulator", WHOLE, [holder]) == 0
+    assert urgent_need(jobs("v", 20, estimate_s=100.0), "emulator", PIECES, [holder]) == 0
 
 
 def test_a_batch_holding_the_urgent_groups_app_yields_first_even_with_agents_idle() -> None:

@@ -419,6 +419,23 @@ def test_the_preemption_wait_comes_from_the_environment_and_can_be_turned_off() 
         Config.from_env({**REQUIRED_ENV, "PREEMPT_WAIT_SECONDS": "soon"})
 
 
+def test_the_urgent_piece_comes_from_the_environment_reaches_both_cores_and_can_be_off(
+    clock: FakeClock,
+) -> None:
+    assert Config.from_env(REQUIRED_ENV).urgent_piece_seconds == 600.0
+    env = {**REQUIRED_ENV, "URGENT_PIECE_SECONDS": "300"}
+    assert Config.from_env(env).urgent_piece_seconds == 300.0
+    env = {**REQUIRED_ENV, "URGENT_PIECE_SECONDS": "OFF"}
+    assert Config.from_env(env).urgent_piece_seconds == float("inf")
+    with pytest.raises(ConfigError, match="URGENT_PIECE_SECONDS"):
+        Config.from_env({**REQUIRED_ENV, "URGENT_PIECE_SECONDS": "0"})
+    # The planner cuts the pieces and the preemption core frees an agent per piece: one
+    # setting for both, or they disagree on how many agents urgent work takes.
+    settings = build_memory_services(fake_config(urgent_piece_seconds=240.0), clock).dispatcher
+    assert settings._settings.policy.urgent_piece_s == 240.0
+    assert settings._settings.preemption.urgent_piece_s == 240.0
+
+
 def test_the_estimates_table_is_required() -> None:
     env = {k: v for k, v in REQUIRED_ENV.items() if k != "ESTIMATES_TABLE"}
 

@@ -44,6 +44,13 @@ planner keeps no state between calls):
    (or what its group has left): every batch costs the same requests and writes, so a
    suite of very short tests is not spread one test per agent.
 
+5. **Urgent pieces.** Priority-1 work that arrived while older work of its pool waits
+   (:func:`late_groups`) is laid out in pieces of at most ``urgent_piece_s`` of estimated
+   work, each on its own agent (the preemption core frees one per piece), so that a long
+   urgent suite's last tests do not wait for its first ones. The pieces are bought by the
+   urgency, so the installs test does not count them and the local search never merges
+   them. Work that was waiting all along (a burst at once) is not cut so.
+
 Inside a group, jobs run most urgent first, then oldest, then longest first. A job put
 back after it failed or was lost on an agent (``BacklogJob.avoid_agent_id``) is left by
 that agent to another one of the pool that is idle or free soon (``retry_elsewhere_within_s``;
@@ -154,6 +161,12 @@ class PlanningPolicy:
     fair_share: bool = True
     # How long a retried job may wait for an agent other than the one it failed on.
     retry_elsewhere_within_s: float = 120.0
+    # Priority-1 work that arrives while older work of its pool waits (late_groups) is
+    # laid out in pieces of at most this much estimated work, each on its own agent, so
+    # that a long urgent suite's last tests do not wait for its first ones; each piece
+    # costs an install (inf: an urgent group stays on as few agents as the split rule
+    # gives it). Work that was waiting all along (a burst at once) is never cut so.
+    urgent_piece_s: float = 600.0
 
     def for_target(self, target: str) -> PlanningPolicy:
         """The policy a target's pool plans with (its own split gain, when it has one)."""
@@ -221,6 +234,9 @@ class _Group:
         self.work_s = sum(self.estimates.values())
         self.longest_s = max(self.estimates.values())
         oldest = min(j.enqueued_at for j in jobs)
+        self.oldest = oldest
+        # The most estimated work one agent's piece of the group holds (see _Pool).
+        self.piece_cap = math.inf
         waited_s = max(0.0, now - oldest)
         best_priority = min(j.priority for j in jobs)
         # Aging lifts a group one class per aging_seconds, up to class 2: class 1 is only
@@ -264,6 +280,20 @@ class _Group:
 def _not_left_for(agent_id: str, job: BacklogJob) -> bool:
     """True unless another agent left ``job`` (a retry) for agents like ``agent_id``."""
     return job.avoid_agent_id in (None, agent_id)
+
+
+def late_groups(jobs: Iterable[BacklogJob]) -> frozenset[str]:
+    """The groups of one pool's waiting jobs whose oldest job arrived after the pool's
+    oldest waiting job: work that arrived into a queue, not with it. For urgent work the
+    planner cuts such a group into pieces (PlanningPolicy.urgent_piece_s), and the
+    preemption core frees an agent for each piece."""
+    oldest: dict[str, float] = {}
+    for job in jobs:
+        oldest[job.group_key] = min(oldest.get(job.group_key, math.inf), job.enqueued_at)
+    if not oldest:
+        return frozenset()
+    first = min(oldest.values())
+    return frozenset(key for key, at in oldest.items() if at > first + _EPS)
 
 
 def usable_estimate(estimate_s: float | None, unknown_s: float) -> float:
@@ -367,7 +397,7 @@ class _Layout:
             room = self.horizon - self.lanes[index].free_at
             capacity += max(0.0, room)
             if rest > _EPS and room > _EPS:
-                piece = min(room, rest)
+                piece = min(room, rest, group.piece_cap)
                 self.place(index, group, piece, install=False)
                 rest -= piece
         cold = max(0.0, group.work_s - capacity)
@@ -399,8 +429,15 @@ class _Layout:
 
     def place(self, index: int, group: _Group, work: float, *, install: bool) -> None:
         lane = self.lanes[index]
+        # Another piece on an agent that holds the group already (an urgent group's pieces,
+        # when no other agent has room) needs no install.
+        install = install and lane.holds != group.key
         if install:
             self.pieces += 1
+            if group.piece_cap < math.inf:
+                # An urgent piece is bought by the urgency, not by the makespan: the
+                # installs test (frugal) does not count it against the layout.
+                self.bound_pieces += 1
             if group.key in self.holding and self._holders(group.key):
                 self.split_groups.add(group.key)
         if lane.idle and lane.agent_id not in self.first:
@@ -457,6 +494,11 @@ class _Pool:
         self.install_s = max(0.0, install_s)
         self.idle = idle
         self.busy = busy
+        if policy.urgent_piece_s < math.inf:
+            late = late_groups(jobs)
+            for group in self.groups:
+                if group.urgency_class == 1 and group.key in late:
+                    group.piece_cap = max(policy.urgent_piece_s, group.longest_s)
 
     def _lanes(self) -> list[_Lane]:
         lanes = [
@@ -526,9 +568,12 @@ class _Pool:
         work = {g.key: g.work_s for g in self.groups}
         whole: frozenset[str] = frozenset()
         candidates = layout.split_groups
+        # Urgent pieces are cut for the wait, not the makespan: their cap keeps them apart
+        # in any layout, so trying to keep such a group whole would only cost a layout.
+        pieced = {g.key for g in self.groups if g.piece_cap < math.inf}
         for _ in range(SPLIT_SEARCH_ROUNDS):
             kept = False
-            for key in sorted(candidates - whole, key=lambda k: (work[k], k)):
+            for key in sorted(candidates - whole - pieced, key=lambda k: (work[k], k)):
                 if self._pack(limit, whole=whole | {key}) is not None:
                     whole, kept = whole | {key}, True
             probe = self._pack(limit, whole=whole) if kept else None
@@ -582,7 +627,10 @@ class _Pool:
             longest = max(g.longest_s for g in self.groups)
             on_lanes = sum(lane.free_at - self.now for lane in lanes)
             low = self.now + max(longest, (work + on_lanes) / max(1, len(lanes)))
-        high = max(lane.free_at for lane in lanes) + work + self.install_s * len(self.groups)
+        # An urgent group's pieces hold at least its longest test each (but the last), so it
+        # pays at most one install per job and one more.
+        installs = sum(len(g.jobs) + 1 if g.piece_cap < math.inf else 1 for g in self.groups)
+        high = max(lane.free_at for lane in lanes) + work + self.install_s * installs
         high = max(high, low)
 
         def attempt(horizon: float) -> _Layout | None:
@@ -670,6 +718,7 @@ class _Pool:
                     if found is None:
                         break
                     index, room = found
+                    room = min(room, group.piece_cap)
                     if room < group.longest_s or rest[group.key] < room - _EPS:
                         break  # what is left is a remainder, placed below
                     layout.place(index, group, room, install=True)
@@ -682,10 +731,15 @@ class _Pool:
             for group in remainders:
                 while rest[group.key] > _EPS:
                     found = layout.roomiest()
-                    if found is None or found[1] < group.longest_s - _EPS:
+                    # A piece must hold the longest test; an urgent group's last piece is
+                    # cut from what is left of it, which may be less.
+                    fits = group.longest_s
+                    if group.piece_cap < math.inf:
+                        fits = min(fits, rest[group.key])
+                    if found is None or found[1] < fits - _EPS:
                         return None
                     index, room = found
-                    piece = min(room, rest[group.key])
+                    piece = min(room, rest[group.key], group.piece_cap)
                     if piece < rest[group.key] - _EPS and not layout.splits_group(group):
                         return None
                     layout.place(index, group, piece, install=True)

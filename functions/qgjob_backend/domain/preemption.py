@@ -9,13 +9,13 @@ install) it is on and hands the rest of the batch back (the path SIGTERM already
 so the urgent work starts at that test boundary. A yield costs the shortened batch a
 replan and, usually, a reinstall later, so :func:`plan_yields` asks for as few as it can:
 
-1. Per target pool, the urgent work (jobs of priority <= ``urgent_priority``) *needs* one
-   agent per ``urgent_piece_s`` of each of its groups' estimated work (at least one per
-   group, never more than the group has jobs), less the running batches of that group.
-   The planner keeps a group's rest for the agents holding its app unless a split pays
-   for its installs, so an agent freed for that rest would only take other work (and be
-   asked again at the next event): by default a group needs one agent (``urgent_piece_s``
-   infinite); a planner that cuts urgent groups into pieces sets its piece size here.
+1. Per target pool, the urgent work (jobs of priority <= ``urgent_priority``) *needs*,
+   for each group that arrived after older waiting work (``planner.late_groups``), one
+   agent per ``urgent_piece_s`` of its estimated work (never more than it has jobs): the
+   planner cuts such a group into pieces of that size. Any other urgent group needs one
+   agent: the planner keeps a group's rest for the agents holding its app unless a split
+   pays for its installs, so an agent freed for that rest would only take other work
+   (and be asked again at the next event). Less, each, the running batches of the group.
 2. That need is met, without any yield, by the agents that can start it within
    ``max_wait_s`` (the bound an urgent arrival may wait for a free agent): idle ones and
    running batches that end by themselves. As the planner counts it (``roomiest``), an
@@ -52,6 +52,7 @@ from qgjob_backend.domain.planner import (
     BacklogJob,
     IdleAgent,
     PlanningPolicy,
+    late_groups,
     usable_estimate,
 )
 
@@ -66,9 +67,9 @@ class PreemptionPolicy:
     # a running batch is shortened for it (about an install: shorter waits are not worth
     # another batch's replan and reinstall).
     max_wait_s: float = 120.0
-    # One agent per this much estimated urgent work of a group (infinite: one per group,
-    # as today's planner runs an urgent group on the agent it gave it to).
-    urgent_piece_s: float = math.inf
+    # One agent per this much estimated urgent work of a group that arrived after older
+    # waiting work (planner.late_groups), as the planner cuts it; one per group otherwise.
+    urgent_piece_s: float = PlanningPolicy.urgent_piece_s
     # What a test without an estimate counts (the planner's own default).
     unknown_estimate_s: float = PlanningPolicy.unknown_estimate_s
     # Off: no batch ever yields.
@@ -131,8 +132,10 @@ def urgent_need(
     """How many more agents the waiting urgent work of ``target``'s pool needs (step 1)."""
     work: dict[str, float] = {}
     count: dict[str, int] = {}
-    for job in backlog:
-        if job.target != target or job.priority > policy.urgent_priority:
+    pool = [job for job in backlog if job.target == target]
+    late = late_groups(pool)
+    for job in pool:
+        if job.priority > policy.urgent_priority:
             continue
         work[job.group_key] = work.get(job.group_key, 0.0) + usable_estimate(
             job.estimate_s, policy.unknown_estimate_s
@@ -142,9 +145,9 @@ def urgent_need(
     for batch in running:
         if batch.target == target:
             holders[batch.group_key] = holders.get(batch.group_key, 0) + 1
-    piece = policy.urgent_piece_s
     need = 0
     for key, seconds in work.items():
+        piece = policy.urgent_piece_s if key in late else math.inf
         pieces = math.ceil(seconds / piece - 1e-9) if piece > 0 else count[key]
         need += max(0, min(count[key], max(1, pieces)) - holders.get(key, 0))
     return need
