@@ -234,7 +234,6 @@ class _Group:
         self.work_s = sum(self.estimates.values())
         self.longest_s = max(self.estimates.values())
         oldest = min(j.enqueued_at for j in jobs)
-        self.oldest = oldest
         # The most estimated work one agent's piece of the group holds (see _Pool).
         self.piece_cap = math.inf
         waited_s = max(0.0, now - oldest)

@@ -309,8 +309,6 @@ class AgentService:
         agent_id = agent.agent_id
         now = self._clock()
         job = self._store.start_job(job_id, agent_id, batch_id, now)
-        if job is not None:
-            self._renew_free_at(agent, batch_id, job, now)
         if job is None:
             current = self._store.get_job(job_id)
             if _cancelled_in(current, agent_id, batch_id):
@@ -320,6 +318,7 @@ class AgentService:
                 f"job {job_id} is no longer assigned to batch {batch_id} on {agent_id} "
                 "(lease lost or job cancelled): skip it"
             )
+        self._renew_free_at(agent, batch_id, job, now)
         return job
 
     def _renew_free_at(self, agent: Agent, batch_id: str, job: Job, now: float) -> None:

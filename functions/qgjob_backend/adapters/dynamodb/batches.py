@@ -256,20 +256,20 @@ class BatchStore(CountingTables):
                 "a": batch.agent_id,
                 "now": now,
             }
+            sets = "#s = :assigned, batch_id = :b, agent_id = :a, updated_at = :now"
+            removes = "backlog_target, backlog_key"
             # Always set or removed: a requeued job must not keep its last batch's rest.
-            rest = " REMOVE rest_of_batch_s,"
             if job_id in rests:
-                rest = ", rest_of_batch_s = :rest REMOVE"
+                sets += ", rest_of_batch_s = :rest"
                 job_values["rest"] = rests[job_id]
+            else:
+                removes += ", rest_of_batch_s"
             items.append(
                 {
                     "Update": {
                         "TableName": self._jobs,
                         "Key": serialize({"job_id": job_id}),
-                        "UpdateExpression": (
-                            "SET #s = :assigned, batch_id = :b, agent_id = :a, updated_at = :now"
-                            f"{rest} backlog_target, backlog_key"
-                        ),
+                        "UpdateExpression": f"SET {sets} REMOVE {removes}",
                         "ConditionExpression": "#s = :queued AND attribute_exists(backlog_target)",
                         "ExpressionAttributeNames": {"#s": "status"},
                         "ExpressionAttributeValues": expression_values(**job_values),
